@@ -1,0 +1,100 @@
+"""Model construction. ``build_model(args)`` is the official entry point and the one place where
+command-line flags become the typed configs the builders take.
+
+``args.model`` picks the detector through ``MODEL_BUILDERS`` (a plain dict). ``args.num_classes``
+must be resolved before (``main.py`` does it from the flag, the checkpoint or the data set).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from torch import nn
+
+from models.backbone import BackboneConfig
+from models.detr import DETRConfig, LossConfig, SetCriterion
+from models.detr import build as build_detr
+from models.matcher import MatcherConfig
+from models.position_encoding import PositionEncodingConfig
+from models.transformer import TransformerConfig
+
+BuildResult = tuple[nn.Module, SetCriterion, dict[str, nn.Module]]
+
+DETR_RETURN_LAYERS_MASKS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _backbone_weights(args: argparse.Namespace) -> str | None:
+    weights = getattr(args, "backbone_weights", "torchvision")
+    if weights in (None, "none", ""):
+        return None
+    return weights
+
+
+def backbone_config_from_args(
+    args: argparse.Namespace, return_layers: tuple[str, ...], offset: float = 0.0
+) -> BackboneConfig:
+    return BackboneConfig(
+        name=args.backbone,
+        train_backbone=args.lr_backbone > 0,
+        return_layers=return_layers,
+        dilation=args.dilation,
+        train_all_layers=getattr(args, "train_backbone_all", False),
+        weights=_backbone_weights(args),
+        position=PositionEncodingConfig(
+            kind=args.position_embedding,
+            hidden_dim=args.hidden_dim,
+            scale=getattr(args, "position_embedding_scale", 6.283185307179586),
+            offset=offset,
+        ),
+    )
+
+
+def detr_config_from_args(args: argparse.Namespace) -> DETRConfig:
+    if getattr(args, "num_classes", None) is None:
+        raise ValueError("args.num_classes is not set: pass --num_classes (max category id + 1)")
+    return DETRConfig(
+        num_classes=args.num_classes,
+        num_queries=args.num_queries,
+        aux_loss=args.aux_loss,
+        masks=args.masks,
+        freeze_detr=args.frozen_weights is not None,
+        panoptic_is_thing_map=getattr(args, "panoptic_is_thing_map", None),
+        backbone=backbone_config_from_args(args, DETR_RETURN_LAYERS_MASKS if args.masks else ("layer4",)),
+        transformer=TransformerConfig(
+            hidden_dim=args.hidden_dim,
+            nheads=args.nheads,
+            enc_layers=args.enc_layers,
+            dec_layers=args.dec_layers,
+            dim_feedforward=args.dim_feedforward,
+            dropout=args.dropout,
+            pre_norm=args.pre_norm,
+        ),
+        matcher=MatcherConfig(
+            set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
+        ),
+        loss=LossConfig(
+            bbox_loss_coef=args.bbox_loss_coef,
+            giou_loss_coef=args.giou_loss_coef,
+            mask_loss_coef=args.mask_loss_coef,
+            dice_loss_coef=args.dice_loss_coef,
+            eos_coef=args.eos_coef,
+        ),
+    )
+
+
+def _build_detr_from_args(args: argparse.Namespace) -> BuildResult:
+    return build_detr(detr_config_from_args(args))
+
+
+MODEL_BUILDERS: dict[str, Callable[[argparse.Namespace], BuildResult]] = {
+    "detr": _build_detr_from_args,
+}
+
+
+def build_model(args: argparse.Namespace) -> BuildResult:
+    """Returns ``(model, criterion, postprocessors)`` for ``args.model`` (default ``detr``)."""
+    name = getattr(args, "model", "detr")
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"--model: unknown '{name}', choose from {sorted(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[name](args)

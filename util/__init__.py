@@ -1,0 +1,1 @@
+"""Utilities split by purpose: boxes, nested tensors, distributed, logging, checkpoints."""

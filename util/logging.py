@@ -1,0 +1,127 @@
+"""Training-progress logging: smoothed meters and a periodic console logger.
+
+Same interface as the official DETR ``SmoothedValue`` and ``MetricLogger`` (importable from
+``util.misc`` as before); the logger also reports an ETA and peak CUDA memory when on GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from util.distributed import is_dist_avail_and_initialized
+
+
+class SmoothedValue:
+    """Track a series of values; report the median/average over a window or the global average."""
+
+    def __init__(self, window_size: int = 20, fmt: str | None = None) -> None:
+        self.deque: deque[float] = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt or "{median:.4f} ({global_avg:.4f})"
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self) -> None:
+        """Sum ``count`` and ``total`` over ranks (the window itself stays local)."""
+        if not is_dist_avail_and_initialized():
+            return
+        t = torch.tensor([self.count, self.total], dtype=torch.float64)
+        dist.all_reduce(t)
+        self.count = int(t[0].item())
+        self.total = float(t[1].item())
+
+    @property
+    def median(self) -> float:
+        return torch.tensor(list(self.deque)).median().item() if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return torch.tensor(list(self.deque), dtype=torch.float32).mean().item() if self.deque else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def max(self) -> float:
+        return max(self.deque) if self.deque else 0.0
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(
+            median=self.median, avg=self.avg, global_avg=self.global_avg, max=self.max, value=self.value
+        )
+
+
+class MetricLogger:
+    """A dict of ``SmoothedValue`` meters with a ``log_every`` iterator that prints progress."""
+
+    def __init__(self, delimiter: str = "\t") -> None:
+        self.meters: defaultdict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **kwargs: Any) -> None:
+        for k, v in kwargs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            if not isinstance(v, (float, int)):
+                raise TypeError(f"MetricLogger.update: {k} must be a number, got {type(v).__name__}")
+            self.meters[k].update(v)
+
+    def __getattr__(self, attr: str) -> SmoothedValue:
+        if attr in self.__dict__.get("meters", {}):
+            return self.meters[attr]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{attr}'")
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def synchronize_between_processes(self) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes()
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def log_every(self, iterable: Iterable[Any], print_freq: int, header: str = "") -> Iterator[Any]:
+        """Yield from ``iterable``, printing meters, speed and ETA every ``print_freq`` steps."""
+        start = end = time.time()
+        iter_time = SmoothedValue(fmt="{avg:.4f}")
+        data_time = SmoothedValue(fmt="{avg:.4f}")
+        try:
+            total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        width = len(str(total)) if total else 1
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            last = total is not None and i == total - 1
+            if i % print_freq == 0 or last:
+                parts = [header, f"[{i:>{width}}/{total if total is not None else '?'}]"]
+                if total is not None:
+                    eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                    parts.append(f"eta: {eta}")
+                parts += [str(self), f"time: {iter_time}", f"data: {data_time}"]
+                if torch.cuda.is_available():
+                    parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB")
+                print(self.delimiter.join(p for p in parts if p), flush=True)
+            end = time.time()
+        total_time = datetime.timedelta(seconds=int(time.time() - start))
+        n = total if total is not None else 1
+        print(f"{header} Total time: {total_time} ({(time.time() - start) / max(n, 1):.4f} s / it)", flush=True)
