@@ -25,8 +25,10 @@ DETR_RETURN_LAYERS_MASKS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _backbone_weights(args: argparse.Namespace) -> str | None:
+    """ImageNet weights to start from; none when a checkpoint will overwrite every weight anyway
+    (``--resume``, ``--frozen_weights``), so that evaluating a checkpoint needs no download."""
     weights = getattr(args, "backbone_weights", "torchvision")
-    if weights in (None, "none", ""):
+    if weights in (None, "none", "") or getattr(args, "resume", "") or getattr(args, "frozen_weights", None):
         return None
     return weights
 
@@ -98,3 +100,13 @@ def build_model(args: argparse.Namespace) -> BuildResult:
     if name not in MODEL_BUILDERS:
         raise ValueError(f"--model: unknown '{name}', choose from {sorted(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[name](args)
+
+
+def num_classes_from_state_dict(model_name: str, state: dict) -> int | None:
+    """The ``num_classes`` a checkpoint was trained with, read off its class head."""
+    for prefix in ("", "detr."):
+        if f"{prefix}class_embed.bias" in state:  # DETR: softmax with a no-object logit
+            return int(state[f"{prefix}class_embed.bias"].numel()) - 1
+        if f"{prefix}class_embed.0.bias" in state:  # Deformable DETR: sigmoid logits
+            return int(state[f"{prefix}class_embed.0.bias"].numel())
+    return None

@@ -151,9 +151,9 @@ def _torchvision_resnet(name: str, dilation: bool, norm_layer: Callable[[int], n
     )
 
 
-BACKBONES: dict[str, Callable[[str, bool, Callable[[int], nn.Module]], nn.Module]] = {
-    name: _torchvision_resnet for name in _RESNET_CHANNELS
-}
+BACKBONES: dict[str, Callable[[str, bool, Callable[[int], nn.Module]], nn.Module]] = dict.fromkeys(
+    _RESNET_CHANNELS, _torchvision_resnet
+)
 
 
 class Backbone(BackboneBase):

@@ -100,7 +100,12 @@ class SetCriterion(nn.Module):
             self.register_buffer("empty_weight", empty_weight)
 
     def loss_labels(
-        self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_boxes: float, log: bool = True
+        self,
+        outputs: dict,
+        targets: list[dict],
+        indices: list[tuple[Tensor, Tensor]],
+        num_boxes: float,
+        log: bool = True,
     ) -> dict[str, Tensor]:
         """Classification: softmax cross-entropy with a down-weighted no-object class (DETR) or
         sigmoid focal loss over one-hot targets (Deformable DETR)."""
@@ -118,8 +123,7 @@ class SetCriterion(nn.Module):
             onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
             onehot = onehot[:, :, :-1]
             loss_ce = (
-                sigmoid_focal_loss(src_logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2)
-                * src_logits.shape[1]
+                sigmoid_focal_loss(src_logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2) * src_logits.shape[1]
             )
         losses = {"loss_ce": loss_ce}
         if log:
@@ -146,9 +150,7 @@ class SetCriterion(nn.Module):
         target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
         loss_giou = 1 - torch.diag(
-            box_ops.generalized_box_iou(
-                box_ops.box_cxcywh_to_xyxy(src_boxes), box_ops.box_cxcywh_to_xyxy(target_boxes)
-            )
+            box_ops.generalized_box_iou(box_ops.box_cxcywh_to_xyxy(src_boxes), box_ops.box_cxcywh_to_xyxy(target_boxes))
         )
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
@@ -161,7 +163,9 @@ class SetCriterion(nn.Module):
         src_masks = outputs["pred_masks"][src_idx]
         target_masks, _ = nested_tensor_from_tensor_list([t["masks"] for t in targets]).decompose()
         target_masks = target_masks.to(src_masks)[tgt_idx]
-        src_masks = F.interpolate(src_masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
+        src_masks = F.interpolate(
+            src_masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
+        )
         src_masks = src_masks[:, 0].flatten(1)
         target_masks = target_masks.flatten(1).view(src_masks.shape)
         return {
@@ -350,7 +354,10 @@ def build(cfg: DETRConfig) -> tuple[nn.Module, SetCriterion, dict[str, nn.Module
     weight_dict = build_weight_dict(base, cfg.transformer.dec_layers - 1 if cfg.aux_loss else 0)
     losses = ["labels", "boxes", "cardinality"] + (["masks"] if cfg.masks else [])
     criterion = SetCriterion(
-        cfg.num_classes, matcher=build_matcher(cfg.matcher), weight_dict=weight_dict, eos_coef=cfg.loss.eos_coef,
+        cfg.num_classes,
+        matcher=build_matcher(cfg.matcher),
+        weight_dict=weight_dict,
+        eos_coef=cfg.loss.eos_coef,
         losses=losses,
     )
     return model, criterion, postprocessors

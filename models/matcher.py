@@ -71,9 +71,7 @@ class HungarianMatcher(nn.Module):
         c = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
         c = c.view(bs, num_queries, -1).cpu()
         indices = [linear_sum_assignment(m[i]) for i, m in enumerate(c.split(sizes, -1))]
-        return [
-            (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices
-        ]
+        return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
 
 
 @dataclass

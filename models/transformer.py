@@ -95,7 +95,11 @@ class TransformerEncoder(nn.Module):
 
 class TransformerDecoder(nn.Module):
     def __init__(
-        self, decoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None, return_intermediate: bool = False
+        self,
+        decoder_layer: nn.Module,
+        num_layers: int,
+        norm: nn.Module | None = None,
+        return_intermediate: bool = False,
     ) -> None:
         super().__init__()
         self.layers = _get_clones(decoder_layer, num_layers)

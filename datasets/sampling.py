@@ -1,0 +1,101 @@
+"""Deterministic, resumable data order and augmentation randomness.
+
+The official code draws the sample order and every augmentation from the global random
+generators, so where a resumed run continues depends on everything that consumed random numbers
+before. Here both are pure functions of ``(seed, epoch, index)``:
+
+* ``ResumableSampler`` shuffles with a generator seeded by ``seed + epoch`` (the same order on
+  every rank, each rank taking its strided share, as ``DistributedSampler``) and can start part
+  way through an epoch (``start_index``), for mid-epoch resumption.
+* ``SeededDataset`` runs each sample's transforms under generators seeded from
+  ``(seed, epoch, index)``, so a sample is augmented the same way whichever worker loads it and
+  whatever was loaded before it. The global generators are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset; item ``i`` of epoch ``e`` is produced under seed ``f(seed, e, i)``."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # expose e.g. ``.coco`` of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> Any:
+        sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        py_state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(sample_seed)
+                torch.manual_seed(sample_seed % (2**63))
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffled (or sequential) indices for one rank; ``set_epoch`` picks the permutation and
+    ``start_index`` skips the indices this rank already consumed in the current epoch."""
+
+    def __init__(
+        self,
+        dataset_len: int,
+        shuffle: bool,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad: bool = True,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        self.dataset_len = dataset_len
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_index = 0
+        self.pad = pad  # False for evaluation: no image is seen twice, ranks may differ by one
+        self.num_samples = math.ceil(dataset_len / num_replicas) if pad else len(range(rank, dataset_len, num_replicas))
+        self.total_size = self.num_samples * num_replicas if pad else dataset_len
+
+    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
+        self.epoch = epoch
+        self.start_index = start_index
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(self.dataset_len, generator=g).tolist()
+        else:
+            indices = list(range(self.dataset_len))
+        if self.pad and self.total_size > len(indices):  # pad so every rank gets the same count
+            indices += indices[: self.total_size - len(indices)]
+        return indices[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start_index :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
