@@ -275,6 +275,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if dropped:
             print(f"{name}: dropped {dropped} degenerate box(es) (zero or negative width/height) from {ds.ann_file}")
 
+    if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things/stuff from the data
+        args.panoptic_is_thing_map = reference.is_thing_map()
     model, criterion, postprocessors = build_model(args)
     model.to(device)
     model_without_ddp = model
@@ -306,6 +308,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         drop_last=False,
         collate_fn=collate_fn,
         num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched
     )
     base_ds = datasets.get_coco_api_from_dataset(dataset_val)
 
@@ -351,8 +354,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"error: {len(dataset_train)} training images cannot fill one batch of {args.batch_size} per process"
         )
+    # Own generator: loader start-up must not consume the global RNG (exact resumption).
     data_loader_train = DataLoader(
-        dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn, num_workers=args.num_workers
+        dataset_train,
+        batch_sampler=batch_sampler_train,
+        collate_fn=collate_fn,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if rng_state is not None:
         set_rng_state(rng_state)
@@ -380,7 +388,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if output_dir is not None and dist_utils.is_main_process():
                 path = output_dir / "checkpoint_nonfinite.pth"
                 save_checkpoint(_checkpoint_state(model_without_ddp, optimizer, lr_scheduler, epoch - 1, args), path)
-                print(f"saved the last good weights (before the failing step) to {path}", force=True)
+                print(f"saved the last good weights (before the failing step) to {path}")
             raise SystemExit(f"error: {e}. The last finished epoch's checkpoint.pth is untouched.") from e
         lr_scheduler.step()
         if output_dir is not None and dist_utils.is_main_process():

@@ -1,0 +1,26 @@
+"""Shared test set-up: the repository root on ``sys.path``, few CPU threads, small fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (str(ROOT), str(ROOT / "tests")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated COCO-layout data set (12 train / 6 val images of 64 px)."""
+    from datasets.synthetic import generate_synthetic_coco
+
+    out = tmp_path_factory.mktemp("synthetic_coco")
+    generate_synthetic_coco(out, num_train=12, num_val=6, image_size=64, seed=0, verbose=False)
+    return out

@@ -1,0 +1,60 @@
+"""torchrun with 2 CPU processes (gloo): DistributedDataParallel training ends with identical
+weights on both ranks, and the loss normalisation uses the global box count."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_main import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(synthetic_coco, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", str(ROOT / "tests" / "dist_worker.py"), str(tmp_path),
+        *TINY, "--coco_path", str(synthetic_coco), "--epochs", "1", "--batch_size", "2",
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "backend gloo" in proc.stdout + proc.stderr
+    r0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pth", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks differ at {k}"
+    # both ranks trained: the weights moved away from the initial ones on each
+    assert (tmp_path / "out" / "checkpoint.pth").is_file()
+
+
+def test_num_boxes_is_averaged_over_ranks(monkeypatch):
+    """SetCriterion normalises by the all-reduced box count / world size (official behaviour)."""
+    from models import detr as detr_module
+    from models.detr import SetCriterion
+    from models.matcher import HungarianMatcher
+
+    monkeypatch.setattr(detr_module, "is_dist_avail_and_initialized", lambda: True)
+    monkeypatch.setattr(detr_module, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.mul_(3))  # other rank: 2x the boxes
+    crit = SetCriterion(3, HungarianMatcher(1, 5, 2), {"loss_bbox": 5}, 0.1, ["boxes"])
+    out = {"pred_logits": torch.randn(1, 4, 4), "pred_boxes": torch.rand(1, 4, 4) * 0.4 + 0.3}
+    tgt = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]])}]
+    loss_dist = crit(out, tgt)["loss_bbox"]
+    monkeypatch.setattr(detr_module, "is_dist_avail_and_initialized", lambda: False)
+    monkeypatch.setattr(detr_module, "get_world_size", lambda: 1)
+    loss_local = crit(out, tgt)["loss_bbox"]
+    # local: sum / 2 boxes; distributed: sum / (2 * 3 / 2 ranks) = sum / 3
+    torch.testing.assert_close(loss_dist * 3, loss_local * 2)
