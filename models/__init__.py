@@ -13,6 +13,9 @@ from collections.abc import Callable
 from torch import nn
 
 from models.backbone import BackboneConfig
+from models.deformable_detr import DeformableDETRConfig
+from models.deformable_detr import build as build_deformable
+from models.deformable_transformer import DeformableTransformerConfig
 from models.detr import DETRConfig, LossConfig, SetCriterion
 from models.detr import build as build_detr
 from models.matcher import MatcherConfig
@@ -89,8 +92,57 @@ def _build_detr_from_args(args: argparse.Namespace) -> BuildResult:
     return build_detr(detr_config_from_args(args))
 
 
+def deformable_config_from_args(args: argparse.Namespace) -> DeformableDETRConfig:
+    """Deformable DETR's typed config from the official flags (``--attn_impl`` included)."""
+    if getattr(args, "num_classes", None) is None:
+        raise ValueError("args.num_classes is not set: pass --num_classes (max category id + 1)")
+    levels = args.num_feature_levels
+    return DeformableDETRConfig(
+        num_classes=args.num_classes,
+        num_queries=args.num_queries,
+        num_feature_levels=levels,
+        aux_loss=args.aux_loss,
+        with_box_refine=args.with_box_refine,
+        two_stage=args.two_stage,
+        masks=args.masks,
+        # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
+        # fails with 2 levels, which here use layer3-4).
+        backbone=backbone_config_from_args(args, ("layer2", "layer3", "layer4")[-min(levels, 3) :], offset=-0.5),
+        transformer=DeformableTransformerConfig(
+            hidden_dim=args.hidden_dim,
+            nheads=args.nheads,
+            enc_layers=args.enc_layers,
+            dec_layers=args.dec_layers,
+            dim_feedforward=args.dim_feedforward,
+            dropout=args.dropout,
+            num_feature_levels=levels,
+            dec_n_points=args.dec_n_points,
+            enc_n_points=args.enc_n_points,
+            two_stage=args.two_stage,
+            num_queries=args.num_queries,
+            attn_impl=getattr(args, "attn_impl", "auto"),
+        ),
+        matcher=MatcherConfig(
+            set_cost_class=args.set_cost_class,
+            set_cost_bbox=args.set_cost_bbox,
+            set_cost_giou=args.set_cost_giou,
+            focal=True,
+            focal_alpha=args.focal_alpha,
+        ),
+        cls_loss_coef=args.cls_loss_coef,
+        bbox_loss_coef=args.bbox_loss_coef,
+        giou_loss_coef=args.giou_loss_coef,
+        focal_alpha=args.focal_alpha,
+    )
+
+
+def _build_deformable_from_args(args: argparse.Namespace) -> BuildResult:
+    return build_deformable(deformable_config_from_args(args))
+
+
 MODEL_BUILDERS: dict[str, Callable[[argparse.Namespace], BuildResult]] = {
     "detr": _build_detr_from_args,
+    "deformable_detr": _build_deformable_from_args,
 }
 
 

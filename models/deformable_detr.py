@@ -1,0 +1,285 @@
+"""Deformable DETR (Zhu et al., 2021): multi-scale backbone features, deformable transformer,
+sigmoid class heads with focal loss, optional iterative box refinement and two-stage proposals.
+
+Same modules, parameter names (and state-dict order), initialisation and numbers as the official
+``models/deformable_detr.py``, so official checkpoints load with ``strict=True``. Differences:
+
+* ``build`` takes a typed ``DeformableDETRConfig``; ``num_classes`` is explicit (the official
+  code guesses 20 or 91 from the data set's name).
+* The criterion is the shared ``models.detr.SetCriterion`` with ``focal_alpha`` set (one
+  implementation of both losses); ``_enc`` loss weights are only added with ``two_stage``
+  (officially they are always in the weight dict, unused without two-stage).
+* ``PostProcess`` keeps ``min(100, Q * num_classes)`` detections (the official top-100 fails
+  with fewer candidates).
+* The model accepts a ``NestedTensor``, a ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images.
+* ``--num_feature_levels 2`` works (backbone ``layer3-4``; see ``models.deformable_config_from_args``);
+  the official code fails with 2 levels (3 backbone stages for 2 level embeddings).
+* ``--masks`` is not supported (as officially, where the segmentation variant is unfinished):
+  ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.backbone import BackboneConfig, build_backbone
+from models.deformable_transformer import (
+    DeformableTransformerConfig,
+    build_deformable_transformer,
+    inverse_sigmoid,
+)
+from models.detr import MLP, SetCriterion, build_weight_dict
+from models.matcher import HungarianMatcher, MatcherConfig
+from util import box_ops
+from util.misc import NestedTensor, to_nested_tensor
+
+
+def _get_clones(module: nn.Module, n: int) -> nn.ModuleList:
+    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
+
+
+class DeformableDETR(nn.Module):
+    """Backbone (``Joiner``) + ``DeformableTransformer`` + per-decoder-layer class and box heads."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        transformer: nn.Module,
+        num_classes: int,
+        num_queries: int,
+        num_feature_levels: int,
+        aux_loss: bool = True,
+        with_box_refine: bool = False,
+        two_stage: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_feature_levels < 1:
+            raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
+        self.num_queries = num_queries
+        self.transformer = transformer
+        hidden_dim = transformer.d_model
+        self.class_embed = nn.Linear(hidden_dim, num_classes)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.num_feature_levels = num_feature_levels
+        if not two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
+        channels = list(backbone.feature_channels)
+        if num_feature_levels > 1:
+            input_proj_list = []
+            for in_channels in channels:
+                input_proj_list.append(
+                    nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+                )
+            in_channels = channels[-1]
+            for _ in range(num_feature_levels - len(channels)):
+                input_proj_list.append(
+                    nn.Sequential(
+                        nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                        nn.GroupNorm(32, hidden_dim),
+                    )
+                )
+                in_channels = hidden_dim
+            self.input_proj = nn.ModuleList(input_proj_list)
+        else:
+            self.input_proj = nn.ModuleList(
+                [nn.Sequential(nn.Conv2d(channels[0], hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))]
+            )
+        self.backbone = backbone
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+
+        prior_prob = 0.01
+        bias_value = -math.log((1 - prior_prob) / prior_prob)
+        with torch.no_grad():
+            self.class_embed.bias.fill_(bias_value)
+        nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
+        nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.constant_(proj[0].bias, 0)
+
+        # Two-stage adds one prediction head for the encoder proposals.
+        num_pred = transformer.decoder.num_layers + 1 if two_stage else transformer.decoder.num_layers
+        if with_box_refine:
+            self.class_embed = _get_clones(self.class_embed, num_pred)
+            self.bbox_embed = _get_clones(self.bbox_embed, num_pred)
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias.data[2:], -2.0)
+            self.transformer.decoder.bbox_embed = self.bbox_embed  # the decoder refines with these
+        else:
+            nn.init.constant_(self.bbox_embed.layers[-1].bias.data[2:], -2.0)
+            self.class_embed = nn.ModuleList([self.class_embed for _ in range(num_pred)])  # shared
+            self.bbox_embed = nn.ModuleList([self.bbox_embed for _ in range(num_pred)])
+            self.transformer.decoder.bbox_embed = None
+        if two_stage:
+            self.transformer.decoder.class_embed = self.class_embed  # scores the encoder proposals
+            for box_embed in self.bbox_embed:
+                nn.init.constant_(box_embed.layers[-1].bias.data[2:], 0.0)
+
+    def forward(self, samples: NestedTensor | Tensor | list[Tensor]) -> dict:
+        """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]``.
+
+        Returns ``pred_logits [B, Q, num_classes]`` (sigmoid logits), ``pred_boxes [B, Q, 4]``
+        (normalised cxcywh), with ``aux_loss`` the ``aux_outputs`` of the earlier decoder layers,
+        and in two-stage ``enc_outputs`` (``pred_logits [B, S, num_classes]``, ``pred_boxes [B, S, 4]``)."""
+        samples = to_nested_tensor(samples)
+        features, pos = self.backbone(samples)
+        pos = list(pos)
+        srcs = []
+        masks = []
+        for lvl, feat in enumerate(features):
+            src, mask = feat.decompose()
+            srcs.append(self.input_proj[lvl](src))
+            masks.append(mask)
+        if self.num_feature_levels > len(srcs):
+            n_srcs = len(srcs)
+            for lvl in range(n_srcs, self.num_feature_levels):
+                src = self.input_proj[lvl](features[-1].tensors if lvl == n_srcs else srcs[-1])
+                mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+                pos_l = self.backbone[1](NestedTensor(src, mask)).to(src.dtype)
+                srcs.append(src)
+                masks.append(mask)
+                pos.append(pos_l)
+
+        query_embeds = None if self.two_stage else self.query_embed.weight
+        hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact = self.transformer(
+            srcs, masks, pos, query_embeds
+        )
+
+        outputs_classes = []
+        outputs_coords = []
+        for lvl in range(hs.shape[0]):
+            reference = inverse_sigmoid(init_reference if lvl == 0 else inter_references[lvl - 1])
+            outputs_class = self.class_embed[lvl](hs[lvl])
+            tmp = self.bbox_embed[lvl](hs[lvl])
+            if reference.shape[-1] == 4:
+                tmp = tmp + reference
+            else:
+                tmp = torch.cat([tmp[..., :2] + reference, tmp[..., 2:]], -1)
+            outputs_classes.append(outputs_class)
+            outputs_coords.append(tmp.sigmoid())
+        outputs_class = torch.stack(outputs_classes)
+        outputs_coord = torch.stack(outputs_coords)
+
+        out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        if self.two_stage:
+            out["enc_outputs"] = {"pred_logits": enc_outputs_class, "pred_boxes": enc_outputs_coord_unact.sigmoid()}
+        return out
+
+    @torch.jit.unused
+    def _set_aux_loss(self, outputs_class: Tensor, outputs_coord: Tensor) -> list[dict[str, Tensor]]:
+        return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+
+
+class PostProcess(nn.Module):
+    """COCO-API format: the top-100 (query, class) pairs by sigmoid score over the whole image,
+    boxes in absolute xyxy pixels."""
+
+    def __init__(self, num_select: int = 100) -> None:
+        super().__init__()
+        self.num_select = num_select
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """``target_sizes [B, 2]`` (h, w) -> per image ``scores [K]``, ``labels [K]``, ``boxes [K, 4]``
+        with ``K = min(100, Q * num_classes)``, best first."""
+        out_logits, out_bbox = outputs["pred_logits"], outputs["pred_boxes"]
+        if len(out_logits) != len(target_sizes) or target_sizes.shape[1] != 2:
+            raise ValueError(f"target_sizes must be [batch={len(out_logits)}, 2], got {tuple(target_sizes.shape)}")
+        prob = out_logits.sigmoid()
+        k = min(self.num_select, prob[0].numel())
+        topk_values, topk_indexes = torch.topk(prob.view(out_logits.shape[0], -1), k, dim=1)
+        scores = topk_values
+        topk_boxes = torch.div(topk_indexes, out_logits.shape[2], rounding_mode="floor")
+        labels = topk_indexes % out_logits.shape[2]
+        boxes = box_ops.box_cxcywh_to_xyxy(out_bbox)
+        boxes = torch.gather(boxes, 1, topk_boxes.unsqueeze(-1).repeat(1, 1, 4))
+        img_h, img_w = target_sizes.unbind(1)
+        scale_fct = torch.stack([img_w, img_h, img_w, img_h], dim=1)
+        boxes = boxes * scale_fct[:, None, :]
+        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, boxes)]
+
+
+@dataclass
+class DeformableDETRConfig:
+    """Everything ``build`` needs. ``num_classes`` is the number of sigmoid logits (max category
+    id + 1; no no-object class)."""
+
+    num_classes: int = 91
+    num_queries: int = 300
+    num_feature_levels: int = 4
+    aux_loss: bool = True
+    with_box_refine: bool = False
+    two_stage: bool = False
+    masks: bool = False
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    transformer: DeformableTransformerConfig = field(default_factory=DeformableTransformerConfig)
+    matcher: MatcherConfig = field(default_factory=lambda: MatcherConfig(2, 5, 2))
+    cls_loss_coef: float = 2
+    bbox_loss_coef: float = 5
+    giou_loss_coef: float = 2
+    focal_alpha: float = 0.25
+
+
+def build(cfg: DeformableDETRConfig) -> tuple[nn.Module, SetCriterion, dict[str, nn.Module]]:
+    """Returns ``(model, criterion, postprocessors)`` as the official ``build(args)``."""
+    if cfg.masks:
+        raise NotImplementedError(
+            "--masks is not supported with --model deformable_detr (the official Deformable DETR has no "
+            "working segmentation head either); use --model detr --masks for segmentation"
+        )
+    if cfg.num_classes < 1:
+        raise ValueError(f"--num_classes must be >= 1, got {cfg.num_classes}")
+    t = cfg.transformer
+    if t.hidden_dim % t.nheads:
+        raise ValueError(f"--hidden_dim ({t.hidden_dim}) must be divisible by --nheads ({t.nheads})")
+    if cfg.num_feature_levels < 1:
+        raise ValueError(f"--num_feature_levels must be >= 1, got {cfg.num_feature_levels}")
+    if t.hidden_dim % 32:
+        raise ValueError(f"--hidden_dim ({t.hidden_dim}) must be divisible by 32 (GroupNorm(32) input projections)")
+    if (
+        t.num_feature_levels != cfg.num_feature_levels
+        or t.num_queries != cfg.num_queries
+        or t.two_stage != cfg.two_stage
+    ):
+        t = DeformableTransformerConfig(
+            **{**t.__dict__, "num_feature_levels": cfg.num_feature_levels, "num_queries": cfg.num_queries,
+               "two_stage": cfg.two_stage}
+        )  # fmt: skip
+    backbone = build_backbone(cfg.backbone)
+    if len(backbone.feature_channels) > cfg.num_feature_levels:
+        raise ValueError(
+            f"--num_feature_levels {cfg.num_feature_levels} is fewer than the backbone's "
+            f"{len(backbone.feature_channels)} returned stages {cfg.backbone.return_layers}"
+        )
+    transformer = build_deformable_transformer(t)
+    model = DeformableDETR(
+        backbone,
+        transformer,
+        num_classes=cfg.num_classes,
+        num_queries=cfg.num_queries,
+        num_feature_levels=cfg.num_feature_levels,
+        aux_loss=cfg.aux_loss,
+        with_box_refine=cfg.with_box_refine,
+        two_stage=cfg.two_stage,
+    )
+    m = cfg.matcher
+    matcher = HungarianMatcher(
+        cost_class=m.set_cost_class, cost_bbox=m.set_cost_bbox, cost_giou=m.set_cost_giou, focal=True,
+        focal_alpha=cfg.focal_alpha,
+    )  # fmt: skip
+    base = {"loss_ce": cfg.cls_loss_coef, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
+    weight_dict = build_weight_dict(base, t.dec_layers - 1 if cfg.aux_loss else 0, ("_enc",) if cfg.two_stage else ())
+    criterion = SetCriterion(
+        cfg.num_classes, matcher=matcher, weight_dict=weight_dict, eos_coef=0.1,
+        losses=["labels", "boxes", "cardinality"], focal_alpha=cfg.focal_alpha,
+    )  # fmt: skip
+    return model, criterion, {"bbox": PostProcess()}

@@ -1,0 +1,53 @@
+"""Multi-scale deformable attention, the reference implementation in plain PyTorch.
+
+Same semantics as the official ``ms_deform_attn_core_pytorch`` (Zhu et al., 2021): for each
+query, head, level and point, bilinearly sample the head's value map at ``sampling_locations``
+(normalised ``[0, 1]`` coordinates, ``(x, y)``) with ``F.grid_sample(mode="bilinear",
+padding_mode="zeros", align_corners=False)``, i.e. pixel coordinate ``loc * size - 0.5`` and
+zero outside the map, and sum the samples weighted by ``attention_weights``. Differences: the
+sampling grids of all levels are built in one go, and the level sizes are read once to the host.
+It runs on any device and dtype and is differentiable by autograd (also in float64); mixed
+dtypes (autocast: bf16 values, fp32 locations) are computed in the promoted dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def ms_deform_attn_pytorch(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (h, w per level, int64, ``S = sum h*w``),
+    ``level_start_index [L]`` (unused here: the split follows ``spatial_shapes``),
+    ``sampling_locations [B, Q, H, L, P, 2]``, ``attention_weights [B, Q, H, L, P]``
+    -> ``[B, Q, H * D]``."""
+    # Mixed precision: bf16 values with fp32 locations (autocast) are sampled in the wider dtype,
+    # as grid_sample needs one dtype and locations lose pixels in bf16.
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    value, sampling_locations, attention_weights = (t.to(dtype) for t in (value, sampling_locations, attention_weights))
+    b, s, nh, d = value.shape
+    _, q, _, nl, npts, _ = sampling_locations.shape
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    if sum(h * w for h, w in shapes) != s:
+        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
+    value_list = value.split([h * w for h, w in shapes], dim=1)
+    sampling_grids = 2 * sampling_locations - 1
+    sampled = []
+    for lvl, (h, w) in enumerate(shapes):
+        # [B, h*w, H, D] -> [B*H, D, h, w]
+        value_l = value_list[lvl].flatten(2).transpose(1, 2).reshape(b * nh, d, h, w)
+        # [B, Q, H, P, 2] -> [B*H, Q, P, 2]
+        grid_l = sampling_grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        # [B*H, D, Q, P]
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # [B, Q, H, L, P] -> [B*H, 1, Q, L*P]
+    weights = attention_weights.transpose(1, 2).reshape(b * nh, 1, q, nl * npts)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(b, nh * d, q)
+    return out.transpose(1, 2).contiguous()
