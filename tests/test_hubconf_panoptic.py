@@ -1,0 +1,51 @@
+"""torch.hub panoptic entry points: official signature, URLs with hash checking, the post-processor
+with the official COCO thing map, and loading of a checkpoint-shaped state dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hubconf
+from models.segmentation import DETRsegm, PostProcessPanoptic
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("detr_resnet50_panoptic", "https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth"),
+        ("detr_resnet50_dc5_panoptic", "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-panoptic-da08f1b1.pth"),
+        ("detr_resnet101_panoptic", "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth"),
+    ],
+)
+def test_official_urls_with_hash_check(monkeypatch: pytest.MonkeyPatch, name: str, url: str) -> None:
+    calls = []
+
+    def fake(u, **kw):
+        calls.append((u, kw))
+        raise _Stop
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
+    with pytest.raises(_Stop):
+        getattr(hubconf, name)(pretrained=True)
+    assert calls[0][0] == url and calls[0][1]["check_hash"] is True
+
+
+def test_panoptic_model_and_postprocessor(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, post = hubconf.detr_resnet50_panoptic(threshold=0.7, return_postprocessor=True)
+    assert isinstance(model, DETRsegm) and model.detr.class_embed.out_features == 251
+    assert model.detr.num_queries == 100 and not model.detr.aux_loss
+    assert isinstance(post, PostProcessPanoptic) and post.threshold == 0.7
+    assert post.is_thing_map == {i: i <= 90 for i in range(250)}
+
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: {"model": state})
+    loaded = hubconf.detr_resnet50_panoptic(pretrained=True)
+    assert torch.equal(loaded.mask_head.out_lay.weight, state["mask_head.out_lay.weight"])
+    tuned = hubconf.detr_resnet50_panoptic(pretrained=True, num_classes=7)
+    assert tuned.detr.class_embed.out_features == 8
+    assert torch.equal(tuned.bbox_attention.q_linear.weight, state["bbox_attention.q_linear.weight"])

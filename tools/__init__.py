@@ -1,0 +1,1 @@
+"""Command-line tools around main.py: the demo, log plots, prediction drawings."""
