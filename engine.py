@@ -4,7 +4,8 @@
 Differences: a non-finite loss raises ``NonFiniteLossError`` before the optimizer step (so the
 caller can save the last good state) instead of ``sys.exit``; optional mixed precision
 (``amp_dtype``); ``max_iters`` bounds an epoch (smoke tests, demos); ``on_step`` is called after
-each optimizer step (mid-epoch checkpoints, preemption). ``evaluate`` computes COCO box AP (and
+each optimizer step (mid-epoch checkpoints, preemption) and ``metric_logger`` lets a resumed epoch
+continue the running sums saved in a mid-epoch checkpoint. ``evaluate`` computes COCO box AP (and
 mask AP / PQ when the post-processors for them are given).
 """
 
@@ -59,17 +60,23 @@ def train_one_epoch(
     max_iters: int | None = None,
     start_iter: int = 0,
     on_step: Callable[[int], None] | None = None,
+    metric_logger: MetricLogger | None = None,
 ) -> dict[str, float]:
     """One pass over ``data_loader``; returns the epoch's averaged (over ranks) loss terms.
 
     ``start_iter`` is the number of iterations of this epoch already done (mid-epoch resume: the
     loader must then yield only the remaining batches); ``on_step(i)`` runs after step ``i``.
+    ``metric_logger``: the logger to update (a resumed epoch passes the one restored from its
+    checkpoint, so the returned averages cover the whole epoch); a new one by default.
     """
     model.train()
     criterion.train()
-    metric_logger = MetricLogger(delimiter="  ")
-    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
+    if metric_logger is None:
+        metric_logger = MetricLogger(delimiter="  ")
+    if "lr" not in metric_logger.meters:
+        metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    if "class_error" not in metric_logger.meters:
+        metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     header = f"Epoch: [{epoch}]"
     weight_dict = criterion.weight_dict
 

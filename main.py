@@ -7,6 +7,13 @@ epochs, queries, ...) follow ``--model``; a flag given explicitly always wins. A
 id + 1; always checked against the data set), ``--train_backbone_all`` and ``--backbone_weights``
 (training without ImageNet weights), ``--amp``, smaller-image options for small data sets, atomic
 checkpoints with exact resumption, and clear errors for bad input before training starts.
+
+Preemption (not in the official code): ``SIGUSR1``, ``SIGUSR2`` (submitit/Slurm) or ``SIGTERM``
+stops training after the current optimizer step (all ranks after the same one), saves a mid-epoch
+``checkpoint.pth`` (epoch, iteration, per-rank RNG states, the epoch's running loss sums; the one it
+replaces is kept as ``checkpoint_prev.pth``) and exits with status 128 + the signal number.
+``--resume auto`` continues from the newest readable checkpoint of ``--output_dir``, part-way
+through the epoch, with the same weights, optimizer state and log as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from engine import NonFiniteLossError, evaluate, train_one_epoch
 from models import build_model, num_classes_from_state_dict
 from util.checkpoint import (
     CheckpointError,
+    find_resume_checkpoint,
     get_rng_state,
     load_checkpoint,
     load_model_state,
@@ -37,7 +45,9 @@ from util.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from util.logging import MetricLogger
 from util.misc import collate_fn
+from util.preemption import Preempted, StopRequest, meters_state, restore_meters
 
 # Defaults that depend on --model (official values of each repository); None in the parser.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -150,7 +160,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--seed", default=42, type=int)
-    parser.add_argument("--resume", default="", help="resume from checkpoint (path or URL)")
+    parser.add_argument(
+        "--resume",
+        default="",
+        help="resume from checkpoint (path or URL); 'auto': the newest readable checkpoint in --output_dir "
+        "(none there: start from scratch)",
+    )
     parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     parser.add_argument("--eval", action="store_true")
     parser.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
@@ -229,7 +244,11 @@ def resolve_num_classes(args: argparse.Namespace, dataset: Any, ann_file: str) -
     return num_classes
 
 
-def _checkpoint_state(model, optimizer, lr_scheduler, epoch: int, args: argparse.Namespace) -> dict[str, Any]:
+def _checkpoint_state(
+    model, optimizer, lr_scheduler, epoch: int, args: argparse.Namespace, **extra: Any
+) -> dict[str, Any]:
+    """``epoch``: the last finished epoch, or with ``iteration`` in ``extra`` the epoch in progress.
+    ``rng_per_rank`` (every rank's generators) makes distributed resumption exact."""
     plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return {
         "model": model.state_dict(),
@@ -238,7 +257,67 @@ def _checkpoint_state(model, optimizer, lr_scheduler, epoch: int, args: argparse
         "epoch": epoch,
         "args": plain,
         "rng": get_rng_state(),
+        "world_size": dist_utils.get_world_size(),
+        **extra,
     }
+
+
+def _save_mid_epoch(
+    output_dir: Path | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    epoch: int,
+    iteration: int,
+    args: argparse.Namespace,
+    train_logger: MetricLogger,
+) -> str | None:
+    """Save the state after ``iteration`` of ``epoch`` to ``checkpoint.pth`` (the previous one kept
+    as ``checkpoint_prev.pth``). Called on every rank (gathers RNG and loss sums); rank 0 writes."""
+    rng_per_rank = dist_utils.all_gather(get_rng_state())
+    meters_per_rank = dist_utils.all_gather(meters_state(train_logger))
+    path = None
+    if output_dir is not None:
+        path = output_dir / "checkpoint.pth"
+        if dist_utils.is_main_process():
+            state = _checkpoint_state(
+                model,
+                optimizer,
+                lr_scheduler,
+                epoch,
+                args,
+                iteration=iteration,
+                rng_per_rank=rng_per_rank,
+                meters_per_rank=meters_per_rank,
+            )
+            save_checkpoint(state, path, previous=output_dir / "checkpoint_prev.pth")
+            print(f"saved epoch {epoch}, iteration {iteration} to {path}; continue with --resume auto", flush=True)
+    else:
+        print("warning: no --output_dir: the interrupted run's state is not saved", flush=True)
+    dist_utils.barrier()  # no rank leaves before the checkpoint is on disk
+    return str(path) if path is not None else None
+
+
+def resolve_auto_resume(args: argparse.Namespace) -> str:
+    """``--resume auto``: the newest readable checkpoint of ``--output_dir`` (unreadable newer ones
+    are reported and skipped), or ``""`` (start from scratch, said so) when there is none at all.
+    Stops with a message when the folder holds checkpoints but none is usable."""
+    if not args.output_dir:
+        raise SystemExit("error: --resume auto looks for checkpoints in --output_dir: pass --output_dir")
+    folder = Path(args.output_dir)
+    path, problems = find_resume_checkpoint(folder) if folder.is_dir() else (None, [])
+    for p in problems:
+        print(f"warning: --resume auto: skipping {p}", flush=True)
+    if path is None and problems:
+        raise SystemExit(
+            f"error: --resume auto: no usable checkpoint in {folder} ({len(problems)} unreadable). "
+            "Remove them to start from scratch, or pass --resume PATH."
+        )
+    if path is None:
+        print(f"--resume auto: no checkpoint in {folder}: starting from scratch", flush=True)
+        return ""
+    print(f"--resume auto: using {path}", flush=True)
+    return str(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -248,8 +327,20 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or ``--eval``) as the command line says; returns the last evaluation's stats.
+    Raises ``Preempted`` after saving a mid-epoch checkpoint when a stop signal arrives."""
+    stop = StopRequest()
+    try:
+        return _main(args, stop)
+    finally:
+        stop.restore()
+
+
+def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
     dist_utils.init_distributed_mode(args)
     resolve_args(args)
+    if args.resume == "auto":
+        args.resume = resolve_auto_resume(args)
     print(args)
     device = torch.device(args.device)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -326,6 +417,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
 
     rng_state = None
+    resume_iter, resume_meters = 0, None  # mid-epoch checkpoint: first iteration to run, loss sums
     if args.resume:
         try:
             ckpt = load_checkpoint(args.resume)
@@ -337,7 +429,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
             args.start_epoch = ckpt["epoch"] + 1
             rng_state = ckpt.get("rng")
-            print(f"resumed from {args.resume}: starting at epoch {args.start_epoch}")
+            saved_world = ckpt.get("world_size", 1)
+            if ckpt.get("rng_per_rank") and saved_world == world:
+                rng_state = ckpt["rng_per_rank"][rank]
+            if ckpt.get("iteration") is not None:  # stopped part-way through epoch ckpt["epoch"]
+                args.start_epoch = ckpt["epoch"]
+                resume_iter = ckpt["iteration"] + 1
+                meters = ckpt.get("meters_per_rank") or [None]
+                resume_meters = meters[rank] if saved_world == world else meters[0]
+                if saved_world != world:
+                    consumed = resume_iter * ckpt.get("args", {}).get("batch_size", args.batch_size) * saved_world
+                    resume_iter = consumed // (args.batch_size * world)
+                    print(
+                        f"warning: {args.resume} was written by {saved_world} process(es), this run has {world}: "
+                        f"continuing epoch {args.start_epoch} after about {consumed} images; the run will not be "
+                        "bit-identical to an uninterrupted one"
+                    )
+            where = f", iteration {resume_iter}" if resume_iter else ""
+            print(f"resumed from {args.resume}: starting at epoch {args.start_epoch}{where}")
 
     if args.eval:
         test_stats, coco_evaluator = evaluate(
@@ -365,12 +474,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if rng_state is not None:
         set_rng_state(rng_state)
 
+    stop.install()  # SIGUSR1/SIGUSR2/SIGTERM from here on: checkpoint and stop after the current step
     print("Start training")
     start_time = time.time()
     test_stats: dict[str, Any] = {}
     for epoch in range(args.start_epoch, args.epochs):
-        sampler_train.set_epoch(epoch)
+        start_iter = resume_iter if epoch == args.start_epoch else 0
+        sampler_train.set_epoch(epoch, start_index=start_iter * args.batch_size)
         dataset_train.set_epoch(epoch)
+        train_logger = MetricLogger(delimiter="  ")
+        if start_iter and resume_meters is not None:
+            restore_meters(train_logger, resume_meters)
+
+        def on_step(it: int, epoch: int = epoch, train_logger: MetricLogger = train_logger) -> None:
+            signum = stop.should_stop(device)
+            if signum:
+                path = _save_mid_epoch(
+                    output_dir, model_without_ddp, optimizer, lr_scheduler, epoch, it, args, train_logger
+                )
+                raise Preempted(signum, epoch, it, path, stop.previous_handlers(signum))
+
         try:
             train_stats = train_one_epoch(
                 model,
@@ -383,6 +506,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 amp_dtype=amp_dtype,
                 scaler=scaler,
                 print_freq=args.print_freq,
+                start_iter=start_iter,
+                on_step=on_step,
+                metric_logger=train_logger,
             )
         except NonFiniteLossError as e:
             if output_dir is not None and dist_utils.is_main_process():
@@ -391,14 +517,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"saved the last good weights (before the failing step) to {path}")
             raise SystemExit(f"error: {e}. The last finished epoch's checkpoint.pth is untouched.") from e
         lr_scheduler.step()
+        rng_per_rank = dist_utils.all_gather(get_rng_state()) if output_dir is not None else None
         if output_dir is not None and dist_utils.is_main_process():
-            state = _checkpoint_state(model_without_ddp, optimizer, lr_scheduler, epoch, args)
+            state = _checkpoint_state(
+                model_without_ddp, optimizer, lr_scheduler, epoch, args, rng_per_rank=rng_per_rank
+            )
             paths = [output_dir / "checkpoint.pth"]
             # extra checkpoint before LR drop and every 100 epochs
             if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0:
                 paths.append(output_dir / f"checkpoint{epoch:04}.pth")
             for p in paths:
-                save_checkpoint(state, p)
+                save_checkpoint(
+                    state, p, previous=output_dir / "checkpoint_prev.pth" if p.name == "checkpoint.pth" else None
+                )
 
         log_stats: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
@@ -449,5 +580,9 @@ def _save_eval(output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
-    main(parser.parse_args())
+    try:
+        main(parser.parse_args())
+    except Preempted as e:
+        print(f"{e}. Exit status {e.exit_code}.", flush=True)
+        sys.exit(e.exit_code)
     sys.exit(0)

@@ -6,6 +6,9 @@ leaves a corrupt file) and pickles ``argparse.Namespace``. Here a checkpoint is 
 temporary file in the same folder, flushed to disk and renamed over the old one, and holds only
 tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
 Official checkpoints (``{"model": ...}``, possibly with a pickled ``args``) load too.
+``save_checkpoint(..., previous=...)`` keeps the replaced checkpoint (``checkpoint_prev.pth``), and
+``find_resume_checkpoint`` (``--resume auto``) picks the newest readable checkpoint of a folder,
+reporting and skipping truncated or corrupt ones (the official code has neither).
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ def is_url(path: str) -> bool:
     return str(path).startswith(("http://", "https://"))
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename."""
+def save_checkpoint(
+    state: dict[str, Any], path: str | os.PathLike[str], previous: str | os.PathLike[str] | None = None
+) -> None:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename. With ``previous``,
+    an existing ``path`` is first moved there (kept as a fallback should ``path`` become
+    unreadable); at every moment one of the two holds a complete checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,6 +52,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +84,43 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {p} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt
+
+
+def resume_candidates(folder: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoints ``--resume auto`` may use in ``folder``, newest first (by modification
+    time; on a tie ``checkpoint.pth``, then ``checkpoint_prev.pth``, then the per-epoch copies).
+    ``checkpoint_nonfinite.pth`` (weights before a NaN loss) is never picked."""
+    folder = Path(folder)
+    names = ["checkpoint.pth", "checkpoint_prev.pth"]
+    paths = [folder / n for n in names if (folder / n).is_file()]
+    paths += sorted(p for p in folder.glob("checkpoint[0-9]*.pth") if p.is_file())
+
+    def key(p: Path) -> tuple[int, int]:
+        rank = names.index(p.name) if p.name in names else len(names)
+        return (-p.stat().st_mtime_ns, rank)
+
+    return sorted(paths, key=key)
+
+
+def find_resume_checkpoint(
+    folder: str | os.PathLike[str], required: tuple[str, ...] = ("model",)
+) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of ``folder`` that loads and holds the ``required`` keys, and one
+    message per newer candidate that was skipped (truncated, corrupt, incomplete).
+    ``(None, [])``: the folder holds no checkpoint at all; ``(None, problems)``: none is usable."""
+    problems: list[str] = []
+    for path in resume_candidates(folder):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        missing = [k for k in required if k not in ckpt]
+        if missing:
+            problems.append(f"checkpoint {path} lacks {', '.join(missing)}")
+            continue
+        return path, problems
+    return None, problems
 
 
 def model_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
