@@ -386,6 +386,22 @@ def make_coco_transforms(
     raise ValueError(f"unknown image_set {image_set!r}, expected 'train' or 'val'")
 
 
+def transforms_from_args(image_set: str, args: Any) -> T.Compose:
+    """``make_coco_transforms`` with ``args.train_scales`` / ``max_size`` / ``val_size`` (official
+    values where absent or None)."""
+
+    def arg(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    return make_coco_transforms(
+        image_set,
+        max_size=int(arg("max_size", OFFICIAL_MAX_SIZE)),
+        scales=[int(s) for s in arg("train_scales", OFFICIAL_TRAIN_SCALES)],
+        val_size=int(arg("val_size", OFFICIAL_VAL_SIZE)),
+    )
+
+
 def coco_paths(root: str | os.PathLike[str]) -> dict[str, tuple[Path, Path]]:
     """``{"train": (images dir, annotation file), "val": (...)}`` in the standard COCO 2017 layout."""
     root = Path(root)
@@ -412,21 +428,10 @@ def build(image_set: str, args: Any) -> CocoDetection:
     if image_set not in paths:
         raise ValueError(f"unknown image_set {image_set!r}, expected one of {sorted(paths)}")
     img_folder, ann_file = paths[image_set]
-
-    def arg(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
-
-    transforms = make_coco_transforms(
-        image_set,
-        max_size=int(arg("max_size", OFFICIAL_MAX_SIZE)),
-        scales=[int(s) for s in arg("train_scales", OFFICIAL_TRAIN_SCALES)],
-        val_size=int(arg("val_size", OFFICIAL_VAL_SIZE)),
-    )
     return CocoDetection(
         img_folder,
         ann_file,
-        transforms=transforms,
+        transforms=transforms_from_args(image_set, args),
         return_masks=bool(getattr(args, "masks", False)),
         num_classes=getattr(args, "num_classes", None),
     )
@@ -439,6 +444,7 @@ __all__ = [
     "build",
     "check_coco_dict",
     "coco_paths",
+    "transforms_from_args",
     "convert_coco_poly_to_mask",
     "degenerate_annotation_ids",
     "load_coco_json",

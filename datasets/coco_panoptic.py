@@ -43,7 +43,7 @@ import torch
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from datasets.coco import OFFICIAL_MAX_SIZE, OFFICIAL_TRAIN_SCALES, OFFICIAL_VAL_SIZE, make_coco_transforms
+from datasets.coco import transforms_from_args
 from util.box_ops import masks_to_boxes
 
 
@@ -251,17 +251,7 @@ def build(image_set: str, args: Any) -> CocoPanoptic:
     if image_set not in paths:
         raise ValueError(f"unknown image_set {image_set!r}, expected one of {sorted(paths)}")
     img_folder, ann_folder, ann_file, det_file = paths[image_set]
-
-    def arg(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
-
-    transforms = make_coco_transforms(
-        image_set,
-        max_size=int(arg("max_size", OFFICIAL_MAX_SIZE)),
-        scales=[int(s) for s in arg("train_scales", OFFICIAL_TRAIN_SCALES)],
-        val_size=int(arg("val_size", OFFICIAL_VAL_SIZE)),
-    )
+    transforms = transforms_from_args(image_set, args)
     return CocoPanoptic(
         img_folder,
         ann_folder,

@@ -219,14 +219,20 @@ def generate_synthetic_coco(
     return {**meta, "skipped": False}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the synthetic shapes data set in COCO layout.")
-    parser.add_argument("--out", required=True, help="output folder (becomes --coco_path)")
+def cli_parser(description: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line shared by the synthetic data generators."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--num_train", type=int, default=2000)
     parser.add_argument("--num_val", type=int, default=200)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val_seed", type=int, default=None, help="default: seed + 1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli_parser("Generate the synthetic shapes data set in COCO layout.", "output folder (becomes --coco_path)")
     args = parser.parse_args(argv)
     generate_synthetic_coco(args.out, args.num_train, args.num_val, args.size, args.seed, args.val_seed)
 

@@ -26,7 +26,6 @@ CLI: ``python -m datasets.synthetic_panoptic --out DIR --num_train N --num_val M
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -36,7 +35,15 @@ import numpy as np
 import PIL.Image
 from pycocotools import mask as coco_mask
 
-from datasets.synthetic import _COLOURS, CATEGORIES, MAX_PAIR_IOU, _box_iou, _shape_polygon, rasterize_convex_polygon
+from datasets.synthetic import (
+    _COLOURS,
+    CATEGORIES,
+    MAX_PAIR_IOU,
+    _box_iou,
+    _shape_polygon,
+    cli_parser,
+    rasterize_convex_polygon,
+)
 
 GENERATOR_VERSION = 1
 MIN_VISIBLE = 8
@@ -227,13 +234,10 @@ def generate_synthetic_panoptic(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the synthetic panoptic data set in COCO panoptic layout.")
-    parser.add_argument("--out", required=True, help="output folder (--coco_path and --coco_panoptic_path)")
-    parser.add_argument("--num_train", type=int, default=2000)
-    parser.add_argument("--num_val", type=int, default=200)
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val_seed", type=int, default=None, help="default: seed + 1")
+    parser = cli_parser(
+        "Generate the synthetic panoptic data set in COCO panoptic layout.",
+        "output folder (--coco_path and --coco_panoptic_path)",
+    )
     args = parser.parse_args(argv)
     generate_synthetic_panoptic(args.out, args.num_train, args.num_val, args.size, args.seed, args.val_seed)
 
