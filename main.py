@@ -223,14 +223,16 @@ def _max_category_id(dataset: Any) -> int:
     return max(ids) if ids else 0
 
 
-def resolve_num_classes(args: argparse.Namespace, dataset: Any, ann_file: str) -> int:
-    """``--num_classes``, else the checkpoint being resumed, else the data set; then checked."""
+def resolve_num_classes(
+    args: argparse.Namespace, dataset: Any, ann_file: str, checkpoints: dict[str, dict[str, Any]]
+) -> int:
+    """``--num_classes``, else the checkpoint being resumed (``checkpoints``: path -> loaded
+    checkpoint), else the data set; then checked against the data set."""
     source = "--num_classes"
     num_classes = args.num_classes
-    for path in (args.resume, args.frozen_weights):
-        if num_classes is None and path:
-            state = model_state_from_checkpoint(load_checkpoint(path), path)
-            num_classes = num_classes_from_state_dict(args.model, state)
+    for path, ckpt in checkpoints.items():
+        if num_classes is None:
+            num_classes = num_classes_from_state_dict(args.model, model_state_from_checkpoint(ckpt, path))
             source = f"checkpoint {path}"
     max_id = _max_category_id(dataset)
     if num_classes is None:
@@ -357,8 +359,9 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
         raise SystemExit(f"error: {e}") from e
     reference = dataset_val if dataset_train is None else dataset_train
     ann_file = str(getattr(reference, "ann_file", args.coco_path))
-    try:
-        args.num_classes = resolve_num_classes(args, reference, ann_file)
+    try:  # each checkpoint is read once: for num_classes here, for the weights below
+        checkpoints = {p: load_checkpoint(p) for p in (args.resume, args.frozen_weights) if p}
+        args.num_classes = resolve_num_classes(args, reference, ann_file, checkpoints)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
     for name, ds in (("train", dataset_train), ("val", dataset_val)):
@@ -405,7 +408,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
 
     if args.frozen_weights is not None:
         try:
-            ckpt = load_checkpoint(args.frozen_weights)
+            ckpt = checkpoints[args.frozen_weights]
             load_model_state(
                 model_without_ddp.detr, model_state_from_checkpoint(ckpt, args.frozen_weights), args.frozen_weights
             )
@@ -420,7 +423,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
     resume_iter, resume_meters = 0, None  # mid-epoch checkpoint: first iteration to run, loss sums
     if args.resume:
         try:
-            ckpt = load_checkpoint(args.resume)
+            ckpt = checkpoints[args.resume]
             load_model_state(model_without_ddp, model_state_from_checkpoint(ckpt, args.resume), args.resume)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}") from e
@@ -447,6 +450,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
                     )
             where = f", iteration {resume_iter}" if resume_iter else ""
             print(f"resumed from {args.resume}: starting at epoch {args.start_epoch}{where}")
+    checkpoints.clear()  # free the loaded checkpoints before training
 
     if args.eval:
         test_stats, coco_evaluator = evaluate(
