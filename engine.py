@@ -99,7 +99,7 @@ def train_one_epoch(
 
         if not math.isfinite(loss_value):
             ids = [int(t["image_id"]) for t in targets if "image_id" in t]
-            raise NonFiniteLossError(epoch, it, {k: float(v) for k, v in loss_dict_reduced.items()}, ids)
+            raise NonFiniteLossError(epoch, it, {k: float(v.detach()) for k, v in loss_dict_reduced.items()}, ids)
 
         optimizer.zero_grad()
         if scaler is not None:

@@ -22,8 +22,10 @@ import argparse
 import datetime
 import json
 import random
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -520,7 +522,11 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
                 save_checkpoint(_checkpoint_state(model_without_ddp, optimizer, lr_scheduler, epoch - 1, args), path)
                 print(f"saved the last good weights (before the failing step) to {path}")
             raise SystemExit(f"error: {e}. The last finished epoch's checkpoint.pth is untouched.") from e
-        lr_scheduler.step()
+        with warnings.catch_warnings():
+            if start_iter >= len(batch_sampler_train):  # resumed after the epoch's last step: no step here,
+                # but the scheduler's restored state is right; PyTorch would warn about the order
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            lr_scheduler.step()
         rng_per_rank = dist_utils.all_gather(get_rng_state()) if output_dir is not None else None
         if output_dir is not None and dist_utils.is_main_process():
             state = _checkpoint_state(
