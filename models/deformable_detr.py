@@ -20,7 +20,6 @@ Same modules, parameter names (and state-dict order), initialisation and numbers
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -36,12 +35,9 @@ from models.deformable_transformer import (
 )
 from models.detr import MLP, SetCriterion, build_weight_dict
 from models.matcher import HungarianMatcher, MatcherConfig
+from models.transformer import get_clones
 from util import box_ops
 from util.misc import NestedTensor, to_nested_tensor
-
-
-def _get_clones(module: nn.Module, n: int) -> nn.ModuleList:
-    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
 
 
 class DeformableDETR(nn.Module):
@@ -108,8 +104,8 @@ class DeformableDETR(nn.Module):
         # Two-stage adds one prediction head for the encoder proposals.
         num_pred = transformer.decoder.num_layers + 1 if two_stage else transformer.decoder.num_layers
         if with_box_refine:
-            self.class_embed = _get_clones(self.class_embed, num_pred)
-            self.bbox_embed = _get_clones(self.bbox_embed, num_pred)
+            self.class_embed = get_clones(self.class_embed, num_pred)
+            self.bbox_embed = get_clones(self.bbox_embed, num_pred)
             nn.init.constant_(self.bbox_embed[0].layers[-1].bias.data[2:], -2.0)
             self.transformer.decoder.bbox_embed = self.bbox_embed  # the decoder refines with these
         else:

@@ -73,7 +73,7 @@ class Transformer(nn.Module):
 class TransformerEncoder(nn.Module):
     def __init__(self, encoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None) -> None:
         super().__init__()
-        self.layers = _get_clones(encoder_layer, num_layers)
+        self.layers = get_clones(encoder_layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm
 
@@ -102,7 +102,7 @@ class TransformerDecoder(nn.Module):
         return_intermediate: bool = False,
     ) -> None:
         super().__init__()
-        self.layers = _get_clones(decoder_layer, num_layers)
+        self.layers = get_clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm
         self.return_intermediate = return_intermediate
@@ -166,7 +166,7 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.activation = _get_activation_fn(activation)
+        self.activation = get_activation_fn(activation)
         self.normalize_before = normalize_before
 
     def _sa(self, x: Tensor, pos: Tensor | None, attn_mask: Tensor | None, key_padding_mask: Tensor | None) -> Tensor:
@@ -214,7 +214,7 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
-        self.activation = _get_activation_fn(activation)
+        self.activation = get_activation_fn(activation)
         self.normalize_before = normalize_before
 
     def _sa(self, x: Tensor, query_pos: Tensor | None, attn_mask: Tensor | None, kpm: Tensor | None) -> Tensor:
@@ -265,14 +265,15 @@ class TransformerDecoderLayer(nn.Module):
         return self.norm3(tgt + self._ff(tgt))
 
 
-def _get_clones(module: nn.Module, n: int) -> nn.ModuleList:
+def get_clones(module: nn.Module, n: int) -> nn.ModuleList:
+    """``n`` independent deep copies of ``module`` (shared by the DETR and Deformable DETR stacks)."""
     return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
 
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 
 
-def _get_activation_fn(activation: str) -> Callable[[Tensor], Tensor]:
+def get_activation_fn(activation: str) -> Callable[[Tensor], Tensor]:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation should be one of {sorted(_ACTIVATIONS)}, not {activation}")
     return _ACTIVATIONS[activation]
