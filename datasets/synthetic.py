@@ -150,16 +150,54 @@ def _write_split(folder: Path, ann_file: Path, num_images: int, size: int, seed:
     ann_file.write_text(json.dumps(data))
 
 
-def _meta(num_train: int, num_val: int, image_size: int, seed: int, val_seed: int) -> dict[str, Any]:
+def make_meta(
+    generator: str, version: int, num_train: int, num_val: int, image_size: int, seed: int, val_seed: int | None
+) -> dict[str, Any]:
+    """Check a generator's parameters and record them (``val_seed`` defaults to ``seed + 1``)."""
+    if num_train < 0 or num_val < 0:
+        raise ValueError(f"num_train/num_val must be >= 0, got {num_train}/{num_val}")
+    if image_size < 12:
+        raise ValueError(f"image_size must be >= 12 pixels, got {image_size}")
+    val_seed = seed + 1 if val_seed is None else val_seed
+    if val_seed == seed:
+        raise ValueError(f"val_seed must differ from seed (both {seed}): the splits would be identical")
     return {
-        "generator": "datasets.synthetic",
-        "version": GENERATOR_VERSION,
+        "generator": generator,
+        "version": version,
         "num_train": num_train,
         "num_val": num_val,
         "image_size": image_size,
         "seed": seed,
         "val_seed": val_seed,
     }
+
+
+def reuse_or_clear(
+    out: Path, meta: dict[str, Any], required: list[Path], png_folders: list[str], verbose: bool
+) -> bool:
+    """True when ``out`` already holds the data set ``meta`` describes (its ``meta.json`` matches and
+    the ``required`` files exist): nothing to write. Otherwise removes our stale ``meta.json`` and
+    PNGs and returns False. A folder holding anything else is refused, so real data is never overwritten.
+    """
+    meta_file = out / "meta.json"
+    if meta_file.is_file():
+        try:
+            old = json.loads(meta_file.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old == meta and all(p.is_file() for p in required):
+            if verbose:
+                print(f"{meta['generator']}: data set already in {out} with the same parameters; not regenerating")
+            return True
+        if isinstance(old, dict) and old.get("generator") not in (None, meta["generator"]):
+            raise FileExistsError(f"{out} holds another data set ({meta_file}); refusing to write into it")
+        meta_file.unlink()  # stale or different parameters: regenerate
+        for folder in png_folders:
+            for png in (out / folder).glob("*.png"):
+                png.unlink()
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists, is not empty and has no synthetic meta.json; refusing to write into it")
+    return False
 
 
 def generate_synthetic_coco(
@@ -178,39 +216,18 @@ def generate_synthetic_coco(
     (``meta["skipped"]`` is True). A non-empty ``out_dir`` without our ``meta.json`` is refused,
     so a real data set is never overwritten.
     """
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train/num_val must be >= 0, got {num_train}/{num_val}")
-    if image_size < 12:
-        raise ValueError(f"image_size must be >= 12 pixels, got {image_size}")
-    val_seed = seed + 1 if val_seed is None else val_seed
-    if val_seed == seed:
-        raise ValueError(f"val_seed must differ from seed (both {seed}): the splits would be identical")
     out = Path(out_dir)
-    meta = _meta(num_train, num_val, image_size, seed, val_seed)
-    meta_file = out / "meta.json"
+    meta = make_meta("datasets.synthetic", GENERATOR_VERSION, num_train, num_val, image_size, seed, val_seed)
+    val_seed = meta["val_seed"]
     train_ann = out / "annotations" / "instances_train2017.json"
     val_ann = out / "annotations" / "instances_val2017.json"
-
-    if meta_file.is_file():
-        try:
-            old = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old == meta and train_ann.is_file() and val_ann.is_file():
-            if verbose:
-                print(f"synthetic data set already in {out} with the same parameters; not regenerating")
-            return {**meta, "skipped": True}
-        meta_file.unlink()  # stale or different parameters: regenerate below
-        for split in ("train2017", "val2017"):
-            for png in (out / split).glob("*.png"):
-                png.unlink()
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists, is not empty and has no synthetic meta.json; refusing to write into it")
+    if reuse_or_clear(out, meta, [train_ann, val_ann], ["train2017", "val2017"], verbose):
+        return {**meta, "skipped": True}
 
     start = time.perf_counter()
     _write_split(out / "train2017", train_ann, num_train, image_size, seed, "train")
     _write_split(out / "val2017", val_ann, num_val, image_size, val_seed, "val")
-    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if verbose:
         print(
             f"wrote synthetic data set to {out}: {num_train} train + {num_val} val images of "

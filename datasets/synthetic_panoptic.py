@@ -42,7 +42,9 @@ from datasets.synthetic import (
     _box_iou,
     _shape_polygon,
     cli_parser,
+    make_meta,
     rasterize_convex_polygon,
+    reuse_or_clear,
 )
 
 GENERATOR_VERSION = 1
@@ -185,46 +187,19 @@ def generate_synthetic_panoptic(
     Nothing is written when ``out_dir/meta.json`` already records the same parameters
     (``meta["skipped"]`` is True); a non-empty ``out_dir`` without our ``meta.json`` is refused.
     """
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train/num_val must be >= 0, got {num_train}/{num_val}")
-    if image_size < 12:
-        raise ValueError(f"image_size must be >= 12 pixels, got {image_size}")
-    val_seed = seed + 1 if val_seed is None else val_seed
-    if val_seed == seed:
-        raise ValueError(f"val_seed must differ from seed (both {seed}): the splits would be identical")
     out = Path(out_dir)
-    meta = {
-        "generator": "datasets.synthetic_panoptic",
-        "version": GENERATOR_VERSION,
-        "num_train": num_train,
-        "num_val": num_val,
-        "image_size": image_size,
-        "seed": seed,
-        "val_seed": val_seed,
-    }
-    meta_file = out / "meta.json"
-    if meta_file.is_file():
-        try:
-            old = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old == meta:
-            if verbose:
-                print(f"synthetic panoptic data set already in {out} with the same parameters; not regenerating")
-            return {**meta, "skipped": True}
-        if not isinstance(old, dict) or old.get("generator") != meta["generator"]:
-            raise FileExistsError(f"{out} holds another data set ({meta_file}); refusing to write into it")
-        meta_file.unlink()
-        for folder in ("train2017", "val2017", "panoptic_train2017", "panoptic_val2017"):
-            for png in (out / folder).glob("*.png"):
-                png.unlink()
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists, is not empty and has no synthetic meta.json; refusing to write into it")
+    meta = make_meta("datasets.synthetic_panoptic", GENERATOR_VERSION, num_train, num_val, image_size, seed, val_seed)
+    val_seed = meta["val_seed"]
+    required = [out / "annotations" / f"{kind}_{split}2017.json" for kind in ("panoptic", "instances")
+                for split in ("train", "val")]  # fmt: skip
+    folders = ["train2017", "val2017", "panoptic_train2017", "panoptic_val2017"]
+    if reuse_or_clear(out, meta, required, folders, verbose):
+        return {**meta, "skipped": True}
 
     start = time.perf_counter()
     _write_split(out, "train", num_train, image_size, seed)
     _write_split(out, "val", num_val, image_size, val_seed)
-    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if verbose:
         print(
             f"wrote synthetic panoptic data set to {out}: {num_train} train + {num_val} val images of "
