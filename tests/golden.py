@@ -51,3 +51,31 @@ def golden_args(config: dict, **overrides: object) -> argparse.Namespace:
         setattr(args, k, v)
     args.backbone_weights = "none"
     return args
+
+
+def check_against_golden(golden: dict, model: nn.Module, criterion: nn.Module, postprocessors: dict, out: dict) -> None:
+    """Matcher indices (exact), every loss term and the weighted total (1e-5 relative), the
+    fixture's gradients, and the box post-processing (labels exact) of ``out`` against ``golden``.
+    Backpropagates the total: zero the model's gradients before the forward pass."""
+    main_out = {k: v for k, v in out.items() if k not in ("aux_outputs", "enc_outputs")}
+    indices = criterion.matcher(main_out, golden["targets"])
+    for (i, j), (gi, gj) in zip(indices, golden["matcher_indices"]):
+        assert torch.equal(i, gi) and torch.equal(j, gj)
+
+    losses = criterion(out, golden["targets"])
+    assert set(losses) == set(golden["losses"])
+    for k, v in golden["losses"].items():
+        torch.testing.assert_close(losses[k], v, rtol=1e-5, atol=1e-6)
+    total = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
+    torch.testing.assert_close(total, golden["total_loss"], rtol=1e-5, atol=1e-6)
+
+    total.backward()
+    params = dict(model.named_parameters())
+    for k, g in golden["grads"].items():
+        torch.testing.assert_close(params[k].grad, g, rtol=1e-4, atol=1e-5)
+
+    results = postprocessors["bbox"](out, golden["postprocess_target_sizes"])
+    for ours, ref in zip(results, golden["postprocess"]):
+        assert torch.equal(ours["labels"], ref["labels"])
+        torch.testing.assert_close(ours["scores"], ref["scores"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=1e-5, atol=1e-3)  # pixels

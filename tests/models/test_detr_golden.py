@@ -3,7 +3,7 @@ outputs, matcher, every loss term, gradients and post-processing."""
 
 import pytest
 import torch
-from golden import fill_golden_weights, golden_args, load_golden
+from golden import check_against_golden, fill_golden_weights, golden_args, load_golden
 
 from main import resolve_args
 from models import build_model
@@ -40,28 +40,8 @@ def test_outputs_losses_grads_postprocess(golden, built):
         for k in ("pred_logits", "pred_boxes"):
             torch.testing.assert_close(ours[k], ref[k], atol=1e-5, rtol=1e-5)
 
-    indices = criterion.matcher({k: v for k, v in out.items() if k != "aux_outputs"}, golden["targets"])
-    for (i, j), (gi, gj) in zip(indices, golden["matcher_indices"]):
-        assert torch.equal(i, gi) and torch.equal(j, gj)
-
-    losses = criterion(out, golden["targets"])
-    assert set(losses) == set(golden["losses"])
-    for k, v in golden["losses"].items():
-        torch.testing.assert_close(losses[k], v, rtol=1e-5, atol=1e-6)
     assert criterion.weight_dict == golden["weight_dict"]
-    total = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
-    torch.testing.assert_close(total, golden["total_loss"], rtol=1e-5, atol=1e-6)
-
-    total.backward()
-    params = dict(model.named_parameters())
-    for k, g in golden["grads"].items():
-        torch.testing.assert_close(params[k].grad, g, rtol=1e-4, atol=1e-5)
-
-    results = postprocessors["bbox"](out, golden["postprocess_target_sizes"])
-    for ours, ref in zip(results, golden["postprocess"]):
-        assert torch.equal(ours["labels"], ref["labels"])
-        torch.testing.assert_close(ours["scores"], ref["scores"], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=1e-5, atol=1e-3)
+    check_against_golden(golden, model, criterion, postprocessors, out)
 
 
 def test_model_accepts_tensor_and_list(golden, built):
