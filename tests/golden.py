@@ -72,7 +72,12 @@ def check_against_golden(golden: dict, model: nn.Module, criterion: nn.Module, p
     total.backward()
     params = dict(model.named_parameters())
     for k, g in golden["grads"].items():
-        torch.testing.assert_close(params[k].grad, g, rtol=1e-4, atol=1e-5)
+        # A gradient is a sum over every query, layer and position: float32 rounding is relative
+        # to the tensor's scale, not to each element (a near-zero element of a tensor whose entries
+        # reach hundreds differs by ~1e-5 of that scale with the summation order, which the thread
+        # count and the CPU's kernels change). Hence 1e-5 of the scale, as the fixtures' README says.
+        scale = max(1.0, float(g.abs().max()))
+        torch.testing.assert_close(params[k].grad, g, rtol=1e-4, atol=1e-5 * scale)
 
     results = postprocessors["bbox"](out, golden["postprocess_target_sizes"])
     for ours, ref in zip(results, golden["postprocess"]):
