@@ -21,7 +21,7 @@ from util.checkpoint import load_checkpoint, load_model_state, model_state_from_
 
 dependencies = ["torch", "torchvision", "scipy"]
 
-_URLS = {
+PRETRAINED = _URLS = {
     "detr_resnet50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
     "detr_resnet50_dc5": "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth",
     "detr_resnet101": "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth",
@@ -30,6 +30,14 @@ _URLS = {
     "detr_resnet50_dc5_panoptic": "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-panoptic-da08f1b1.pth",
     "detr_resnet101_panoptic": "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth",
 }
+
+
+def pretrained_checkpoint(name: str) -> dict:
+    """The checkpoint behind the hub entry ``name`` (``main.py --finetune detr_resnet50``):
+    downloaded once into the torch hub cache, hash-checked, clear error when offline."""
+    if name not in PRETRAINED:
+        raise KeyError(f"no pretrained weights for hub entry '{name}'; known: {sorted(PRETRAINED)}")
+    return load_checkpoint(PRETRAINED[name])
 
 
 def _make_detr(backbone_name: str, dilation: bool = False, num_classes: int = 91, mask: bool = False) -> nn.Module:
@@ -135,6 +143,8 @@ def detr_resnet101_panoptic(
 
 __all__ = [
     "DETR",
+    "PRETRAINED",
+    "pretrained_checkpoint",
     "detr_resnet50",
     "detr_resnet50_dc5",
     "detr_resnet50_dc5_panoptic",

@@ -26,30 +26,36 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 import datasets
 import util.distributed as dist_utils
 from datasets.sampling import ResumableSampler, SeededDataset
-from engine import NonFiniteLossError, evaluate, train_one_epoch
-from models import build_model, num_classes_from_state_dict
+from engine import NonFiniteError, evaluate, train_one_epoch
+from models import architecture_from_state_dict, build_model
 from util.checkpoint import (
+    CHECKPOINT_VERSION,
     CheckpointError,
+    check_free_space,
     find_resume_checkpoint,
-    get_rng_state,
     load_checkpoint,
+    load_finetune_weights,
     load_model_state,
     model_state_from_checkpoint,
+    prepare_output_dir,
     save_checkpoint,
-    set_rng_state,
 )
-from util.logging import MetricLogger
+from util.ema import ModelEma
+from util.logging import MetricLogger, TensorboardLogger
 from util.misc import collate_fn
-from util.preemption import Preempted, StopRequest, meters_state, restore_meters
+from util.preemption import Preempted, StopRequest
+from util.train_state import TrainState
 
 # Defaults that depend on --model (official values of each repository); None in the parser.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -93,12 +99,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr_drop_epochs", default=None, type=int, nargs="+")
     parser.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm")
     parser.add_argument("--sgd", action="store_true")
+    parser.add_argument(
+        "--grad_accum_steps",
+        default=1,
+        type=int,
+        help="optimizer step every N batches, the loss normalised as for one N times larger batch",
+    )
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="keep an exponential moving average of the weights; evaluated and saved beside them",
+    )
+    parser.add_argument("--ema_decay", default=0.9997, type=float, help="EMA decay (ramped up over ~2000 steps)")
 
     # Model parameters
     parser.add_argument(
         "--frozen_weights", type=str, default=None, help="Path to a pretrained model; only the mask head is trained"
     )
     parser.add_argument("--num_classes", type=int, default=None, help="max category id + 1 (no-object added on top)")
+    parser.add_argument(
+        "--finetune",
+        default="",
+        type=str,
+        help="start from the weights of a checkpoint (path, URL or hub entry name such as detr_resnet50): every "
+        "weight whose name and shape fit is loaded, the class head (and query embeddings) re-initialised when "
+        "their sizes differ; optimizer, scheduler and epoch start afresh (that is --resume)",
+    )
+    parser.add_argument("--freeze_backbone", action="store_true", help="train nothing in the backbone")
+    parser.add_argument("--freeze_encoder", action="store_true", help="train nothing in the transformer encoder")
     # * Backbone
     parser.add_argument("--backbone", default="resnet50", type=str, help="convolutional backbone")
     parser.add_argument("--dilation", action="store_true", help="replace stride with dilation in the last block (DC5)")
@@ -171,6 +199,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     parser.add_argument("--eval", action="store_true")
     parser.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
+    parser.add_argument(
+        "--keep_checkpoints",
+        default=2,
+        type=int,
+        help="rolling checkpoints kept: checkpoint.pth plus N-1 older ones (checkpoint_prev.pth, ...) that "
+        "--resume auto falls back to when the newest is unreadable; 1 halves the disk use",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write losses, learning rates and metrics for TensorBoard to <output_dir>/tensorboard",
+    )
     parser.add_argument("--num_workers", default=2, type=int)
     parser.add_argument("--print_freq", default=10, type=int)
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
@@ -181,6 +221,138 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --------------------------------------------------------------------------------------------
+# Flags: where each value comes from
+# --------------------------------------------------------------------------------------------
+
+# Flags that fix the model's structure (its state-dict keys, shapes or meaning). Taken from the
+# checkpoint that is resumed, evaluated or fine-tuned unless given on the command line; a resumed
+# run refuses a change.
+ARCHITECTURE_FLAGS: tuple[str, ...] = (
+    "model", "backbone", "dilation", "position_embedding", "position_embedding_scale", "num_feature_levels",
+    "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries", "pre_norm",
+    "dec_n_points", "enc_n_points", "with_box_refine", "two_stage", "masks", "num_classes", "train_backbone_all",
+)  # fmt: skip
+# Flags of the optimisation schedule: a resumed run takes them from its checkpoint; one given with
+# another value is applied from the resumed epoch on, and logged.
+SCHEDULE_FLAGS: tuple[str, ...] = (
+    "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "lr_drop", "lr_drop_epochs", "clip_max_norm",
+    "batch_size", "grad_accum_steps", "epochs",
+)  # fmt: skip
+# Image-size flags a checkpoint is evaluated with unless given (this project's checkpoints).
+EVALUATION_FLAGS: tuple[str, ...] = ("val_size", "max_size")
+# Flags about where and how this process runs: never taken from a checkpoint, never saved.
+RUNTIME_FLAGS: frozenset[str] = frozenset(
+    {
+        "resume",
+        "eval",
+        "output_dir",
+        "device",
+        "num_workers",
+        "print_freq",
+        "world_size",
+        "dist_url",
+        "start_epoch",
+        "finetune",
+        "frozen_weights",
+        "backbone_weights",
+        "rank",
+        "gpu",
+        "distributed",
+        "dist_backend",
+        "tensorboard",
+        "keep_checkpoints",
+        "attn_impl",
+    }  # fmt: skip
+)
+
+_UNSET = object()
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse the command line and remember which flags were given (``given_flags``): a value from
+    the command line wins over one stored in a checkpoint, a default does not."""
+    parser = parser or argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
+    dests = [a.dest for a in parser._actions if a.default is not argparse.SUPPRESS]
+    ns = argparse.Namespace(**dict.fromkeys(dests, _UNSET))
+    parser.parse_args(argv, namespace=ns)
+    given = [k for k in dests if getattr(ns, k) is not _UNSET]
+    for action in parser._actions:
+        if action.dest in dests and getattr(ns, action.dest) is _UNSET:
+            setattr(ns, action.dest, action.default)
+    ns._given = given
+    return ns
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """Flags given on the command line (see ``parse_args``); for a namespace made otherwise, the
+    flags whose value differs from the parser's default."""
+    if hasattr(args, "_given"):
+        return set(args._given)
+    defaults = vars(get_args_parser().parse_args([]))
+    return {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+
+
+def saved_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's flags as stored in its checkpoints: plain values, without the runtime ones."""
+    plain = (int, float, str, bool, list, type(None))
+    return {
+        k: v for k, v in vars(args).items() if not k.startswith("_") and k not in RUNTIME_FLAGS and isinstance(v, plain)
+    }
+
+
+def checkpoint_flags(ckpt: dict[str, Any], source: str) -> tuple[dict[str, Any], bool]:
+    """The flags a checkpoint determines, and whether it is an official one. This project's
+    checkpoints store their flags as a dict; official ones an ``argparse.Namespace`` of which only
+    the architecture flags are used. What the weights' keys and shapes tell fills the gaps (and
+    wins for ``num_classes``, read off the class head)."""
+    stored = ckpt.get("args")
+    official = not isinstance(stored, dict)
+    flags = dict(vars(stored)) if isinstance(stored, argparse.Namespace) else dict(stored or {})
+    if official:
+        flags = {k: v for k, v in flags.items() if k in ARCHITECTURE_FLAGS and k != "num_classes"}
+    inferred = architecture_from_state_dict(model_state_from_checkpoint(ckpt, source))
+    if "num_classes" in inferred:
+        flags["num_classes"] = inferred.pop("num_classes")
+    return {**inferred, **flags}, official
+
+
+def inherit_flags(args: argparse.Namespace, ckpt: dict[str, Any], source: str, purpose: str) -> list[str]:
+    """Set the flags not given on the command line from ``ckpt`` (``purpose``: ``"resume"`` takes
+    every non-runtime flag, ``"eval"`` and ``"finetune"`` the architecture; fine-tuning keeps the
+    data set's class count). Returns notes for the log; raises ``SystemExit`` when a resumed run
+    would change the architecture."""
+    flags, official = checkpoint_flags(ckpt, source)
+    given = given_flags(args)
+    wanted = ARCHITECTURE_FLAGS if purpose != "resume" or official else tuple(flags)
+    if purpose == "eval" and not official:
+        wanted += EVALUATION_FLAGS
+    if purpose == "finetune":
+        wanted = tuple(k for k in wanted if k != "num_classes")
+    notes, refused = [], []
+    for k in wanted:
+        if k not in flags or k in RUNTIME_FLAGS or not hasattr(args, k):
+            continue
+        value = flags[k]
+        if k not in given:
+            setattr(args, k, value)
+        elif getattr(args, k) != value:
+            if purpose == "resume" and k in ARCHITECTURE_FLAGS:
+                refused.append(f"--{k} {getattr(args, k)} (the checkpoint has {value})")
+            elif purpose == "resume" and k in SCHEDULE_FLAGS:
+                notes.append(f"--{k} {getattr(args, k)} replaces the checkpoint's {value} from the resumed epoch on")
+            elif purpose == "resume":
+                notes.append(f"--{k} {getattr(args, k)} replaces the checkpoint's {value}")
+            elif purpose == "eval" and k in ARCHITECTURE_FLAGS:
+                notes.append(f"--{k} {getattr(args, k)} given: used instead of the checkpoint's {value}")
+    if refused:
+        raise SystemExit(
+            f"error: resuming {source} cannot change the architecture: {'; '.join(refused)}. Drop these flags to "
+            f"continue that run, or start a new one from its weights with --finetune {source}"
+        )
+    return notes
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the model-dependent defaults and check flag combinations (before any work)."""
     for k, v in MODEL_DEFAULTS[args.model].items():
@@ -188,118 +360,51 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, k, v)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.hidden_dim % args.nheads:
-        raise SystemExit(f"error: --hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})")
-    if args.num_feature_levels < 1:
-        raise SystemExit(f"error: --num_feature_levels must be >= 1, got {args.num_feature_levels}")
-    if args.frozen_weights is not None and not args.masks:
-        raise SystemExit("error: --frozen_weights trains only the mask head: it needs --masks")
-    if args.batch_size < 1:
-        raise SystemExit(f"error: --batch_size must be >= 1, got {args.batch_size}")
-    if args.num_classes is not None and args.num_classes < 1:
-        raise SystemExit(f"error: --num_classes must be >= 1, got {args.num_classes}")
+    checks = [
+        (args.hidden_dim % args.nheads == 0, f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})"),
+        (args.num_feature_levels >= 1, f"--num_feature_levels must be >= 1, got {args.num_feature_levels}"),
+        (args.frozen_weights is None or args.masks, "--frozen_weights trains only the mask head: it needs --masks"),
+        (args.batch_size >= 1, f"--batch_size must be >= 1, got {args.batch_size}"),
+        (args.num_classes is None or args.num_classes >= 1, f"--num_classes must be >= 1, got {args.num_classes}"),
+        (getattr(args, "grad_accum_steps", 1) >= 1, f"--grad_accum_steps must be >= 1, got {getattr(args, 'grad_accum_steps', 1)}"),
+        (getattr(args, "keep_checkpoints", 2) >= 1, f"--keep_checkpoints must be >= 1, got {getattr(args, 'keep_checkpoints', 2)}"),
+        (not (getattr(args, "finetune", "") and args.frozen_weights), "--finetune and --frozen_weights exclude each other"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(f"error: {message}")
     return args
-
-
-def _param_groups(model: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Three learning rates as officially: transformer and heads (``lr``), backbone
-    (``lr_backbone``), deformable sampling projections (``lr * lr_linear_proj_mult``)."""
-
-    def match(name: str, keywords: list[str]) -> bool:
-        return any(k in name for k in keywords)
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    backbone = [p for n, p in named if match(n, args.lr_backbone_names)]
-    proj = [p for n, p in named if not match(n, args.lr_backbone_names) and match(n, args.lr_linear_proj_names)]
-    rest = [p for n, p in named if not match(n, args.lr_backbone_names) and not match(n, args.lr_linear_proj_names)]
-    groups = [{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}]
-    if proj:
-        groups.append({"params": proj, "lr": args.lr * args.lr_linear_proj_mult})
-    return groups
 
 
 def _max_category_id(dataset: Any) -> int:
     coco = datasets.get_coco_api_from_dataset(dataset)
+    if coco is None:
+        return -1
     ids = [a["category_id"] for a in coco.dataset.get("annotations", [])]
     ids += [c["id"] for c in coco.dataset.get("categories", [])]
-    return max(ids) if ids else 0
+    return max(ids) if ids else -1
 
 
-def resolve_num_classes(
-    args: argparse.Namespace, dataset: Any, ann_file: str, checkpoints: dict[str, dict[str, Any]]
-) -> int:
-    """``--num_classes``, else the checkpoint being resumed (``checkpoints``: path -> loaded
-    checkpoint), else the data set; then checked against the data set."""
-    source = "--num_classes"
-    num_classes = args.num_classes
-    for path, ckpt in checkpoints.items():
-        if num_classes is None:
-            num_classes = num_classes_from_state_dict(args.model, model_state_from_checkpoint(ckpt, path))
-            source = f"checkpoint {path}"
-    max_id = _max_category_id(dataset)
+def resolve_num_classes(args: argparse.Namespace, splits: dict[str, Any], from_checkpoint: str | None) -> int:
+    """``--num_classes`` (or the value inherited from ``from_checkpoint``), else the data set's max
+    category id + 1; then checked against every split (``{name: dataset}``), so that a category
+    used only by the validation set stops the run before training."""
+    sources = {name: str(getattr(ds, "ann_file", name)) for name, ds in splits.items()}
+    max_ids = {name: _max_category_id(ds) for name, ds in splits.items()}
+    num_classes, source = args.num_classes, "--num_classes"
+    if num_classes is not None and "num_classes" not in given_flags(args) and from_checkpoint:
+        source = f"checkpoint {from_checkpoint}"
     if num_classes is None:
-        num_classes, source = max_id + 1, f"max category id of {ann_file}"
-    if max_id >= num_classes:
-        raise SystemExit(
-            f"error: {ann_file} has category id {max_id}, but num_classes is {num_classes} (from {source}); "
-            f"pass --num_classes {max_id + 1} or more"
-        )
+        name = max(max_ids, key=lambda n: max_ids[n])
+        num_classes, source = max_ids[name] + 1, f"max category id of {sources[name]}"
+    for name, max_id in max_ids.items():
+        if max_id >= num_classes:
+            raise SystemExit(
+                f"error: {sources[name]} ({name}) has category id {max_id}, but num_classes is {num_classes} "
+                f"(from {source}); pass --num_classes {max_id + 1} or more"
+            )
     print(f"num_classes = {num_classes} (from {source})")
     return num_classes
-
-
-def _checkpoint_state(
-    model, optimizer, lr_scheduler, epoch: int, args: argparse.Namespace, **extra: Any
-) -> dict[str, Any]:
-    """``epoch``: the last finished epoch, or with ``iteration`` in ``extra`` the epoch in progress.
-    ``rng_per_rank`` (every rank's generators) makes distributed resumption exact."""
-    plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict(),
-        "epoch": epoch,
-        "args": plain,
-        "rng": get_rng_state(),
-        "world_size": dist_utils.get_world_size(),
-        **extra,
-    }
-
-
-def _save_mid_epoch(
-    output_dir: Path | None,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: Any,
-    epoch: int,
-    iteration: int,
-    args: argparse.Namespace,
-    train_logger: MetricLogger,
-) -> str | None:
-    """Save the state after ``iteration`` of ``epoch`` to ``checkpoint.pth`` (the previous one kept
-    as ``checkpoint_prev.pth``). Called on every rank (gathers RNG and loss sums); rank 0 writes."""
-    rng_per_rank = dist_utils.all_gather(get_rng_state())
-    meters_per_rank = dist_utils.all_gather(meters_state(train_logger))
-    path = None
-    if output_dir is not None:
-        path = output_dir / "checkpoint.pth"
-        if dist_utils.is_main_process():
-            state = _checkpoint_state(
-                model,
-                optimizer,
-                lr_scheduler,
-                epoch,
-                args,
-                iteration=iteration,
-                rng_per_rank=rng_per_rank,
-                meters_per_rank=meters_per_rank,
-            )
-            save_checkpoint(state, path, previous=output_dir / "checkpoint_prev.pth")
-            print(f"saved epoch {epoch}, iteration {iteration} to {path}; continue with --resume auto", flush=True)
-    else:
-        print("warning: no --output_dir: the interrupted run's state is not saved", flush=True)
-    dist_utils.barrier()  # no rank leaves before the checkpoint is on disk
-    return str(path) if path is not None else None
 
 
 def resolve_auto_resume(args: argparse.Namespace) -> str:
@@ -324,10 +429,393 @@ def resolve_auto_resume(args: argparse.Namespace) -> str:
     return str(path)
 
 
+# --------------------------------------------------------------------------------------------
+# A trained model from its checkpoint (main.py --eval, tools/)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model in eval mode, its post-processors, flags and class names."""
+
+    model: nn.Module
+    postprocessors: dict[str, nn.Module]
+    args: argparse.Namespace
+    id2label: dict[int, str]
+    source: str
+
+
+def build_model_from_checkpoint(
+    checkpoint: str | Path, overrides: dict[str, Any] | None = None, device: str = "cpu", weights: str = "model"
+) -> LoadedModel:
+    """Rebuild a checkpoint's model from the flags stored in it (this project's checkpoints), or
+    from its official ``args`` and what its weights' shapes tell (official and bare state dicts),
+    and load its weights strictly. ``overrides`` (flag -> value) win over the stored flags, as
+    flags given on the command line do; a conflict with the weights is an error listing the keys.
+    ``weights="ema"`` loads the EMA weights of a checkpoint trained with ``--ema``. Raises
+    ``CheckpointError`` for a file that is not a model checkpoint."""
+    source = str(checkpoint)
+    ckpt = load_checkpoint(source)
+    args = get_args_parser().parse_args([])
+    for k, v in (overrides or {}).items():
+        setattr(args, k, v)
+    args._given = list(overrides or {})
+    for note in inherit_flags(args, ckpt, source, "eval"):
+        print(f"{source}: {note}")
+    args.device, args.backbone_weights, args.resume = device, "none", source
+    resolve_args(args)
+    if args.num_classes is None:
+        raise CheckpointError(f"{source}: cannot tell the number of classes from its weights; pass num_classes")
+    is_thing_map = ckpt.get("is_thing_map")
+    if args.masks and is_thing_map is None and args.num_classes == 250:  # official panoptic COCO models
+        is_thing_map = {i: i <= 90 for i in range(250)}
+    args.panoptic_is_thing_map = is_thing_map
+    model, _, postprocessors = build_model(args)
+    if weights == "ema":
+        if "model_ema" not in ckpt:
+            raise CheckpointError(f"{source} has no EMA weights (it was not trained with --ema)")
+        state = ckpt["model_ema"]["model"]
+    else:
+        state = model_state_from_checkpoint(ckpt, source)
+    load_model_state(model, state, source)
+    id2label = {int(k): str(v) for k, v in (ckpt.get("id2label") or {}).items()}
+    return LoadedModel(model.to(device).eval(), postprocessors, args, id2label, source)
+
+
+# --------------------------------------------------------------------------------------------
+# The run, step by step
+# --------------------------------------------------------------------------------------------
+
+
+def _param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Three learning rates as officially: transformer and heads (``lr``), backbone
+    (``lr_backbone``), deformable sampling projections (``lr * lr_linear_proj_mult``)."""
+
+    def match(name: str, keywords: list[str]) -> bool:
+        return any(k in name for k in keywords)
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for n, p in named if match(n, args.lr_backbone_names)]
+    proj = [p for n, p in named if not match(n, args.lr_backbone_names) and match(n, args.lr_linear_proj_names)]
+    rest = [p for n, p in named if not match(n, args.lr_backbone_names) and not match(n, args.lr_linear_proj_names)]
+    groups = [{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}]
+    if proj:
+        groups.append({"params": proj, "lr": args.lr * args.lr_linear_proj_mult})
+    return groups
+
+
+def _group_lrs(args: argparse.Namespace, num_groups: int) -> list[float]:
+    return [args.lr, args.lr_backbone, args.lr * args.lr_linear_proj_mult][:num_groups]
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> Any:
+    if args.lr_drop_epochs:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_drop_epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+
+
+def _freeze(model: nn.Module, args: argparse.Namespace) -> None:
+    """``--freeze_backbone`` / ``--freeze_encoder``: no gradients for those parts."""
+    core = getattr(model, "detr", model)
+    parts = {"backbone": args.freeze_backbone, "transformer.encoder": args.freeze_encoder}
+    for prefix, frozen in parts.items():
+        if frozen:
+            module = core.get_submodule(prefix)
+            module.requires_grad_(False)
+            print(f"froze {prefix} ({sum(p.numel() for p in module.parameters())} parameters)")
+
+
+def _build_state(args: argparse.Namespace, model: nn.Module, device: torch.device) -> TrainState:
+    param_dicts = _param_groups(model, args)
+    if args.sgd:
+        optimizer = torch.optim.SGD(param_dicts, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(param_dicts, lr=args.lr, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    ema = ModelEma(model, decay=args.ema_decay) if args.ema else None
+    return TrainState(model, optimizer, _make_scheduler(optimizer, args), scaler, ema, epoch=args.start_epoch,
+                      args=saved_flags(args))  # fmt: skip
+
+
+def _apply_schedule_changes(state: TrainState, args: argparse.Namespace, changed: set[str]) -> None:
+    """After resuming: apply the schedule flags given with another value than the checkpoint's.
+    Learning rates and drops are recomputed in closed form for the resumed position."""
+    optimizer, scheduler = state.optimizer, state.lr_scheduler
+    if changed & {"weight_decay"}:
+        for g in optimizer.param_groups:
+            g["weight_decay"] = args.weight_decay
+    if changed & {"lr", "lr_backbone", "lr_linear_proj_mult", "lr_drop", "lr_drop_epochs"}:
+        last_epoch = scheduler.last_epoch
+        for g, lr in zip(optimizer.param_groups, _group_lrs(args, len(optimizer.param_groups))):
+            g["initial_lr"] = lr
+        scheduler = _make_scheduler(optimizer, args)
+        scheduler.last_epoch = last_epoch
+        lrs = scheduler._get_closed_form_lr()
+        for g, lr in zip(optimizer.param_groups, lrs):
+            g["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        state.lr_scheduler = scheduler
+        print(f"resume: learning rates now {[f'{lr:.3g}' for lr in lrs]} (base {scheduler.base_lrs})")
+
+
+def _state_bytes(model: nn.Module) -> int:
+    """About a checkpoint's size: weights plus AdamW's two moments."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _write_log_line(path: Path, stats: dict[str, Any]) -> None:
+    """Append the epoch's line to ``log.txt`` (replacing a line of the same epoch written before a
+    crash, so that a redone evaluation is never logged twice)."""
+    lines = [e for e in _read_log(path) if e.get("epoch") != stats["epoch"]]
+    tmp = path.with_suffix(".txt.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in [*lines, stats]))
+    tmp.replace(path)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
+
+
+def _primary_metric(stats: dict[str, Any]) -> tuple[str, float] | None:
+    """The validation number ``checkpoint_best.pth`` is kept by: PQ for panoptic runs, else box AP."""
+    if "PQ_all" in stats:
+        return "PQ", float(stats["PQ_all"]["pq"])
+    if "coco_eval_bbox" in stats:
+        return "AP", float(stats["coco_eval_bbox"][0])
+    return None
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share: the resolved flags (never modified after ``_setup``),
+    the device, the output folder and the data."""
+
+    args: argparse.Namespace
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    output_dir: Path | None
+    checkpoints: dict[str, dict[str, Any]]
+    dataset_train: Any = None
+    dataset_val: Any = None
+    tensorboard: TensorboardLogger | None = None
+
+    @property
+    def writes(self) -> bool:
+        """This process writes files (rank 0 with an output folder)."""
+        return self.output_dir is not None and dist_utils.is_main_process()
+
+
+def _load(path: str) -> dict[str, Any]:
+    """A checkpoint by path, URL or (``--finetune``) hub entry name; ``SystemExit`` naming it."""
+    import hubconf
+
+    try:
+        if path in hubconf.PRETRAINED:
+            return hubconf.pretrained_checkpoint(path)
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _setup(args: argparse.Namespace) -> _Run:
+    """Resolve every flag once: distributed set-up, ``--resume auto``, the flags inherited from
+    the checkpoint being resumed / evaluated / fine-tuned, model defaults; check the output folder."""
+    args = argparse.Namespace(**vars(args))  # the caller's namespace stays as it was
+    dist_utils.init_distributed_mode(args)
+    if args.resume == "auto":
+        args.resume = resolve_auto_resume(args)
+    if args.resume and args.finetune:
+        print(f"resuming {args.resume}: --finetune {args.finetune} is not applied again (the run continues)")
+        args.finetune = ""
+    checkpoints = {p: _load(p) for p in {args.resume, args.finetune, args.frozen_weights or ""} if p}
+    source, purpose = (args.resume, "eval" if args.eval else "resume") if args.resume else (args.finetune, "finetune")
+    if source:
+        try:
+            notes = inherit_flags(args, checkpoints[source], source, purpose)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+        for note in notes:
+            print(f"{source}: {note}")
+    resolve_args(args)
+    print(args)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and dist_utils.is_main_process():  # a run that cannot save is refused now
+        try:
+            for note in prepare_output_dir(output_dir):
+                print(note)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    return _Run(args, torch.device(args.device), amp_dtype, output_dir, checkpoints)
+
+
+def _load_data(run: _Run) -> None:
+    """Build the splits (each checked before any training) and settle ``num_classes``."""
+    args = run.args
+    try:
+        run.dataset_val = datasets.build_dataset(image_set="val", args=args)
+        run.dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    splits = {"val": run.dataset_val} if args.eval else {"train": run.dataset_train, "val": run.dataset_val}
+    args.num_classes = resolve_num_classes(args, splits, args.resume or None)
+    for name, ds in splits.items():
+        dropped = getattr(ds, "num_degenerate_boxes", 0)
+        if dropped:
+            print(f"{name}: dropped {dropped} degenerate box(es) (zero or negative width/height) from {ds.ann_file}")
+    reference = run.dataset_val if run.dataset_train is None else run.dataset_train
+    if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things/stuff from the data
+        args.panoptic_is_thing_map = reference.is_thing_map()
+
+
+def _id2label(dataset: Any) -> dict[int, str] | None:
+    names = getattr(dataset, "id2label", None)
+    if names is None:
+        coco = datasets.get_coco_api_from_dataset(dataset)
+        names = {c["id"]: c.get("name", str(c["id"])) for c in coco.dataset.get("categories", [])} if coco else None
+    return {int(k): str(v) for k, v in names.items()} if names else None
+
+
+def _restore(run: _Run, state: TrainState) -> None:
+    """Load what the flags ask for: the resumed run's whole state, fine-tuning weights, or the frozen
+    box model of the panoptic second stage. Raises ``SystemExit`` with the file named."""
+    args = run.args
+    try:
+        if args.frozen_weights:
+            ckpt = run.checkpoints[args.frozen_weights]
+            load_model_state(
+                state.model.detr, model_state_from_checkpoint(ckpt, args.frozen_weights), args.frozen_weights
+            )
+        if args.finetune:
+            ckpt = run.checkpoints[args.finetune]
+            state_dict = model_state_from_checkpoint(ckpt, args.finetune)
+            for note in load_finetune_weights(state.model, state_dict, args.finetune):
+                print(f"--finetune: {note}")
+            if state.ema is not None:
+                state.ema.module.load_state_dict(state.model.state_dict())
+        if args.resume:
+            ckpt = run.checkpoints[args.resume]
+            if args.eval:
+                load_model_state(state.model, model_state_from_checkpoint(ckpt, args.resume), args.resume)
+                if state.ema is not None and "model_ema" in ckpt:
+                    state.ema.load_state_dict(ckpt["model_ema"])
+                return
+            for note in state.load_state_dict(ckpt, args.resume):
+                print(f"warning: {note}")
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
+    if not args.resume:
+        return
+    flags, _ = checkpoint_flags(run.checkpoints[args.resume], args.resume)
+    changed = {k for k in SCHEDULE_FLAGS if k in given_flags(args) and k in flags and flags[k] != getattr(args, k)}
+    if changed:
+        _apply_schedule_changes(state, args, changed)
+    epoch, iteration = state.next_position()
+    pending_eval = state.iterations_done is None and not state.evaluated
+    if epoch >= args.epochs and not pending_eval:
+        raise SystemExit(
+            f"error: {args.resume} has finished epoch {state.epoch + 1} of {args.epochs}: nothing left to train. "
+            f"Raise --epochs to train longer, or start a new schedule from its weights with --finetune {args.resume}"
+        )
+    where = f", iteration {iteration}" if iteration else ""
+    pending = f" (after evaluating epoch {state.epoch})" if pending_eval else ""
+    print(f"resumed from {args.resume}: starting at epoch {epoch}{where}{pending}")
+
+
+def _val_loader(run: _Run) -> DataLoader:
+    args = run.args
+    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+    sampler = ResumableSampler(len(run.dataset_val), shuffle=False, num_replicas=world, rank=rank, pad=False)
+    return DataLoader(
+        run.dataset_val, args.batch_size, sampler=sampler, drop_last=False, collate_fn=collate_fn,
+        num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),  # global RNG untouched
+    )  # fmt: skip
+
+
+def _evaluate(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
+              data_loader: DataLoader, epoch: int | None) -> dict[str, Any]:  # fmt: skip
+    """Evaluate the model (and its EMA), write ``eval.json`` (and ``checkpoint_best.pth`` when the
+    primary metric improved); returns the stats to log (EMA ones prefixed ``ema_``)."""
+    base_ds = datasets.get_coco_api_from_dataset(run.dataset_val)
+    evaluate_args = (criterion, postprocessors, data_loader, base_ds, run.device, str(run.output_dir or ""))
+    stats, evaluator = evaluate(model, *evaluate_args, amp_dtype=run.amp_dtype)
+    results = {"model": (stats, evaluator)}
+    if state.ema is not None:
+        print("Evaluating the EMA weights")
+        results["ema"] = evaluate(state.ema.module, *evaluate_args, amp_dtype=run.amp_dtype)
+    if run.writes:
+        _save_eval(run.output_dir, stats, evaluator, epoch, ema=results["ema"][0] if "ema" in results else None)
+        if epoch is not None:
+            _keep_best(run, state, {k: r[0] for k, r in results.items()}, epoch)
+    if run.tensorboard is not None and epoch is not None:
+        for name, (s, _) in results.items():
+            run.tensorboard.log(_metrics_by_name(s), epoch, prefix=f"val_{name}/")
+    out = dict(stats)
+    if "ema" in results:
+        out.update({f"ema_{k}": v for k, v in results["ema"][0].items()})
+    return out
+
+
+def _metrics_by_name(stats: dict[str, Any]) -> dict[str, float]:
+    from datasets.coco_eval import stats_to_dict
+
+    out = {k: v for k, v in stats.items() if isinstance(v, float)}
+    if "coco_eval_bbox" in stats:
+        out.update({f"bbox_{k}": v for k, v in stats_to_dict(stats["coco_eval_bbox"]).items()})
+    if "PQ_all" in stats:
+        out["PQ"] = float(stats["PQ_all"]["pq"])
+    return out
+
+
+def _keep_best(run: _Run, state: TrainState, stats: dict[str, dict[str, Any]], epoch: int) -> None:
+    """``checkpoint_best.pth``: the weights (of the model or its EMA, whichever scored higher) with
+    the best primary validation metric so far, with the run's flags and class names (no optimizer)."""
+    scored = [(m[1], name) for name, s in stats.items() if (m := _primary_metric(s)) is not None]
+    if not scored:
+        return
+    value, which = max(scored)
+    metric = _primary_metric(stats[which])[0]
+    if state.best is not None and value <= state.best["value"]:
+        return
+    state.best = {"metric": metric, "value": value, "epoch": epoch, "weights": which}
+    weights = state.model if which == "model" else state.ema.module
+    best = {"version": CHECKPOINT_VERSION, "model": weights.state_dict(), "args": state.args, "best": state.best,
+            "epoch": epoch}  # fmt: skip
+    for key in ("id2label", "is_thing_map"):
+        if getattr(state, key) is not None:
+            best[key] = getattr(state, key)
+    save_checkpoint(best, run.output_dir / "checkpoint_best.pth")
+    print(f"checkpoint_best.pth: {metric} {value:.4f} at epoch {epoch} ({which} weights)")
+
+
+def _save_checkpoint(run: _Run, state: TrainState, epoch_copy: bool = False) -> str | None:
+    """Save ``state`` to ``checkpoint.pth`` (rotating ``--keep_checkpoints``). Collective: every
+    rank calls it; rank 0 writes; no rank goes on before the file is on disk."""
+    payload = state.state_dict()
+    path = None
+    if run.output_dir is not None:
+        path = run.output_dir / "checkpoint.pth"
+        if dist_utils.is_main_process():
+            save_checkpoint(payload, path, keep=run.args.keep_checkpoints)
+            if epoch_copy:
+                save_checkpoint(payload, run.output_dir / f"checkpoint{state.epoch:04}.pth")
+    dist_utils.barrier()
+    return str(path) if path is not None else None
+
+
+def _log_epoch(run: _Run, state: TrainState, epoch: int, train_stats: dict[str, float],
+               test_stats: dict[str, Any], n_parameters: int) -> None:  # fmt: skip
+    log_stats: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
+    log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
+    log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
+    if run.writes:
+        _write_log_line(run.output_dir / "log.txt", log_stats)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -341,128 +829,56 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
-    dist_utils.init_distributed_mode(args)
-    resolve_args(args)
-    if args.resume == "auto":
-        args.resume = resolve_auto_resume(args)
-    print(args)
-    device = torch.device(args.device)
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-
+    run = _setup(args)
+    args = run.args
     seed = args.seed + dist_utils.get_rank()
     torch.manual_seed(seed)
     random.seed(seed)
+    _load_data(run)  # data first: num_classes is checked against it before the model is built
 
-    # Data first: num_classes is checked against it before the model is built.
     try:
-        dataset_val = datasets.build_dataset(image_set="val", args=args)
-        dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
-    except (FileNotFoundError, ValueError) as e:
+        model, criterion, postprocessors = build_model(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # unknown backbone, weights not downloadable...
         raise SystemExit(f"error: {e}") from e
-    reference = dataset_val if dataset_train is None else dataset_train
-    ann_file = str(getattr(reference, "ann_file", args.coco_path))
-    try:  # each checkpoint is read once: for num_classes here, for the weights below
-        checkpoints = {p: load_checkpoint(p) for p in (args.resume, args.frozen_weights) if p}
-        args.num_classes = resolve_num_classes(args, reference, ann_file, checkpoints)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from e
-    for name, ds in (("train", dataset_train), ("val", dataset_val)):
-        dropped = getattr(ds, "num_degenerate_boxes", 0) if ds is not None else 0
-        if dropped:
-            print(f"{name}: dropped {dropped} degenerate box(es) (zero or negative width/height) from {ds.ann_file}")
-
-    if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things/stuff from the data
-        args.panoptic_is_thing_map = reference.is_thing_map()
-    model, criterion, postprocessors = build_model(args)
-    model.to(device)
-    model_without_ddp = model
+    _freeze(model, args)
+    model.to(run.device)
+    state = _build_state(args, model, run.device)
+    state.id2label = _id2label(run.dataset_train if run.dataset_train is not None else run.dataset_val)
+    state.is_thing_map = getattr(args, "panoptic_is_thing_map", None)
+    _restore(run, state)
+    run.checkpoints.clear()  # free the loaded checkpoints before training
+    train_model = model
     if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if run.device.type == "cuda" else None
         )
-        model_without_ddp = model.module
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print("number of params:", n_parameters)
-
-    param_dicts = _param_groups(model_without_ddp, args)
-    if args.sgd:
-        optimizer = torch.optim.SGD(param_dicts, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(param_dicts, lr=args.lr, weight_decay=args.weight_decay)
-    if args.lr_drop_epochs:
-        lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_drop_epochs)
-    else:
-        lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype is torch.float16 else None
-
-    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
-    sampler_val = ResumableSampler(len(dataset_val), shuffle=False, num_replicas=world, rank=rank, pad=False)
-    data_loader_val = DataLoader(
-        dataset_val,
-        args.batch_size,
-        sampler=sampler_val,
-        drop_last=False,
-        collate_fn=collate_fn,
-        num_workers=args.num_workers,
-        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched
-    )
-    base_ds = datasets.get_coco_api_from_dataset(dataset_val)
-
-    if args.frozen_weights is not None:
-        try:
-            ckpt = checkpoints[args.frozen_weights]
-            load_model_state(
-                model_without_ddp.detr, model_state_from_checkpoint(ckpt, args.frozen_weights), args.frozen_weights
-            )
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from e
-
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir is not None and dist_utils.is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
-
-    rng_state = None
-    resume_iter, resume_meters = 0, None  # mid-epoch checkpoint: first iteration to run, loss sums
-    if args.resume:
-        try:
-            ckpt = checkpoints[args.resume]
-            load_model_state(model_without_ddp, model_state_from_checkpoint(ckpt, args.resume), args.resume)
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from e
-        if not args.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            args.start_epoch = ckpt["epoch"] + 1
-            rng_state = ckpt.get("rng")
-            saved_world = ckpt.get("world_size", 1)
-            if ckpt.get("rng_per_rank") and saved_world == world:
-                rng_state = ckpt["rng_per_rank"][rank]
-            if ckpt.get("iteration") is not None:  # stopped part-way through epoch ckpt["epoch"]
-                args.start_epoch = ckpt["epoch"]
-                resume_iter = ckpt["iteration"] + 1
-                meters = ckpt.get("meters_per_rank") or [None]
-                resume_meters = meters[rank] if saved_world == world else meters[0]
-                if saved_world != world:
-                    consumed = resume_iter * ckpt.get("args", {}).get("batch_size", args.batch_size) * saved_world
-                    resume_iter = consumed // (args.batch_size * world)
-                    print(
-                        f"warning: {args.resume} was written by {saved_world} process(es), this run has {world}: "
-                        f"continuing epoch {args.start_epoch} after about {consumed} images; the run will not be "
-                        "bit-identical to an uninterrupted one"
-                    )
-            where = f", iteration {resume_iter}" if resume_iter else ""
-            print(f"resumed from {args.resume}: starting at epoch {args.start_epoch}{where}")
-    checkpoints.clear()  # free the loaded checkpoints before training
+    data_loader_val = _val_loader(run)
 
     if args.eval:
-        test_stats, coco_evaluator = evaluate(
-            model, criterion, postprocessors, data_loader_val, base_ds, device, args.output_dir, amp_dtype=amp_dtype
-        )
-        if output_dir is not None and dist_utils.is_main_process():
-            _save_eval(output_dir, test_stats, coco_evaluator, epoch=None)
-        return test_stats
+        return _evaluate(run, state, train_model, criterion, postprocessors, data_loader_val, epoch=None)
 
-    dataset_train = SeededDataset(dataset_train, seed=args.seed)
+    if run.writes:
+        warning = check_free_space(run.output_dir, _state_bytes(model))
+        if warning:
+            print(f"warning: {warning}")
+        if args.tensorboard:
+            run.tensorboard = TensorboardLogger(run.output_dir / "tensorboard")
+    try:
+        return _train(run, state, train_model, criterion, postprocessors, data_loader_val, n_parameters, stop)
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
+
+
+def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
+           data_loader_val: DataLoader, n_parameters: int, stop: StopRequest) -> dict[str, Any]:  # fmt: skip
+    """The epochs: train, save (evaluation pending), evaluate, log. Stop signals save a mid-epoch
+    checkpoint and raise ``Preempted``; non-finite values save ``checkpoint_nonfinite.pth`` and stop."""
+    args = run.args
+    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+    dataset_train = SeededDataset(run.dataset_train, seed=args.seed)
     sampler_train = ResumableSampler(len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank)
     batch_sampler_train = torch.utils.data.BatchSampler(sampler_train, args.batch_size, drop_last=True)
     if len(batch_sampler_train) == 0:
@@ -471,115 +887,152 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
         )
     # Own generator: loader start-up must not consume the global RNG (exact resumption).
     data_loader_train = DataLoader(
-        dataset_train,
-        batch_sampler=batch_sampler_train,
-        collate_fn=collate_fn,
-        num_workers=args.num_workers,
+        dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn, num_workers=args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),
-    )
-    if rng_state is not None:
-        set_rng_state(rng_state)
+    )  # fmt: skip
+    start_epoch, start_iter = state.next_position()
+    test_stats: dict[str, Any] = {}
+    if state.iterations_done is None and not state.evaluated:  # resumed between training and evaluation
+        test_stats = _evaluate_pending(run, state, model, criterion, postprocessors, data_loader_val, n_parameters)
+    state.restore_rng()
 
     stop.install()  # SIGUSR1/SIGUSR2/SIGTERM from here on: checkpoint and stop after the current step
     print("Start training")
     start_time = time.time()
-    test_stats: dict[str, Any] = {}
-    for epoch in range(args.start_epoch, args.epochs):
-        start_iter = resume_iter if epoch == args.start_epoch else 0
-        sampler_train.set_epoch(epoch, start_index=start_iter * args.batch_size)
+    timing = {"epoch": 0.0, "eval": 0.0, "epochs_timed": 0}
+    for epoch in range(start_epoch, args.epochs):
+        first_iter = start_iter if epoch == start_epoch else 0
+        sampler_train.set_epoch(epoch, start_index=first_iter * args.batch_size)
         dataset_train.set_epoch(epoch)
         train_logger = MetricLogger(delimiter="  ")
-        if start_iter and resume_meters is not None:
-            restore_meters(train_logger, resume_meters)
+        if first_iter and state.meters is not None:
+            train_logger.load_state_dict(state.meters)
+        epoch_start = time.time()
+
+        def run_eta(
+            left: float, epochs_after: int = args.epochs - epoch - 1, epoch_start: float = epoch_start
+        ) -> float:
+            """Seconds left in the run: this epoch, its evaluation, and the epochs after it."""
+            if timing["epochs_timed"]:
+                per_epoch = timing["epoch"] / timing["epochs_timed"]
+            else:  # first epoch: this epoch's own pace
+                per_epoch = time.time() - epoch_start + left
+            return left + timing["eval"] + epochs_after * (per_epoch + timing["eval"])
 
         def on_step(it: int, epoch: int = epoch, train_logger: MetricLogger = train_logger) -> None:
-            signum = stop.should_stop(device)
+            state.mark_step(epoch, it + 1)
+            state.global_step += 1
+            signum = stop.should_stop(run.device)
             if signum:
-                path = _save_mid_epoch(
-                    output_dir, model_without_ddp, optimizer, lr_scheduler, epoch, it, args, train_logger
-                )
+                state.meters = train_logger.state_dict()
+                path = _save_mid_epoch(run, state, epoch, it)
                 raise Preempted(signum, epoch, it, path, stop.previous_handlers(signum))
+
+        log_scalars = None
+        if run.tensorboard is not None:
+
+            def log_scalars(scalars: dict[str, float], tb: TensorboardLogger = run.tensorboard) -> None:
+                tb.log(scalars, state.global_step, prefix="train/")
 
         try:
             train_stats = train_one_epoch(
-                model,
-                criterion,
-                data_loader_train,
-                optimizer,
-                device,
-                epoch,
-                args.clip_max_norm,
-                amp_dtype=amp_dtype,
-                scaler=scaler,
-                print_freq=args.print_freq,
-                start_iter=start_iter,
-                on_step=on_step,
-                metric_logger=train_logger,
-            )
-        except NonFiniteLossError as e:
-            if output_dir is not None and dist_utils.is_main_process():
-                path = output_dir / "checkpoint_nonfinite.pth"
-                save_checkpoint(_checkpoint_state(model_without_ddp, optimizer, lr_scheduler, epoch - 1, args), path)
-                print(f"saved the last good weights (before the failing step) to {path}")
-            raise SystemExit(f"error: {e}. The last finished epoch's checkpoint.pth is untouched.") from e
+                model, criterion, data_loader_train, state.optimizer, run.device, epoch, args.clip_max_norm,
+                amp_dtype=run.amp_dtype, scaler=state.scaler, print_freq=args.print_freq, start_iter=first_iter,
+                on_step=on_step, metric_logger=train_logger, grad_accum_steps=args.grad_accum_steps, ema=state.ema,
+                log_scalars=log_scalars, run_eta=run_eta,
+            )  # fmt: skip
+        except NonFiniteError as e:
+            state.meters = train_logger.state_dict()
+            _dump_nonfinite(run, state, e)
+        if first_iter == 0:
+            timing["epoch"] += time.time() - epoch_start
+            timing["epochs_timed"] += 1
         with warnings.catch_warnings():
-            if start_iter >= len(batch_sampler_train):  # resumed after the epoch's last step: no step here,
+            if first_iter >= len(batch_sampler_train):  # resumed after the epoch's last step: no step here,
                 # but the scheduler's restored state is right; PyTorch would warn about the order
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            lr_scheduler.step()
-        rng_per_rank = dist_utils.all_gather(get_rng_state()) if output_dir is not None else None
-        if output_dir is not None and dist_utils.is_main_process():
-            state = _checkpoint_state(
-                model_without_ddp, optimizer, lr_scheduler, epoch, args, rng_per_rank=rng_per_rank
-            )
-            paths = [output_dir / "checkpoint.pth"]
-            # extra checkpoint before LR drop and every 100 epochs
-            if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0:
-                paths.append(output_dir / f"checkpoint{epoch:04}.pth")
-            for p in paths:
-                save_checkpoint(
-                    state, p, previous=output_dir / "checkpoint_prev.pth" if p.name == "checkpoint.pth" else None
-                )
+            state.lr_scheduler.step()
+        state.mark_trained(epoch, train_stats)
+        # extra checkpoint before LR drop and every 100 epochs (as officially)
+        _save_checkpoint(run, state, epoch_copy=(epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0)
 
-        log_stats: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
+        test_stats = {}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            test_stats, coco_evaluator = evaluate(
-                model,
-                criterion,
-                postprocessors,
-                data_loader_val,
-                base_ds,
-                device,
-                args.output_dir,
-                amp_dtype=amp_dtype,
-            )
-            log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
-            if output_dir is not None and dist_utils.is_main_process():
-                _save_eval(output_dir, test_stats, coco_evaluator, epoch=epoch)
-        log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
-        if output_dir is not None and dist_utils.is_main_process():
-            with (output_dir / "log.txt").open("a") as f:
-                f.write(json.dumps(log_stats) + "\n")
+            eval_start = time.time()
+            test_stats = _evaluate(run, state, model, criterion, postprocessors, data_loader_val, epoch)
+            timing["eval"] = time.time() - eval_start
+        _log_epoch(run, state, epoch, train_stats, test_stats, n_parameters)
+        state.mark_evaluated()
 
     total_time = time.time() - start_time
     print(f"Training time {datetime.timedelta(seconds=int(total_time))}")
     return test_stats
 
 
-def _save_eval(output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any, epoch: int | None) -> None:
-    """``eval.json`` (COCO stats by name, PQ when computed) and, as officially, the raw COCO eval
-    under ``eval/latest.pth`` (every 50 epochs also ``eval/NNN.pth``)."""
+def _evaluate_pending(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
+                      data_loader_val: DataLoader, n_parameters: int) -> dict[str, Any]:  # fmt: skip
+    """A run stopped after an epoch's training but before its log line: evaluate and log it now."""
+    args, epoch = run.args, state.epoch
+    logged = run.output_dir is not None and any(e.get("epoch") == epoch for e in _read_log(run.output_dir / "log.txt"))
+    test_stats: dict[str, Any] = {}
+    if logged:
+        print(f"epoch {epoch} is already in log.txt: not evaluated again")
+    else:
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            print(f"evaluating epoch {epoch}, whose evaluation the previous run did not finish")
+            test_stats = _evaluate(run, state, model, criterion, postprocessors, data_loader_val, epoch)
+        _log_epoch(run, state, epoch, state.train_stats or {}, test_stats, n_parameters)
+    state.mark_evaluated()
+    return test_stats
+
+
+def _save_mid_epoch(run: _Run, state: TrainState, epoch: int, iteration: int) -> str | None:
+    path = _save_checkpoint(run, state)
+    if path is None:
+        print("warning: no --output_dir: the interrupted run's state is not saved", flush=True)
+    else:
+        print(f"saved epoch {epoch}, iteration {iteration} to {path}; continue with --resume auto", flush=True)
+    return path
+
+
+def _dump_nonfinite(run: _Run, state: TrainState, error: NonFiniteError) -> None:
+    """Save the last good state (weights before the bad step) and stop with the diagnosis."""
+    payload = state.state_dict()
+    where = "no --output_dir: not saved"
+    if run.output_dir is not None:
+        path = run.output_dir / "checkpoint_nonfinite.pth"
+        if dist_utils.is_main_process():
+            save_checkpoint(payload, path)
+        where = f"the last good state (weights before that step) is in {path}"
+    dist_utils.barrier()
+    raise SystemExit(
+        f"error: {error}. Training stopped; {where}. The last finished epoch's checkpoint.pth is untouched. "
+        "Usual causes: a learning rate too high for this data, or a corrupt image."
+    ) from error
+
+
+def _save_eval(
+    output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any, epoch: int | None, ema: dict | None = None
+) -> None:
+    """``eval.json`` (COCO stats by name, PQ when computed, the EMA's under ``ema``) and, as
+    officially, the raw COCO eval under ``eval/latest.pth`` (every 50 epochs also ``eval/NNN.pth``)."""
     from datasets.coco_eval import stats_to_dict
 
-    summary: dict[str, Any] = {"epoch": epoch}
-    if "coco_eval_bbox" in test_stats:
-        summary["bbox"] = stats_to_dict(test_stats["coco_eval_bbox"])
-        summary.update(summary["bbox"])
-    if "coco_eval_masks" in test_stats:
-        summary["segm"] = stats_to_dict(test_stats["coco_eval_masks"])
-    for k in ("PQ_all", "PQ_th", "PQ_st"):
-        if k in test_stats:
-            summary[k] = test_stats[k]
+    def summary_of(stats: dict[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if "coco_eval_bbox" in stats:
+            summary["bbox"] = stats_to_dict(stats["coco_eval_bbox"])
+            summary.update(summary["bbox"])
+        if "coco_eval_masks" in stats:
+            summary["segm"] = stats_to_dict(stats["coco_eval_masks"])
+        for k in ("PQ_all", "PQ_th", "PQ_st"):
+            if k in stats:
+                summary[k] = stats[k]
+        return summary
+
+    summary: dict[str, Any] = {"epoch": epoch, **summary_of(test_stats)}
+    if ema is not None:
+        summary["ema"] = summary_of(ema)
     _write_json(output_dir / "eval.json", summary)
     if coco_evaluator is not None and "bbox" in coco_evaluator.coco_eval:
         (output_dir / "eval").mkdir(exist_ok=True)
@@ -589,9 +1042,8 @@ def _save_eval(output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
     try:
-        main(parser.parse_args())
+        main(parse_args())
     except Preempted as e:
         print(f"{e}. Exit status {e.exit_code}.", flush=True)
         sys.exit(e.exit_code)
