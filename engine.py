@@ -6,10 +6,11 @@ Differences in ``train_one_epoch``:
 * Non-finite values stop training cleanly instead of ``sys.exit``: model outputs are checked
   before the matcher (whose GIoU would fail on them), the loss after its all-reduce, and the
   gradient norm before the optimizer step, so the weights are still those before the bad step.
-  Every rank raises the same ``NonFiniteError`` after the same step (a rank's bad outputs turn its
-  losses into NaN, which the loss all-reduce carries to all ranks); it names the epoch, the
-  iteration, where the values appeared (tensor, loss terms or parameters, and on which rank) and
-  the image ids of the batch on every rank.
+  Learning BatchNorm statistics, which the forward pass itself updates, are put back to their
+  values before the step. Every rank raises the same ``NonFiniteError`` after the same step (a
+  rank's bad outputs turn its losses into NaN, which the loss all-reduce carries to all ranks); it
+  names the epoch, the iteration, where the values appeared (tensor, loss terms or parameters, and
+  on which rank) and the image ids of the batch on every rank.
 * ``grad_accum_steps``: one optimizer step per that many loader batches, with the loss
   normalised as for one batch that many times larger (the criterion gets the whole group's
   targets), and DDP's gradient all-reduce only on the last micro-batch.
@@ -109,6 +110,17 @@ def _raise_nonfinite(epoch: int, it: int, local_problem: str | None, ids: list[i
     raise NonFiniteError(epoch, it, where, [i for r in reports for i in r["ids"]], losses)
 
 
+def _running_stats(model: nn.Module) -> list[Tensor]:
+    """The buffers a training forward pass updates (BatchNorm statistics)."""
+    return [
+        b
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
+
+
 def _groups(batches: Iterable[Any], size: int) -> Iterator[list[Any]]:
     group: list[Any] = []
     for b in batches:
@@ -131,6 +143,47 @@ class _Grouped:
 
     def __len__(self) -> int:
         return math.ceil(len(self.loader) / self.size)  # type: ignore[arg-type]
+
+
+def _micro_batch(
+    model: nn.Module, criterion: nn.Module, samples: Any, targets: list[dict[str, Any]],
+    group_targets: list[dict[str, Any]] | None, device: torch.device, amp_dtype: torch.dtype | None,
+    scaler: Any, epoch: int, it: int,
+) -> dict[str, float]:  # fmt: skip
+    """Forward, loss (checked: non-finite raises on every rank) and backward of one loader batch;
+    returns its loss terms averaged over ranks."""
+    weight_dict = criterion.weight_dict
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        outputs = model(samples)
+    outputs = _float_outputs(outputs)
+    bad_output = first_nonfinite(outputs)
+    if bad_output is not None:  # keep every rank in step: the NaN losses reach all of them
+        outputs = _sanitise(outputs)
+    extra = {"group_targets": group_targets} if group_targets is not None else {}
+    loss_dict = criterion(outputs, targets, **extra)
+    if bad_output is not None:
+        loss_dict = {key: torch.full_like(v, math.nan) for key, v in loss_dict.items()}
+    losses = sum(loss_dict[key] * weight_dict[key] for key in loss_dict if key in weight_dict)
+
+    loss_dict_reduced = reduce_dict(loss_dict)  # for logging, and to carry a rank's failure to all
+    names = sorted(loss_dict_reduced)
+    values = torch.stack([loss_dict_reduced[n].detach().float().reshape(()) for n in names]).tolist()
+    reduced = dict(zip(names, values))  # one host synchronisation for every term
+    if not math.isfinite(sum(reduced[n] * weight_dict[n] for n in names if n in weight_dict)):
+        _raise_nonfinite(epoch, it, f"model output {bad_output}" if bad_output else None, _image_ids(targets), reduced)
+    if scaler is not None:
+        scaler.scale(losses).backward()
+    else:
+        losses.backward()
+    return reduced
+
+
+def _check_gradients(model: nn.Module, total_norm: Tensor, epoch: int, it: int, image_ids: list[int]) -> None:
+    """Gradients are identical on every rank after DDP's all-reduce: all ranks raise together."""
+    if not math.isfinite(float(total_norm)):
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        _raise_nonfinite(epoch, it, f"gradients of {shown}", image_ids, {})
 
 
 def train_one_epoch(
@@ -173,55 +226,37 @@ def train_one_epoch(
     header = f"Epoch: [{epoch}]"
     weight_dict = criterion.weight_dict
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = _Grouped(data_loader, grad_accum_steps)
+    running_stats = _running_stats(model)
 
     it = start_iter - 1
-    for group in metric_logger.log_every(groups, print_freq, header, run_eta=run_eta):
+    for group in metric_logger.log_every(_Grouped(data_loader, grad_accum_steps), print_freq, header, run_eta=run_eta):
         group = [(samples.to(device, non_blocking=True), _to_device(targets, device)) for samples, targets in group]
         group_targets = [t for _, targets in group for t in targets] if len(group) > 1 else None
         optimizer.zero_grad()
-        step_terms: dict[str, Tensor] = {}
-        for k, (samples, targets) in enumerate(group):
-            it += 1
-            last = k == len(group) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    outputs = model(samples)
-                outputs = _float_outputs(outputs)
-                bad_output = first_nonfinite(outputs)
-                if bad_output is not None:  # keep every rank in step: the NaN losses reach all of them
-                    outputs = _sanitise(outputs)
-                if group_targets is None:
-                    loss_dict = criterion(outputs, targets)
-                else:
-                    loss_dict = criterion(outputs, targets, group_targets=group_targets)
-                if bad_output is not None:
-                    loss_dict = {key: torch.full_like(v, math.nan) for key, v in loss_dict.items()}
-                losses = sum(loss_dict[key] * weight_dict[key] for key in loss_dict if key in weight_dict)
-
-                loss_dict_reduced = reduce_dict(loss_dict)
-                names = sorted(loss_dict_reduced)
-                values = torch.stack([loss_dict_reduced[n].detach().float().reshape(()) for n in names]).tolist()
-                reduced = dict(zip(names, values))
-                loss_value = sum(reduced[n] * weight_dict[n] for n in names if n in weight_dict)
-                if not math.isfinite(loss_value):
-                    where = f"model output {bad_output}" if bad_output else None
-                    _raise_nonfinite(epoch, it, where, _image_ids(targets), reduced)
-                if scaler is not None:
-                    scaler.scale(losses).backward()
-                else:
-                    losses.backward()
-            for n in names:
-                step_terms[n] = step_terms.get(n, 0.0) + reduced[n]
-
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        total_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
-        if scaler is None and not math.isfinite(float(total_norm)):
-            bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
-            _raise_nonfinite(epoch, it, f"gradients of {shown}", [], {})
+        stats_before = [b.clone() for b in running_stats]  # to undo a bad step's BatchNorm updates
+        step_terms: dict[str, float] = {}
+        try:
+            for k, (samples, targets) in enumerate(group):
+                it += 1
+                no_sync = k < len(group) - 1 and hasattr(model, "no_sync")  # DDP: all-reduce on the last one
+                with model.no_sync() if no_sync else contextlib.nullcontext():
+                    reduced = _micro_batch(
+                        model, criterion, samples, targets, group_targets, device, amp_dtype, scaler, epoch, it
+                    )
+                for n, v in reduced.items():
+                    step_terms[n] = step_terms.get(n, 0.0) + v
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grads = [p.grad for p in params if p.grad is not None]
+            total_norm = torch.nn.utils.get_total_norm(grads)
+            if scaler is None:  # with fp16 loss scaling, inf gradients are expected: the step is skipped
+                _check_gradients(model, total_norm, epoch, it, _image_ids(group_targets or group[0][1]))
+            if max_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+        except NonFiniteError:
+            for b, saved in zip(running_stats, stats_before):
+                b.copy_(saved)
+            raise
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

@@ -874,8 +874,10 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
 
 def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
            data_loader_val: DataLoader, n_parameters: int, stop: StopRequest) -> dict[str, Any]:  # fmt: skip
-    """The epochs: train, save (evaluation pending), evaluate, log. Stop signals save a mid-epoch
-    checkpoint and raise ``Preempted``; non-finite values save ``checkpoint_nonfinite.pth`` and stop."""
+    """The epochs: train, save (evaluation pending), evaluate, log; after the last one, save again
+    (finished). A run killed between an epoch's save and its log line evaluates that epoch again
+    when resumed. Stop signals save a mid-epoch checkpoint and raise ``Preempted``; non-finite
+    values save ``checkpoint_nonfinite.pth`` and stop."""
     args = run.args
     world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
     dataset_train = SeededDataset(run.dataset_train, seed=args.seed)
@@ -892,7 +894,8 @@ def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module,
     )  # fmt: skip
     start_epoch, start_iter = state.next_position()
     test_stats: dict[str, Any] = {}
-    if state.iterations_done is None and not state.evaluated:  # resumed between training and evaluation
+    pending = state.iterations_done is None and not state.evaluated  # resumed between training and evaluation
+    if pending:
         test_stats = _evaluate_pending(run, state, model, criterion, postprocessors, data_loader_val, n_parameters)
     state.restore_rng()
 
@@ -948,8 +951,10 @@ def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module,
             timing["epoch"] += time.time() - epoch_start
             timing["epochs_timed"] += 1
         with warnings.catch_warnings():
-            if first_iter >= len(batch_sampler_train):  # resumed after the epoch's last step: no step here,
-                # but the scheduler's restored state is right; PyTorch would warn about the order
+            # PyTorch warns about the order when no optimizer step ran: after resuming at the epoch's last
+            # step (the restored scheduler state is right), or with fp16 when the loss scaler skipped every
+            # step of the epoch for inf gradients (by design)
+            if first_iter >= len(batch_sampler_train) or state.scaler is not None:
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             state.lr_scheduler.step()
         state.mark_trained(epoch, train_stats)
@@ -963,6 +968,8 @@ def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module,
             timing["eval"] = time.time() - eval_start
         _log_epoch(run, state, epoch, train_stats, test_stats, n_parameters)
         state.mark_evaluated()
+    if (pending or start_epoch < args.epochs) and state.evaluated and state.epoch + 1 == args.epochs:
+        _save_checkpoint(run, state)  # the finished run's checkpoint says so (resuming it is then refused)
 
     total_time = time.time() - start_time
     print(f"Training time {datetime.timedelta(seconds=int(total_time))}")
