@@ -42,19 +42,19 @@ def test_torchrun_two_cpu_processes(synthetic_coco, tmp_path):
 
 def test_num_boxes_is_averaged_over_ranks(monkeypatch):
     """SetCriterion normalises by the all-reduced box count / world size (official behaviour)."""
-    from models import detr as detr_module
-    from models.detr import SetCriterion
+    from models import criterion as criterion_module
+    from models.criterion import SetCriterion
     from models.matcher import HungarianMatcher
 
-    monkeypatch.setattr(detr_module, "is_dist_avail_and_initialized", lambda: True)
-    monkeypatch.setattr(detr_module, "get_world_size", lambda: 2)
+    monkeypatch.setattr(criterion_module, "is_dist_avail_and_initialized", lambda: True)
+    monkeypatch.setattr(criterion_module, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.mul_(3))  # other rank: 2x the boxes
     crit = SetCriterion(3, HungarianMatcher(1, 5, 2), {"loss_bbox": 5}, 0.1, ["boxes"])
     out = {"pred_logits": torch.randn(1, 4, 4), "pred_boxes": torch.rand(1, 4, 4) * 0.4 + 0.3}
     tgt = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]])}]
     loss_dist = crit(out, tgt)["loss_bbox"]
-    monkeypatch.setattr(detr_module, "is_dist_avail_and_initialized", lambda: False)
-    monkeypatch.setattr(detr_module, "get_world_size", lambda: 1)
+    monkeypatch.setattr(criterion_module, "is_dist_avail_and_initialized", lambda: False)
+    monkeypatch.setattr(criterion_module, "get_world_size", lambda: 1)
     loss_local = crit(out, tgt)["loss_bbox"]
     # local: sum / 2 boxes; distributed: sum / (2 * 3 / 2 ranks) = sum / 3
     torch.testing.assert_close(loss_dist * 3, loss_local * 2)
