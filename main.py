@@ -234,7 +234,7 @@ def resolve_num_classes(
     num_classes = args.num_classes
     for path, ckpt in checkpoints.items():
         if num_classes is None:
-            num_classes = num_classes_from_state_dict(args.model, model_state_from_checkpoint(ckpt, path))
+            num_classes = num_classes_from_state_dict(model_state_from_checkpoint(ckpt, path))
             source = f"checkpoint {path}"
     max_id = _max_category_id(dataset)
     if num_classes is None:

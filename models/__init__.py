@@ -150,8 +150,9 @@ def build_model(args: argparse.Namespace) -> BuildResult:
     return MODEL_BUILDERS[name](args)
 
 
-def num_classes_from_state_dict(model_name: str, state: dict) -> int | None:
-    """The ``num_classes`` a checkpoint was trained with, read off its class head."""
+def num_classes_from_state_dict(state: dict) -> int | None:
+    """The ``num_classes`` a checkpoint was trained with, read off its class head (DETR, panoptic
+    DETR or Deformable DETR); None when the state dict has no class head."""
     for prefix in ("", "detr."):
         if f"{prefix}class_embed.bias" in state:  # DETR: softmax with a no-object logit
             return int(state[f"{prefix}class_embed.bias"].numel()) - 1

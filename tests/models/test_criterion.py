@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from main import get_args_parser, resolve_args
-from models import build_model, deformable_config_from_args
+from models import build_model, deformable_config_from_args, num_classes_from_state_dict
 from models.criterion import LossConfig, SetCriterion, build_criterion
 from models.deformable_detr import build as build_deformable
 from models.detr import DETRConfig
@@ -90,3 +90,10 @@ def test_matcher_focal_alpha_is_the_official_constant():
     for (i, j), (ei, ej) in zip(criterion.matcher(out, tgt), explicit(out, tgt)):
         assert torch.equal(i, ei) and torch.equal(j, ej)
     assert build_matcher(MatcherConfig(2, 5, 2), focal=True).focal_alpha == 0.25
+
+
+def test_num_classes_from_state_dict():
+    assert num_classes_from_state_dict({"class_embed.bias": torch.zeros(6)}) == 5  # DETR: + no-object
+    assert num_classes_from_state_dict({"detr.class_embed.bias": torch.zeros(251)}) == 250  # panoptic
+    assert num_classes_from_state_dict({"class_embed.0.bias": torch.zeros(91)}) == 91  # Deformable: sigmoid
+    assert num_classes_from_state_dict({"backbone.0.body.conv1.weight": torch.zeros(1)}) is None
