@@ -43,11 +43,13 @@ from models.detr import MLP
 from models.matcher import MatcherConfig, build_matcher
 from models.transformer import get_clones
 from util import box_ops
-from util.misc import NestedTensor, to_nested_tensor
+from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
 
 
 class DeformableDETR(nn.Module):
     """Backbone (``Joiner``) + ``DeformableTransformer`` + per-decoder-layer class and box heads."""
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(
         self,

@@ -24,11 +24,13 @@ from models.criterion import LossConfig, SetCriterion, build_criterion  # SetCri
 from models.matcher import MatcherConfig, build_matcher
 from models.transformer import TransformerConfig, build_transformer
 from util import box_ops
-from util.misc import NestedTensor, to_nested_tensor
+from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
 
 
 class DETR(nn.Module):
     """Backbone + transformer + class and box heads over ``num_queries`` object queries."""
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(
         self, backbone: nn.Module, transformer: nn.Module, num_classes: int, num_queries: int, aux_loss: bool = False
