@@ -13,10 +13,11 @@ from collections.abc import Callable
 from torch import nn
 
 from models.backbone import BackboneConfig
+from models.criterion import LossConfig, SetCriterion
 from models.deformable_detr import DeformableDETRConfig
 from models.deformable_detr import build as build_deformable
 from models.deformable_transformer import DeformableTransformerConfig
-from models.detr import DETRConfig, LossConfig, SetCriterion
+from models.detr import DETRConfig
 from models.detr import build as build_detr
 from models.matcher import MatcherConfig
 from models.position_encoding import PositionEncodingConfig
@@ -78,7 +79,7 @@ def detr_config_from_args(args: argparse.Namespace) -> DETRConfig:
         matcher=MatcherConfig(
             set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
         ),
-        loss=LossConfig(
+        loss=LossConfig(  # loss_ce weighs 1, as officially (--cls_loss_coef is Deformable DETR's)
             bbox_loss_coef=args.bbox_loss_coef,
             giou_loss_coef=args.giou_loss_coef,
             mask_loss_coef=args.mask_loss_coef,
@@ -99,11 +100,8 @@ def deformable_config_from_args(args: argparse.Namespace) -> DeformableDETRConfi
     levels = args.num_feature_levels
     return DeformableDETRConfig(
         num_classes=args.num_classes,
-        num_queries=args.num_queries,
-        num_feature_levels=levels,
         aux_loss=args.aux_loss,
         with_box_refine=args.with_box_refine,
-        two_stage=args.two_stage,
         masks=args.masks,
         # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
         # fails with 2 levels, which here use layer3-4).
@@ -123,16 +121,14 @@ def deformable_config_from_args(args: argparse.Namespace) -> DeformableDETRConfi
             attn_impl=getattr(args, "attn_impl", "auto"),
         ),
         matcher=MatcherConfig(
-            set_cost_class=args.set_cost_class,
-            set_cost_bbox=args.set_cost_bbox,
-            set_cost_giou=args.set_cost_giou,
-            focal=True,
+            set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
+        ),
+        loss=LossConfig(
+            cls_loss_coef=args.cls_loss_coef,
+            bbox_loss_coef=args.bbox_loss_coef,
+            giou_loss_coef=args.giou_loss_coef,
             focal_alpha=args.focal_alpha,
         ),
-        cls_loss_coef=args.cls_loss_coef,
-        bbox_loss_coef=args.bbox_loss_coef,
-        giou_loss_coef=args.giou_loss_coef,
-        focal_alpha=args.focal_alpha,
     )
 
 
@@ -155,7 +151,8 @@ def build_model(args: argparse.Namespace) -> BuildResult:
 
 
 def num_classes_from_state_dict(state: dict) -> int | None:
-    """The ``num_classes`` a checkpoint was trained with, read off its class head."""
+    """The ``num_classes`` a checkpoint was trained with, read off its class head (DETR, panoptic
+    DETR or Deformable DETR); None when the state dict has no class head."""
     for prefix in ("", "detr."):
         if f"{prefix}class_embed.bias" in state:  # DETR: softmax with a no-object logit
             return int(state[f"{prefix}class_embed.bias"].numel()) - 1

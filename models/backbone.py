@@ -11,6 +11,8 @@ each feature map. Differences:
   frozen normalisation cannot learn.
 * ``weights`` chooses ImageNet weights from torchvision (download), a local file, or none. The
   official code always downloads them; a clear error replaces urllib's traceback when offline.
+* Not scriptable with ``torch.jit.script`` (the official backbone was; PyTorch deprecates
+  TorchScript): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from models.position_encoding import PositionEncodingConfig, build_position_encoding
-from util.misc import NestedTensor
+from util.misc import NestedTensor, refuse_torchscript
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -76,6 +78,8 @@ class BackboneBase(nn.Module):
     ``train_backbone`` is False. Attributes: ``num_channels`` (channels of the last returned stage,
     as officially), ``feature_channels`` and ``strides`` (one entry per returned stage).
     """
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(
         self,
@@ -193,6 +197,8 @@ class Backbone(BackboneBase):
 
 class Joiner(nn.Sequential):
     """``Sequential(backbone, position_encoding)``: features and their position encodings."""
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(self, backbone: BackboneBase, position_embedding: nn.Module) -> None:
         super().__init__(backbone, position_embedding)

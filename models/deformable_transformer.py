@@ -274,10 +274,6 @@ class DeformableTransformer(nn.Module):
         attn_impl: str = "auto",
     ) -> None:
         super().__init__()
-        if d_model % nhead:
-            raise ValueError(f"hidden_dim ({d_model}) must be divisible by nheads ({nhead})")
-        if num_feature_levels < 1:
-            raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
         self.d_model = d_model
         self.nhead = nhead
         self.two_stage = two_stage
@@ -436,7 +432,11 @@ class DeformableTransformer(nn.Module):
 
 @dataclass
 class DeformableTransformerConfig:
-    """What ``build_deformable_transformer`` needs (the official flags of the same names)."""
+    """What ``build_deformable_transformer`` needs (the official flags of the same names).
+
+    The single source of ``num_feature_levels``, ``two_stage`` and ``num_queries`` for Deformable
+    DETR (``DeformableDETRConfig`` reads them from here): ``num_queries`` is the number of decoder
+    queries, learned or, in two-stage, the number of encoder proposals kept."""
 
     hidden_dim: int = 256
     nheads: int = 8
@@ -448,11 +448,20 @@ class DeformableTransformerConfig:
     dec_n_points: int = 4
     enc_n_points: int = 4
     two_stage: bool = False
-    num_queries: int = 300  # two-stage: number of proposals kept
+    num_queries: int = 300
     attn_impl: str = "auto"
+
+    def validate(self) -> None:
+        """``ValueError`` naming the flag for values the transformer cannot be built with."""
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"--hidden_dim ({self.hidden_dim}) must be divisible by --nheads ({self.nheads})")
+        for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
 def build_deformable_transformer(cfg: DeformableTransformerConfig) -> DeformableTransformer:
+    cfg.validate()
     return DeformableTransformer(
         d_model=cfg.hidden_dim,
         nhead=cfg.nheads,

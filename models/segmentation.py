@@ -23,6 +23,8 @@ outputs one mask logit map per query at stride 4). Differences:
   official code raises ``KeyError`` there, or writes a category the evaluation rejects), so a map
   derived from the data set's categories always yields evaluable output.
 * ``dice_loss`` and ``sigmoid_focal_loss`` live in ``models.losses`` and are re-exported here.
+* ``DETRsegm`` is not scriptable with ``torch.jit.script`` (the official one was; PyTorch deprecates
+  TorchScript): export with ``torch.export`` or to ONNX (``tools/export.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 
 from models.losses import dice_loss, sigmoid_focal_loss  # noqa: F401  (re-exported for official imports)
 from util import box_ops
-from util.misc import NestedTensor, to_nested_tensor
+from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
 
 __all__ = [
     "DETRsegm",
@@ -70,6 +72,8 @@ class DETRsegm(nn.Module):
     ``freeze_detr``: the wrapped DETR's parameters get ``requires_grad=False`` (the official second
     stage of panoptic training, where only the mask head learns).
     """
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(self, detr: nn.Module, freeze_detr: bool = False) -> None:
         super().__init__()

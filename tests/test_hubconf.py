@@ -1,4 +1,5 @@
-"""torch.hub entry points: local load offline, official URLs and hash checking, clear offline error."""
+"""torch.hub entry points: local load offline, official URLs and hash checking, fine-tuning with another
+class count (every weight but the class head loaded from the checkpoint), clear offline error."""
 
 import urllib.error
 from pathlib import Path
@@ -23,21 +24,63 @@ def test_local_hub_load_offline_without_download(monkeypatch):
     assert model.class_embed.out_features == 11 and type(post).__name__ == "PostProcess"
 
 
-def test_pretrained_uses_official_url_with_hash_check(monkeypatch):
+def fake_checkpoint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with random values: the weights of a fake official checkpoint."""
+    g = torch.Generator().manual_seed(123)
+    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+def serve_instead_of_downloads(state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every ``torch.hub`` download returns ``{"model": state}``, as an official checkpoint file
+    holds; returns the requests made."""
     calls = []
 
-    def fake(url, **kw):
+    def serve(url, **kw):
         calls.append((url, kw))
-        model = hubconf._make_detr("resnet50")
-        return {"model": model.state_dict()}
+        return {"model": dict(state)}
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
-    hubconf.detr_resnet50(pretrained=True)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", serve)
+    return calls
+
+
+def assert_fine_tuned(tuned: torch.nn.Module, fresh: torch.nn.Module, state: dict, head: str) -> None:
+    """``tuned`` (pretrained, other class count) holds every checkpoint weight but the class head
+    ``head``, which is that of ``fresh`` (the same model built from the same seed without weights)."""
+    own, new = tuned.state_dict(), fresh.state_dict()
+    assert set(own) == set(state)
+    reinit = [k for k in own if k.startswith(head)]
+    assert reinit == [f"{head}weight", f"{head}bias"]
+    for k in reinit:
+        assert own[k].shape != state[k].shape and torch.equal(own[k], new[k]), k
+    kept = [k for k in own if k not in reinit]
+    assert len(kept) > 300
+    for k in kept:
+        assert torch.equal(own[k], state[k]), f"{k} was not loaded from the checkpoint"
+
+
+@pytest.fixture(scope="module")
+def r50_checkpoint() -> dict[str, torch.Tensor]:
+    return fake_checkpoint(hubconf._make_detr("resnet50"))
+
+
+def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoint):
+    state = r50_checkpoint
+    calls = serve_instead_of_downloads(state, monkeypatch)
+    model = hubconf.detr_resnet50(pretrained=True)
     assert calls[0][0] == "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
     assert calls[0][1]["check_hash"] is True
-    # fine-tuning: another class count keeps all but the class head
-    model = hubconf.detr_resnet50(pretrained=True, num_classes=5)
-    assert model.class_embed.out_features == 6
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_pretrained_fine_tuning_keeps_all_but_the_class_head(monkeypatch, r50_checkpoint):
+    state = r50_checkpoint
+    serve_instead_of_downloads(state, monkeypatch)
+    torch.manual_seed(0)
+    tuned = hubconf.detr_resnet50(pretrained=True, num_classes=5)
+    torch.manual_seed(0)
+    fresh = hubconf.detr_resnet50(pretrained=False, num_classes=5)
+    assert tuned.class_embed.out_features == 6
+    assert_fine_tuned(tuned, fresh, state, "class_embed.")
 
 
 def test_offline_pretrained_gives_clear_error(monkeypatch):
