@@ -11,12 +11,17 @@ Same terms, normalisation and numbers as the official ``SetCriterion`` of both r
   failing inside CUDA with a device-side assert.
 * ``build_criterion`` assembles the weight dict and loss list from a typed ``LossConfig`` for
   both models (the official code repeats that in each ``build``).
+* Gradient accumulation (``group_targets``): the terms of one batch of a group of batches are
+  normalised over the whole group (box count; for the softmax cross-entropy the total class
+  weight, computable from the box counts before matching), so the group's summed loss equals
+  the loss of one batch as large as the group.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,16 +71,26 @@ class SetCriterion(nn.Module):
         indices: list[tuple[Tensor, Tensor]],
         num_boxes: float,
         log: bool = True,
+        group_sizes: list[int] | None = None,
     ) -> dict[str, Tensor]:
         """Classification: softmax cross-entropy with a down-weighted no-object class (DETR) or
-        sigmoid focal loss over one-hot targets (Deformable DETR)."""
+        sigmoid focal loss over one-hot targets (Deformable DETR). ``group_sizes``: the box counts
+        of every image of an accumulation group, whose total class weight normalises the
+        cross-entropy instead of this batch's."""
         src_logits = outputs["pred_logits"]
         idx = self._get_src_permutation_idx(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
         target_classes[idx] = target_classes_o
-        if self.focal_alpha is None:
+        if self.focal_alpha is None and group_sizes is None:
             loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
+        elif self.focal_alpha is None:  # mean over the group: sum here / the group's total weight
+            queries = src_logits.shape[1]
+            matched = [min(n, queries) for n in group_sizes]
+            weight_total = sum(m + (queries - m) * self.eos_coef for m in matched)
+            loss_ce = F.cross_entropy(
+                src_logits.transpose(1, 2), target_classes, self.empty_weight, reduction="sum"
+            ) / max(weight_total, 1e-12)
         else:
             onehot = torch.zeros(
                 [*src_logits.shape[:2], src_logits.shape[2] + 1], dtype=src_logits.dtype, device=src_logits.device
@@ -160,7 +175,7 @@ class SetCriterion(nn.Module):
         targets: list[dict],
         indices: list[tuple[Tensor, Tensor]],
         num_boxes: float,
-        **kwargs: bool,
+        **kwargs: Any,
     ) -> dict[str, Tensor]:
         return self._loss_map()[loss](outputs, targets, indices, num_boxes, **kwargs)
 
@@ -175,17 +190,20 @@ class SetCriterion(nn.Module):
                     "raise --num_classes to max category id + 1"
                 )
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], group_targets: list[dict] | None = None) -> dict[str, Tensor]:
         """``outputs`` of the model, ``targets`` per image (``labels [N_i]``, ``boxes [N_i, 4]``
         normalised cxcywh, ``masks [N_i, H, W]`` for the mask loss). Returns unweighted terms;
-        weight them with ``weight_dict``."""
+        weight them with ``weight_dict``. ``group_targets``: with gradient accumulation, the targets
+        of every batch of the group (this one included): the terms are normalised over all of them."""
         self._check_targets(targets)
         outputs_without_aux = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
         indices = self.matcher(outputs_without_aux, targets)
+        normalising = targets if group_targets is None else group_targets
+        group_sizes = None if group_targets is None else [len(t["labels"]) for t in group_targets]
 
         # Average the number of target boxes across all nodes, for normalisation.
         num_boxes_t = torch.as_tensor(
-            [sum(len(t["labels"]) for t in targets)], dtype=torch.float, device=next(iter(outputs.values())).device
+            [sum(len(t["labels"]) for t in normalising)], dtype=torch.float, device=next(iter(outputs.values())).device
         )
         if is_dist_avail_and_initialized():
             torch.distributed.all_reduce(num_boxes_t)
@@ -193,26 +211,29 @@ class SetCriterion(nn.Module):
 
         losses: dict[str, Tensor] = {}
         for loss in self.losses:
-            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes))
+            kwargs = {"group_sizes": group_sizes} if loss == "labels" and group_sizes is not None else {}
+            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes, **kwargs))
 
         for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
-            losses.update(self._side_losses(aux_outputs, targets, num_boxes, f"_{i}"))
+            losses.update(self._side_losses(aux_outputs, targets, num_boxes, f"_{i}", group_sizes))
 
         if "enc_outputs" in outputs:
             bin_targets = copy.deepcopy(targets)
             for bt in bin_targets:
                 bt["labels"] = torch.zeros_like(bt["labels"])
-            losses.update(self._side_losses(outputs["enc_outputs"], bin_targets, num_boxes, "_enc"))
+            losses.update(self._side_losses(outputs["enc_outputs"], bin_targets, num_boxes, "_enc", group_sizes))
         return losses
 
-    def _side_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str) -> dict[str, Tensor]:
+    def _side_losses(
+        self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str, group_sizes: list[int] | None = None
+    ) -> dict[str, Tensor]:
         """Losses of an auxiliary prediction set, matched on its own (no masks, no class_error)."""
         indices = self.matcher(outputs, targets)
         out: dict[str, Tensor] = {}
         for loss in self.losses:
             if loss == "masks":  # intermediate masks are too costly to compute
                 continue
-            kwargs = {"log": False} if loss == "labels" else {}
+            kwargs: dict = {"log": False, "group_sizes": group_sizes} if loss == "labels" else {}
             l_dict = self.get_loss(loss, outputs, targets, indices, num_boxes, **kwargs)
             out.update({k + suffix: v for k, v in l_dict.items()})
         return out
