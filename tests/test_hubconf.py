@@ -1,6 +1,7 @@
 """torch.hub entry points: local load offline, official URLs and hash checking, fine-tuning with another
 class count (every weight but the class head loaded from the checkpoint), clear offline error."""
 
+import tempfile
 import urllib.error
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def test_local_hub_load_offline_without_download(monkeypatch):
     def no_network(*a, **k):
         raise AssertionError("pretrained=False must not download anything")
 
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     model = torch.hub.load(str(ROOT), "detr_resnet50", source="local", pretrained=False)
     assert model.class_embed.out_features == 92 and model.num_queries == 100
@@ -31,15 +33,16 @@ def fake_checkpoint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def serve_instead_of_downloads(state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every ``torch.hub`` download returns ``{"model": state}``, as an official checkpoint file
-    holds; returns the requests made."""
+    """Every ``torch.hub`` download (into an empty temporary cache) writes ``{"model": state}``, as
+    an official checkpoint file holds; returns the requests made as ``(url, hash_prefix)``."""
     calls = []
+    monkeypatch.setenv("TORCH_HOME", tempfile.mkdtemp(prefix="torch_home_"))
 
-    def serve(url, **kw):
-        calls.append((url, kw))
-        return {"model": dict(state)}
+    def serve(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        torch.save({"model": dict(state)}, dst)
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", serve)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", serve)
     return calls
 
 
@@ -67,8 +70,7 @@ def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoin
     state = r50_checkpoint
     calls = serve_instead_of_downloads(state, monkeypatch)
     model = hubconf.detr_resnet50(pretrained=True)
-    assert calls[0][0] == "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
-    assert calls[0][1]["check_hash"] is True
+    assert calls[0] == ("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", "e632da11")  # hash checked
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
@@ -83,10 +85,11 @@ def test_pretrained_fine_tuning_keeps_all_but_the_class_head(monkeypatch, r50_ch
     assert_fine_tuned(tuned, fresh, state, "class_embed.")
 
 
-def test_offline_pretrained_gives_clear_error(monkeypatch):
+def test_offline_pretrained_gives_clear_error(monkeypatch, tmp_path):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(CheckpointError, match="could not download checkpoint https://dl.fbaipublicfiles.com"):
         hubconf.detr_resnet50_dc5(pretrained=True)

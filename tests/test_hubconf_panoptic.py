@@ -24,17 +24,18 @@ class _Stop(Exception):
         ("detr_resnet101_panoptic", "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth"),
     ],
 )
-def test_official_urls_with_hash_check(monkeypatch: pytest.MonkeyPatch, name: str, url: str) -> None:
+def test_official_urls_with_hash_check(monkeypatch: pytest.MonkeyPatch, tmp_path, name: str, url: str) -> None:
     calls = []
 
-    def fake(u, **kw):
-        calls.append((u, kw))
+    def fake(u, dst, hash_prefix=None, progress=True):
+        calls.append((u, hash_prefix))
         raise _Stop
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake)
     with pytest.raises(_Stop):
         getattr(hubconf, name)(pretrained=True)
-    assert calls[0][0] == url and calls[0][1]["check_hash"] is True
+    assert calls[0] == (url, url.rsplit("-", 1)[1][:8])  # downloaded with the hash in its name checked
 
 
 def test_panoptic_model_and_postprocessor_then_fine_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
