@@ -2,18 +2,36 @@
 (and, with ``--model deformable_detr``, of fundamentalvision/Deformable-DETR).
 
 Every official flag keeps its meaning and default. Model-dependent defaults (learning rates,
-epochs, queries, ...) follow ``--model``; a flag given explicitly always wins. Additions:
-``--num_classes`` (default: from the checkpoint being resumed, else the data set's max category
-id + 1; always checked against the data set), ``--train_backbone_all`` and ``--backbone_weights``
-(training without ImageNet weights), ``--amp``, smaller-image options for small data sets, atomic
-checkpoints with exact resumption, and clear errors for bad input before training starts.
+epochs, queries, ...) follow ``--model``; a flag given explicitly always wins. The run's flags are
+resolved once, in ``_setup`` and ``_load_data``, and not modified afterwards:
+
+* A checkpoint given to ``--resume``, ``--eval --resume`` or ``--finetune`` supplies the flags not
+  given on the command line: this project's checkpoints store them all; official ones store an
+  ``argparse.Namespace`` (its architecture flags are used) and the weights' shapes tell the rest
+  (``models.architecture_from_state_dict``). So ``main.py --eval --resume ckpt.pth`` needs no
+  model flags. Resuming refuses an architecture flag given with another value (``--nheads``,
+  ``--pre_norm``, ...), applies a changed schedule flag (``--lr``, ``--lr_drop``, ...) from the
+  resumed epoch on and says so, and refuses a checkpoint that already finished ``--epochs``.
+* ``--num_classes``: given, else from the checkpoint, else the data set's max category id + 1;
+  checked against the training and the validation files before anything trains.
+
+The run's state is one ``util.train_state.TrainState`` (model, optimizer, scheduler, fp16 loss
+scaler, EMA, position, RNG states, running sums), saved after each epoch's training (before its
+evaluation, as officially), on a stop signal and on non-finite values. Additions to the official
+flags: ``--finetune`` (weights from any checkpoint or hub name, class head and queries
+re-initialised when their sizes differ), ``--freeze_backbone``, ``--freeze_encoder``, ``--ema``,
+``--grad_accum_steps``, ``--keep_checkpoints``, ``--tensorboard``, ``--amp``,
+``--train_backbone_all`` / ``--backbone_weights`` (no ImageNet weights), smaller-image options.
 
 Preemption (not in the official code): ``SIGUSR1``, ``SIGUSR2`` (submitit/Slurm) or ``SIGTERM``
 stops training after the current optimizer step (all ranks after the same one), saves a mid-epoch
-``checkpoint.pth`` (epoch, iteration, per-rank RNG states, the epoch's running loss sums; the one it
-replaces is kept as ``checkpoint_prev.pth``) and exits with status 128 + the signal number.
-``--resume auto`` continues from the newest readable checkpoint of ``--output_dir``, part-way
-through the epoch, with the same weights, optimizer state and log as an uninterrupted run.
+``checkpoint.pth`` (the one it replaces is kept as ``checkpoint_prev.pth``) and exits with status
+128 + the signal number. ``--resume auto`` continues from the newest readable checkpoint of
+``--output_dir``, part-way through the epoch, with the same weights, optimizer state and log as an
+uninterrupted run; an epoch whose evaluation was cut short is evaluated then. Non-finite outputs,
+losses or gradients stop the run with the step, the place and the images named, after saving
+the state before the bad step as ``checkpoint_nonfinite.pth``. A folder that cannot be written
+is refused before anything else.
 """
 
 from __future__ import annotations
@@ -593,8 +611,8 @@ def _primary_metric(stats: dict[str, Any]) -> tuple[str, float] | None:
 
 @dataclass
 class _Run:
-    """What the steps of one run share: the resolved flags (never modified after ``_setup``),
-    the device, the output folder and the data."""
+    """What the steps of one run share: the resolved flags (completed by ``_setup`` and
+    ``_load_data``, then never modified), the device, the output folder and the data."""
 
     args: argparse.Namespace
     device: torch.device
