@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 import util.distributed as dist_utils
+from datasets.config import CHECK_IMAGES_LEVELS
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from models import build_model, num_classes_from_state_dict
@@ -149,12 +150,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eos_coef", default=0.1, type=float, help="Relative classification weight of no-object")
     parser.add_argument("--focal_alpha", default=0.25, type=float)
 
-    # dataset parameters
-    parser.add_argument("--dataset_file", default="coco")
+    # dataset parameters (defaults: datasets.config.DataConfig)
+    parser.add_argument("--dataset_file", default="coco", help="coco, coco_panoptic, voc or yolo")
     parser.add_argument("--coco_path", type=str)
     parser.add_argument("--coco_panoptic_path", type=str)
-    parser.add_argument("--remove_difficult", action="store_true")
-    parser.add_argument("--cache_mode", default=False, action="store_true", help="accepted for compatibility")
+    parser.add_argument(
+        "--train_images", type=str, help="COCO-format training images anywhere (with --train_annotations)"
+    )
+    parser.add_argument("--train_annotations", type=str, help="COCO-format training annotation file")
+    parser.add_argument(
+        "--val_images", type=str, help="COCO-format validation images anywhere (with --val_annotations)"
+    )
+    parser.add_argument("--val_annotations", type=str, help="COCO-format validation annotation file")
+    parser.add_argument("--voc_path", type=str, help="PASCAL VOC: the VOCdevkit folder")
+    parser.add_argument("--voc_years", type=str, help="VOC years, e.g. 2007,2012 (default: every VOC<year> folder)")
+    parser.add_argument("--yolo_path", type=str, help="YOLO format: the folder holding data.yaml (or the yaml file)")
+    parser.add_argument("--train_split", type=str, help="VOC image list (default trainval) / YOLO yaml key (train)")
+    parser.add_argument("--val_split", type=str, help="VOC image list (default val, or test) / YOLO yaml key (val)")
+    parser.add_argument("--remove_difficult", action="store_true", help="VOC: drop difficult objects from training")
+    parser.add_argument(
+        "--cache_mode",
+        default=False,
+        action="store_true",
+        help="keep the encoded images of each process's shard in memory",
+    )
+    parser.add_argument(
+        "--check_images",
+        default=None,
+        choices=CHECK_IMAGES_LEVELS,
+        help="start-up image check: none, header (default: size, mode, EXIF, truncation) or full (decode every image)",
+    )
+    parser.add_argument(
+        "--max_bad_images",
+        default=None,
+        type=float,
+        help="fraction of unreadable images skipped with a warning before the run stops (default 0.001 = 0.1%%)",
+    )
     parser.add_argument("--train_scales", default=None, type=int, nargs="+", help="shorter-side sizes for training")
     parser.add_argument("--val_size", default=None, type=int, help="shorter side for evaluation (default 800)")
     parser.add_argument("--max_size", default=None, type=int, help="longer-side cap (default 1333)")
@@ -355,16 +386,19 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
 
     # Data first: num_classes is checked against it before the model is built.
     try:
-        dataset_val = datasets.build_dataset(image_set="val", args=args)
-        dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
+        built = datasets.build_datasets(args, ("val",) if args.eval else ("train", "val"))  # all problems at once
+        dataset_val, dataset_train = built["val"], built.get("train")
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     reference = dataset_val if dataset_train is None else dataset_train
     ann_file = str(getattr(reference, "ann_file", args.coco_path))
     try:  # each checkpoint is read once: for num_classes here, for the weights below
         checkpoints = {p: load_checkpoint(p) for p in (args.resume, args.frozen_weights) if p}
+        source = "--num_classes" if args.num_classes is not None else "the checkpoint or the training data"
         args.num_classes = resolve_num_classes(args, reference, ann_file, checkpoints)
-    except CheckpointError as e:
+        # both splits' category ids below num_classes (a validation-only id stops the run here)
+        datasets.check_num_classes(args.num_classes, source, {"train": dataset_train, "val": dataset_val})
+    except (CheckpointError, datasets.DatasetError) as e:
         raise SystemExit(f"error: {e}") from e
     for name, ds in (("train", dataset_train), ("val", dataset_val)):
         dropped = getattr(ds, "num_degenerate_boxes", 0) if ds is not None else 0
@@ -463,7 +497,9 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
         return test_stats
 
     dataset_train = SeededDataset(dataset_train, seed=args.seed)
-    sampler_train = ResumableSampler(len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank)
+    sampler_train = ResumableSampler(
+        len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank, shard=args.cache_mode
+    )
     batch_sampler_train = torch.utils.data.BatchSampler(sampler_train, args.batch_size, drop_last=True)
     if len(batch_sampler_train) == 0:
         raise SystemExit(
