@@ -67,7 +67,14 @@ from datasets.config import (
 )
 from datasets.images import ImageCache, ImageInfo, ImageSource, decode_image
 from datasets.problems import DatasetError, Problem, raise_if_problems
-from datasets.split_check import check_val_not_empty, finish_split, image_problems, probe_images, report_split
+from datasets.split_check import (
+    check_val_not_empty,
+    finish_split,
+    image_problems,
+    probe_images,
+    report_split,
+    unreadable_indices,
+)
 
 # The official crop branch (resize to 400/500/600, crop 384..600) is defined for a largest scale of 800.
 _OFFICIAL_CROP_RESIZES = (400, 500, 600)
@@ -216,9 +223,8 @@ def collect_coco_problems(
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             problems.append(Problem(path, f"lacks 'id' or 'file_name': {str(img)[:200]}", f"image #{index}"))
         elif not _is_int(img["id"]):
-            problems.append(
-                Problem(path, f"has id {img['id']!r}: image ids must be integers or strings", f"image #{index}")
-            )
+            what = f"has id {img['id']!r}: image ids must be integers, or unique strings (which are renumbered)"
+            problems.append(Problem(path, what, f"image #{index}"))
         elif img["id"] in image_ids:
             problems.append(Problem(path, f"duplicate image id {img['id']}"))
         else:
@@ -464,13 +470,11 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self.degenerate_ann_ids: list[int] = list(self.stats.get("degenerate_ann_ids", []))
         self.id2label = category_names(data)
         paths = [os.path.join(self.root, self.coco.imgs[i]["file_name"]) for i in self.ids]
-        self.image_source = ImageSource(
-            paths,
-            cache=cache,
-            max_bad=math.floor(max_bad_images * len(paths) + 1e-9),
-            describe=lambda i: f"{paths[i]} (image id {self.ids[i]} in {self.ann_file})",
-        )
-        self.image_source.bad.update(bad or {})
+
+        def describe(i: int) -> str:
+            return f"{paths[i]} (image id {self.ids[i]} in {self.ann_file})"
+
+        self.image_source = ImageSource(paths, cache, max_bad_images, describe, bad)
 
     @property
     def max_category_id(self) -> int:
@@ -555,8 +559,7 @@ def build_detection(
     report_split(image_set, ann_file, len(ids), len(bad_problems), stats)
     degenerate = degenerate_annotation_ids(data)  # sizes may have been read from the images
     stats.update(num_degenerate_boxes=len(degenerate), degenerate_ann_ids=degenerate)
-    index_of_path = {p: k for k, p in enumerate(paths)}
-    bad = {index_of_path[p.file]: str(p) for p in bad_problems if p.file in index_of_path}
+    bad = unreadable_indices(paths, bad_problems)
     return CocoDetection(
         img_folder,
         ann_file,

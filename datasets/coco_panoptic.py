@@ -42,7 +42,6 @@ Differences from the official code:
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,14 @@ from datasets.coco import as_config, category_names, coco_from_dict, transforms_
 from datasets.config import DataConfig
 from datasets.images import ImageCache, ImageSource, probe_image
 from datasets.problems import DatasetError, Problem, raise_if_problems
-from datasets.split_check import check_val_not_empty, finish_split, image_problems, probe_images, report_split
+from datasets.split_check import (
+    check_val_not_empty,
+    finish_split,
+    image_problems,
+    probe_images,
+    report_split,
+    unreadable_indices,
+)
 from util.box_ops import masks_to_boxes
 from util.panoptic import read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-exported)
 
@@ -120,13 +126,11 @@ class CocoPanoptic:
         segment_ids = [int(s["category_id"]) for a in self.annotations for s in a.get("segments_info", [])]
         self.max_category_id = max([*self.categories, *segment_ids], default=-1)
         paths = [str(self.img_folder / im["file_name"]) for im in self.images]
-        self.image_source = ImageSource(
-            paths,
-            cache=cache,
-            max_bad=math.floor(max_bad_images * len(paths) + 1e-9),
-            describe=lambda i: f"{paths[i]} (image {self.ids[i]} in {self.ann_file})",
-        )
-        self.image_source.bad.update(bad or {})
+
+        def describe(i: int) -> str:
+            return f"{paths[i]} (image {self.ids[i]} in {self.ann_file})"
+
+        self.image_source = ImageSource(paths, cache, max_bad_images, describe, bad)
         self._coco: COCO | None = None
 
     def __len__(self) -> int:
@@ -331,8 +335,7 @@ def build(image_set: str, cfg: DataConfig | Any) -> CocoPanoptic:
         "max_category_id": ds.max_category_id,
     }
     report_split(image_set, str(ann_file), len(image_paths), len(bad_problems), stats)
-    index_of_path = {p: k for k, p in enumerate(image_paths)}
-    ds.image_source.bad.update({index_of_path[p.file]: str(p) for p in bad_problems if p.file in index_of_path})
+    ds.image_source.bad.update(unreadable_indices(image_paths, bad_problems))
     return ds
 
 

@@ -87,6 +87,12 @@ class DataConfig:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} out of range for world size {self.world_size}")
 
+    def split_name(self, image_set: str, defaults: dict[str, str]) -> str:
+        """The VOC list / YOLO yaml key of ``image_set``: ``train_split`` / ``val_split``, else ``defaults``."""
+        if image_set not in ("train", "val"):
+            raise ValueError(f"unknown image_set {image_set!r}, expected 'train' or 'val'")
+        return (self.train_split if image_set == "train" else self.val_split) or defaults[image_set]
+
     def max_bad_count(self, num_images: int) -> int:
         """How many of ``num_images`` images may be unreadable before the run stops."""
         return math.floor(self.max_bad_images * num_images + 1e-9)

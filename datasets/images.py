@@ -33,6 +33,7 @@ once into memory; decoding still happens per sample.
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import time
@@ -270,11 +271,13 @@ class ImageCache:
 class ImageSource:
     """The image files of a data set and what happens when one cannot be decoded at load time.
 
-    ``paths[i]`` is the file of sample ``i``; ``cache`` the optional ``ImageCache``. ``load(i)``
+    ``paths[i]`` is the file of sample ``i``; ``cache`` the optional ``ImageCache``; ``describe(i)``
+    names sample ``i`` in warnings. ``load(i)``
     decodes sample ``i``; when that fails, the failure is logged (file named) and the next readable
     sample in index order is returned instead (``(index used, image)``), so batches keep their size
-    and the data order stays a function of the index. More than ``max_bad`` unreadable images in
-    total (those found by the start-up check plus those met here) raise ``DatasetError``
+    and the data order stays a function of the index. More than ``max_bad_images`` (a fraction of
+    the paths) unreadable images in total (those found by the start-up check plus those met here)
+    raise ``DatasetError``
     listing them. Counters are per process (each DataLoader worker keeps its own); ``bad`` may be
     pre-filled with the images the start-up check found unreadable.
     """
@@ -283,13 +286,14 @@ class ImageSource:
         self,
         paths: Sequence[str],
         cache: ImageCache | None = None,
-        max_bad: int | None = None,
+        max_bad_images: float | None = None,
         describe: Any = None,
+        bad: dict[int, str] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.cache = cache
-        self.max_bad = max_bad
-        self.bad: dict[int, str] = {}
+        self.max_bad = None if max_bad_images is None else math.floor(max_bad_images * len(self.paths) + 1e-9)
+        self.bad: dict[int, str] = dict(bad or {})
         self.describe = describe or (lambda i: self.paths[i])
 
     def decode(self, index: int) -> PIL.Image.Image:

@@ -138,6 +138,12 @@ def finish_split(
     return bad
 
 
+def unreadable_indices(paths: Sequence[str], bad: Sequence[Problem]) -> dict[int, str]:
+    """``{index: message}`` of the images whose file one of the ``bad`` problems names."""
+    messages = {p.file: str(p) for p in bad}
+    return {k: messages[path] for k, path in enumerate(paths) if path in messages}
+
+
 def report_split(split: str, source: str, num_images: int, num_bad: int, stats: dict[str, Any]) -> None:
     """One log line per split: what was read and how much of it is usable."""
     skipped = f" ({num_bad} unreadable, skipped)" if num_bad else ""
@@ -161,4 +167,11 @@ def check_val_not_empty(split: str, source: str, num_images: int, num_annotation
         )
 
 
-__all__ = ["check_val_not_empty", "finish_split", "image_problems", "probe_images", "report_split"]
+__all__ = [
+    "check_val_not_empty",
+    "finish_split",
+    "image_problems",
+    "probe_images",
+    "report_split",
+    "unreadable_indices",
+]

@@ -233,11 +233,9 @@ def voc_to_coco(
 def build(image_set: str, cfg: DataConfig | Any) -> Any:
     """The checked ``"train"`` / ``"val"`` split of a VOCdevkit (``cfg``: a ``DataConfig`` or ``args``)."""
     cfg = as_config(cfg)
-    if image_set not in DEFAULT_SPLITS:
-        raise ValueError(f"unknown image_set {image_set!r}, expected one of {sorted(DEFAULT_SPLITS)}")
+    split = cfg.split_name(image_set, DEFAULT_SPLITS)
     if not cfg.voc_path:
         raise DatasetError("dataset_file 'voc' needs --voc_path (the VOCdevkit folder)")
-    split = (cfg.train_split if image_set == "train" else cfg.val_split) or DEFAULT_SPLITS[image_set]
     data, problems, notes = voc_to_coco(
         cfg.voc_path, cfg.voc_years, split, remove_difficult=cfg.remove_difficult and image_set == "train"
     )

@@ -227,14 +227,12 @@ def read_yolo_split(yaml_file: Path, split_key: str, cfg: DataConfig | None = No
 def build(image_set: str, cfg: DataConfig | Any) -> Any:
     """The checked ``"train"`` / ``"val"`` split of a YOLO data set (``cfg``: ``DataConfig`` or ``args``)."""
     cfg = as_config(cfg)
-    if image_set not in DEFAULT_SPLITS:
-        raise ValueError(f"unknown image_set {image_set!r}, expected one of {sorted(DEFAULT_SPLITS)}")
+    key = cfg.split_name(image_set, DEFAULT_SPLITS)
     if not cfg.yolo_path:
         raise DatasetError("dataset_file 'yolo' needs --yolo_path (a folder with data.yaml, or the yaml file)")
     yaml_file = Path(cfg.yolo_path)
     if yaml_file.is_dir():
         yaml_file = yaml_file / "data.yaml"
-    key = (cfg.train_split if image_set == "train" else cfg.val_split) or DEFAULT_SPLITS[image_set]
     split = read_yolo_split(yaml_file, key, cfg)
     return build_detection(
         split.data,

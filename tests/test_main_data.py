@@ -24,7 +24,7 @@ from data_faults import (
     write_json,
 )
 from golden import DATA_DIR
-from test_main import TINY, parse, run_main_subprocess
+from test_main import TINY, _expect_exit, parse, run_main_subprocess
 
 import main as main_module
 
@@ -33,16 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 TRAIN = Path("annotations") / "instances_train2017.json"
 VAL = Path("annotations") / "instances_val2017.json"
 VOCDEVKIT = DATA_DIR / "voc_mmfewshot" / "VOCdevkit"
-
-
-def stop_before_training(argv: list[str], *patterns: str) -> str:
-    """Run ``main.main`` in process; it must exit with a message holding ``patterns``, untrained."""
-    with pytest.raises(SystemExit) as e:
-        main_module.main(parse(argv))
-    message = str(e.value.code)
-    for p in patterns:
-        assert p in message, message
-    return message
 
 
 @pytest.fixture
@@ -61,7 +51,7 @@ def test_data_problems_all_reported_before_training(coco: Path, tmp_path: Path) 
     write_json(coco / TRAIN, train)
     write_json(coco / VAL, val)
     out = tmp_path / "run"
-    message = stop_before_training(
+    message = _expect_exit(
         [*TINY, "--coco_path", str(coco), "--output_dir", str(out)],
         f"{coco / 'train2017' / images[0]['file_name']}: image id {images[0]['id']}",
         "is truncated",
@@ -112,7 +102,7 @@ def test_validation_only_category_stops_before_training(coco: Path, tmp_path: Pa
     val["annotations"][0]["category_id"] = 4
     write_json(coco / VAL, val)
     out = tmp_path / "run"
-    stop_before_training(
+    _expect_exit(
         [*TINY, "--coco_path", str(coco), "--output_dir", str(out)],
         "instances_val2017.json: has category id 4 in the val split, but num_classes is 4",
         "pass --num_classes 5",
@@ -122,18 +112,18 @@ def test_validation_only_category_stops_before_training(coco: Path, tmp_path: Pa
 
 def test_empty_validation_set_stops_at_start_up(coco: Path) -> None:
     write_json(coco / VAL, {**read_json(coco / VAL), "images": [], "annotations": []})
-    stop_before_training([*TINY, "--coco_path", str(coco)], "instances_val2017.json: the validation split has no image")
+    _expect_exit([*TINY, "--coco_path", str(coco)], "instances_val2017.json: the validation split has no image")
 
 
 def test_voc_and_yolo_bad_input_named_with_file_and_line(tmp_path: Path) -> None:
     voc = make_voc(tmp_path / "VOCdevkit", "2012", "trainval", {"a": [("cat", (1, 1, 30, 30), 0)]})
     (voc / "VOC2012" / "Annotations").rename(voc / "VOC2012" / "Labels")
-    stop_before_training(
+    _expect_exit(
         [*TINY, "--dataset_file", "voc", "--voc_path", str(voc), "--val_split", "trainval"],
         "VOC2012: is not a VOC year folder: it has no Annotations/",
     )
     yolo = make_yolo(tmp_path / "yolo", ["cat"], {"train": {"a": ["0 0.5 0.5 0.2 0.2 0.1"]}, "val": {"b": []}})
-    stop_before_training(
+    _expect_exit(
         [*TINY, "--dataset_file", "yolo", "--yolo_path", str(yolo)],
         f"{yolo / 'labels' / 'train' / 'a.txt'}:1: has 6 fields",
     )

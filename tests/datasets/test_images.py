@@ -87,7 +87,7 @@ def test_image_source_replaces_unreadable_images(tmp_path: Path, capsys: pytest.
         PIL.Image.fromarray(noise_image(8, 8, seed=k)).save(path)
         paths.append(str(path))
     corrupt_png_data(Path(paths[1]))
-    source = ImageSource(paths, max_bad=1)
+    source = ImageSource(paths, max_bad_images=0.25)  # 1 of 4
     used, image = source.load(1)
     assert used == 2 and np.array_equal(np.asarray(image), noise_image(8, 8, seed=2))  # the next readable one
     assert "warning: skipping" in capsys.readouterr().out and paths[1] in source.bad[1]
