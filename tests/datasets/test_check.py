@@ -107,6 +107,15 @@ def test_unreadable_images_skipped_up_to_the_limit(coco: Path, capsys: pytest.Ca
     assert int(target["image_id"]) == ds.ids[4]
 
 
+def test_check_images_none_still_names_the_file_at_load_time(coco: Path) -> None:
+    data = read_json(coco / TRAIN)
+    bad = truncate(coco / "train2017" / data["images"][5]["file_name"])
+    ds = build_dataset("train", config(coco, check_images="none"))  # no image opened at start-up
+    ds[4]
+    with pytest.raises(DatasetError, match=rf"1 unreadable images, more than the 0 .*\n  - {bad}: cannot be decoded"):
+        ds[5]  # not a bare OSError: the file is named
+
+
 def test_empty_validation_set(coco: Path, capsys: pytest.CaptureFixture) -> None:
     data = read_json(coco / VAL)
     write_json(coco / VAL, {**data, "annotations": []})
@@ -204,3 +213,13 @@ def test_check_cli(coco: Path, capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert "val: FAILED" in out and out.count("has an invalid bbox") == 3
     assert "train: FAILED" in out and "is 64x64 (width x height) in the annotation file but 8x8" in out
+    val = read_json(coco / VAL)  # valid again, but with a category id only the validation split uses
+    for ann in val["annotations"]:
+        ann["bbox"] = [1, 1, 5, 5]
+    val["categories"].append({"id": 9, "name": "nine"})
+    val["annotations"][0]["category_id"] = 9
+    write_json(coco / VAL, val)
+    assert check_module.main(["--dataset_file", "coco", str(coco), "--check_images", "none"]) == 1
+    assert (
+        "has category id 9 in the val split, but num_classes is 4 (from the training split)" in capsys.readouterr().out
+    )
