@@ -27,6 +27,8 @@ from golden import DATA_DIR
 from test_main import TINY, _expect_exit, parse, run_main_subprocess
 
 import main as main_module
+from models import build_model
+from util.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -97,17 +99,24 @@ def test_messy_data_trains_and_evaluates(coco: Path, tmp_path: Path, capsys: pyt
 
 
 def test_validation_only_category_stops_before_training(coco: Path, tmp_path: Path) -> None:
+    """num_classes from a checkpoint (4, as the training file's ids 1..3 give); the validation file
+    alone uses id 4. The official code trains an epoch, then fails in the evaluation's loss."""
+    model = build_model(main_module.resolve_args(parse([*TINY, "--num_classes", "4"])))[0]
+    ckpt = tmp_path / "four_classes.pth"
+    save_checkpoint({"model": model.state_dict(), "epoch": 0}, ckpt)
     val = read_json(coco / VAL)
     val["categories"].append({"id": 4, "name": "square"})
     val["annotations"][0]["category_id"] = 4
     write_json(coco / VAL, val)
     out = tmp_path / "run"
     _expect_exit(
-        [*TINY, "--coco_path", str(coco), "--output_dir", str(out)],
-        "instances_val2017.json: has category id 4 in the val split, but num_classes is 4",
+        [*TINY, "--coco_path", str(coco), "--output_dir", str(out), "--resume", str(ckpt), "--epochs", "2"],
+        "instances_val2017.json",
+        "category id 4",
+        "num_classes is 4",
         "pass --num_classes 5",
     )
-    assert not (out / "checkpoint.pth").exists()
+    assert not (out / "log.txt").exists()
 
 
 def test_empty_validation_set_stops_at_start_up(coco: Path) -> None:
