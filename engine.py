@@ -300,10 +300,12 @@ def evaluate(
     """Loss terms and COCO metrics on ``data_loader``.
 
     Returns ``(stats, coco_evaluator)``; ``stats`` holds the averaged losses, ``coco_eval_bbox``
-    (the 12 COCO numbers), ``coco_eval_masks`` with a ``segm`` post-processor, and
-    ``PQ_all``/``PQ_th``/``PQ_st`` with a ``panoptic`` one.
+    (the 12 COCO numbers), ``coco_eval_masks`` with a ``segm`` post-processor,
+    ``PQ_all``/``PQ_th``/``PQ_st`` with a ``panoptic`` one, and for VOC data sets ``voc_mAP50`` and
+    ``voc_per_class_AP`` (``datasets.voc_eval``).
     """
     from datasets.coco_eval import CocoEvaluator
+    from datasets.voc_eval import voc_evaluator_for
 
     model.eval()
     criterion.eval()
@@ -313,6 +315,7 @@ def evaluate(
 
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     coco_evaluator = CocoEvaluator(base_ds, iou_types)
+    voc_evaluator = voc_evaluator_for(data_loader.dataset)  # VOC data sets: devkit mAP@0.5 as well (else None)
     panoptic_evaluator = None
     if "panoptic" in postprocessors:
         from datasets.panoptic_eval import PanopticEvaluator
@@ -345,6 +348,8 @@ def evaluate(
             results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
         res = {int(target["image_id"]): output for target, output in zip(targets, results)}
         coco_evaluator.update(res)
+        if voc_evaluator is not None:
+            voc_evaluator.update(res)
 
         if panoptic_evaluator is not None:
             target_sizes = torch.stack([t["size"] for t in targets], dim=0)
@@ -370,6 +375,10 @@ def evaluate(
         stats["coco_eval_bbox"] = coco_evaluator.coco_eval["bbox"].stats.tolist()
     if "segm" in postprocessors:
         stats["coco_eval_masks"] = coco_evaluator.coco_eval["segm"].stats.tolist()
+    if voc_evaluator is not None:  # voc_mAP50, voc_per_class_AP
+        voc_evaluator.synchronize_between_processes()
+        voc_evaluator.summarize()
+        stats.update(voc_evaluator.stats_dict())
     if panoptic_res is not None:
         stats["PQ_all"] = panoptic_res["All"]
         stats["PQ_th"] = panoptic_res["Things"]

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 import util.distributed as dist_utils
+from datasets.config import CHECK_IMAGES_LEVELS
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteError, evaluate, train_one_epoch
 from models import architecture_from_state_dict, build_model
@@ -195,12 +196,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eos_coef", default=0.1, type=float, help="Relative classification weight of no-object")
     parser.add_argument("--focal_alpha", default=0.25, type=float)
 
-    # dataset parameters
-    parser.add_argument("--dataset_file", default="coco")
+    # dataset parameters (defaults: datasets.config.DataConfig)
+    parser.add_argument("--dataset_file", default="coco", help="coco, coco_panoptic, voc or yolo")
     parser.add_argument("--coco_path", type=str)
     parser.add_argument("--coco_panoptic_path", type=str)
-    parser.add_argument("--remove_difficult", action="store_true")
-    parser.add_argument("--cache_mode", default=False, action="store_true", help="accepted for compatibility")
+    parser.add_argument(
+        "--train_images", type=str, help="COCO-format training images anywhere (with --train_annotations)"
+    )
+    parser.add_argument("--train_annotations", type=str, help="COCO-format training annotation file")
+    parser.add_argument(
+        "--val_images", type=str, help="COCO-format validation images anywhere (with --val_annotations)"
+    )
+    parser.add_argument("--val_annotations", type=str, help="COCO-format validation annotation file")
+    parser.add_argument("--voc_path", type=str, help="PASCAL VOC: the VOCdevkit folder")
+    parser.add_argument("--voc_years", type=str, help="VOC years, e.g. 2007,2012 (default: every VOC<year> folder)")
+    parser.add_argument("--yolo_path", type=str, help="YOLO format: the folder holding data.yaml (or the yaml file)")
+    parser.add_argument("--train_split", type=str, help="VOC image list (default trainval) / YOLO yaml key (train)")
+    parser.add_argument("--val_split", type=str, help="VOC image list (default val, or test) / YOLO yaml key (val)")
+    parser.add_argument("--remove_difficult", action="store_true", help="VOC: drop difficult objects from training")
+    parser.add_argument(
+        "--cache_mode",
+        default=False,
+        action="store_true",
+        help="keep the encoded images of each process's shard in memory",
+    )
+    parser.add_argument(
+        "--check_images",
+        default=None,
+        choices=CHECK_IMAGES_LEVELS,
+        help="start-up image check: none, header (default: size, mode, EXIF, truncation) or full (decode every image)",
+    )
+    parser.add_argument(
+        "--max_bad_images",
+        default=None,
+        type=float,
+        help="fraction of unreadable images skipped with a warning before the run stops (default 0.001 = 0.1%%)",
+    )
     parser.add_argument("--train_scales", default=None, type=int, nargs="+", help="shorter-side sizes for training")
     parser.add_argument("--val_size", default=None, type=int, help="shorter side for evaluation (default 800)")
     parser.add_argument("--max_size", default=None, type=int, help="longer-side cap (default 1333)")
@@ -394,33 +425,22 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def _max_category_id(dataset: Any) -> int:
-    coco = datasets.get_coco_api_from_dataset(dataset)
-    if coco is None:
-        return -1
-    ids = [a["category_id"] for a in coco.dataset.get("annotations", [])]
-    ids += [c["id"] for c in coco.dataset.get("categories", [])]
-    return max(ids) if ids else -1
-
-
 def resolve_num_classes(args: argparse.Namespace, splits: dict[str, Any], from_checkpoint: str | None) -> int:
-    """``--num_classes`` (or the value inherited from ``from_checkpoint``), else the data set's max
-    category id + 1; then checked against every split (``{name: dataset}``), so that a category
-    used only by the validation set stops the run before training."""
-    sources = {name: str(getattr(ds, "ann_file", name)) for name, ds in splits.items()}
-    max_ids = {name: _max_category_id(ds) for name, ds in splits.items()}
+    """``--num_classes`` (or the value inherited from ``from_checkpoint``), else the training split's
+    (for ``--eval``: the validation split's) max category id + 1; then checked against every split
+    (``{name: dataset}``), so that a category that only the validation set uses stops the run
+    before training."""
     num_classes, source = args.num_classes, "--num_classes"
     if num_classes is not None and "num_classes" not in given_flags(args) and from_checkpoint:
         source = f"checkpoint {from_checkpoint}"
     if num_classes is None:
-        name = max(max_ids, key=lambda n: max_ids[n])
-        num_classes, source = max_ids[name] + 1, f"max category id of {sources[name]}"
-    for name, max_id in max_ids.items():
-        if max_id >= num_classes:
-            raise SystemExit(
-                f"error: {sources[name]} ({name}) has category id {max_id}, but num_classes is {num_classes} "
-                f"(from {source}); pass --num_classes {max_id + 1} or more"
-            )
+        name = "train" if "train" in splits else "val"
+        num_classes = datasets.max_category_id(splits[name]) + 1
+        source = f"max category id of {getattr(splits[name], 'ann_file', name)}"
+    try:
+        datasets.check_num_classes(num_classes, source, splits)
+    except datasets.DatasetError as e:
+        raise SystemExit(f"error: {e}") from e
     print(f"num_classes = {num_classes} (from {source})")
     return num_classes
 
@@ -601,9 +621,12 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _primary_metric(stats: dict[str, Any]) -> tuple[str, float] | None:
-    """The validation number ``checkpoint_best.pth`` is kept by: PQ for panoptic runs, else box AP."""
+    """The validation number ``checkpoint_best.pth`` is kept by: PQ for panoptic runs, the devkit's
+    mAP@0.5 for PASCAL VOC, else COCO box AP."""
     if "PQ_all" in stats:
         return "PQ", float(stats["PQ_all"]["pq"])
+    if "voc_mAP50" in stats:
+        return "VOC mAP50", float(stats["voc_mAP50"])
     if "coco_eval_bbox" in stats:
         return "AP", float(stats["coco_eval_bbox"][0])
     return None
@@ -645,6 +668,7 @@ def _setup(args: argparse.Namespace) -> _Run:
     """Resolve every flag once: distributed set-up, ``--resume auto``, the flags inherited from
     the checkpoint being resumed / evaluated / fine-tuned, model defaults; check the output folder."""
     args = argparse.Namespace(**vars(args))  # the caller's namespace stays as it was
+    args._given = sorted(given_flags(args))  # before anything is filled in
     dist_utils.init_distributed_mode(args)
     if args.resume == "auto":
         args.resume = resolve_auto_resume(args)
@@ -676,11 +700,15 @@ def _setup(args: argparse.Namespace) -> _Run:
 def _load_data(run: _Run) -> None:
     """Build the splits (each checked before any training) and settle ``num_classes``."""
     args = run.args
-    try:
-        run.dataset_val = datasets.build_dataset(image_set="val", args=args)
-        run.dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
+    # A given --num_classes is checked by the builders (naming each annotation); one inherited from a
+    # checkpoint or derived from the data is checked below, naming where it came from.
+    given = args.num_classes if "num_classes" in given_flags(args) else None
+    data_args = argparse.Namespace(**{**vars(args), "num_classes": given})
+    try:  # every split checked; all their problems reported at once
+        built = datasets.build_datasets(data_args, ("val",) if args.eval else ("train", "val"))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
+    run.dataset_val, run.dataset_train = built["val"], built.get("train")
     splits = {"val": run.dataset_val} if args.eval else {"train": run.dataset_train, "val": run.dataset_val}
     args.num_classes = resolve_num_classes(args, splits, args.resume or None)
     for name, ds in splits.items():
@@ -690,14 +718,6 @@ def _load_data(run: _Run) -> None:
     reference = run.dataset_val if run.dataset_train is None else run.dataset_train
     if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things/stuff from the data
         args.panoptic_is_thing_map = reference.is_thing_map()
-
-
-def _id2label(dataset: Any) -> dict[int, str] | None:
-    names = getattr(dataset, "id2label", None)
-    if names is None:
-        coco = datasets.get_coco_api_from_dataset(dataset)
-        names = {c["id"]: c.get("name", str(c["id"])) for c in coco.dataset.get("categories", [])} if coco else None
-    return {int(k): str(v) for k, v in names.items()} if names else None
 
 
 def _restore(run: _Run, state: TrainState) -> None:
@@ -861,7 +881,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
     _freeze(model, args)
     model.to(run.device)
     state = _build_state(args, model, run.device)
-    state.id2label = _id2label(run.dataset_train if run.dataset_train is not None else run.dataset_val)
+    state.id2label = datasets.dataset_id2label(run.dataset_train if run.dataset_train is not None else run.dataset_val)
     state.is_thing_map = getattr(args, "panoptic_is_thing_map", None)
     _restore(run, state)
     run.checkpoints.clear()  # free the loaded checkpoints before training
@@ -899,7 +919,9 @@ def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module,
     args = run.args
     world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
     dataset_train = SeededDataset(run.dataset_train, seed=args.seed)
-    sampler_train = ResumableSampler(len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank)
+    sampler_train = ResumableSampler(
+        len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank, shard=args.cache_mode
+    )  # with --cache_mode each process draws only from the images it holds
     batch_sampler_train = torch.utils.data.BatchSampler(sampler_train, args.batch_size, drop_last=True)
     if len(batch_sampler_train) == 0:
         raise SystemExit(
@@ -1050,7 +1072,7 @@ def _save_eval(
             summary.update(summary["bbox"])
         if "coco_eval_masks" in stats:
             summary["segm"] = stats_to_dict(stats["coco_eval_masks"])
-        for k in ("PQ_all", "PQ_th", "PQ_st"):
+        for k in ("PQ_all", "PQ_th", "PQ_st", "voc_mAP50", "voc_per_class_AP"):
             if k in stats:
                 summary[k] = stats[k]
         return summary

@@ -56,7 +56,12 @@ class SeededDataset(Dataset):
 
 class ResumableSampler(Sampler[int]):
     """Shuffled (or sequential) indices for one rank; ``set_epoch`` picks the permutation and
-    ``start_index`` skips the indices this rank already consumed in the current epoch."""
+    ``start_index`` skips the indices this rank already consumed in the current epoch.
+
+    ``shard=True`` (``--cache_mode``): rank ``r`` only ever draws the indices ``i`` with ``i %
+    num_replicas == r``, the images its ``ImageCache`` holds, shuffled among themselves each epoch
+    (Deformable DETR's ``NodeDistributedSampler`` does the same); with one process it is the
+    ordinary sampler."""
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class ResumableSampler(Sampler[int]):
         num_replicas: int = 1,
         rank: int = 0,
         pad: bool = True,
+        shard: bool = False,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
@@ -77,6 +83,7 @@ class ResumableSampler(Sampler[int]):
         self.epoch = 0
         self.start_index = 0
         self.pad = pad  # False for evaluation: no image is seen twice, ranks may differ by one
+        self.shard = shard and num_replicas > 1
         self.num_samples = math.ceil(dataset_len / num_replicas) if pad else len(range(rank, dataset_len, num_replicas))
         self.total_size = self.num_samples * num_replicas if pad else dataset_len
 
@@ -85,6 +92,8 @@ class ResumableSampler(Sampler[int]):
         self.start_index = start_index
 
     def _indices(self) -> list[int]:
+        if self.shard:
+            return self._shard_indices()
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             indices = torch.randperm(self.dataset_len, generator=g).tolist()
@@ -93,6 +102,15 @@ class ResumableSampler(Sampler[int]):
         if self.pad and self.total_size > len(indices):  # pad so every rank gets the same count
             indices += indices[: self.total_size - len(indices)]
         return indices[self.rank : self.total_size : self.num_replicas]
+
+    def _shard_indices(self) -> list[int]:
+        own = list(range(self.rank, self.dataset_len, self.num_replicas)) or [self.rank % max(self.dataset_len, 1)]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            own = [own[k] for k in torch.randperm(len(own), generator=g).tolist()]
+        while self.pad and len(own) < self.num_samples:  # pad so every rank gets the same count
+            own += own[: self.num_samples - len(own)]
+        return own
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices()[self.start_index :])

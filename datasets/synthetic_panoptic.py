@@ -46,6 +46,7 @@ from datasets.synthetic import (
     rasterize_convex_polygon,
     reuse_or_clear,
 )
+from util.panoptic import id2rgb
 
 GENERATOR_VERSION = 1
 MIN_VISIBLE = 8
@@ -59,12 +60,6 @@ STUFF_CATEGORIES: list[dict[str, Any]] = [
 ]
 PANOPTIC_CATEGORIES = THING_CATEGORIES + STUFF_CATEGORIES
 _COLOUR_OF = {c["id"]: np.array(c["color"]) for c in PANOPTIC_CATEGORIES}
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """``[H, W]`` ids -> ``[H, W, 3]`` uint8 colours ``(id % 256, id // 256 % 256, id // 256^2)``."""
-    id_map = np.asarray(id_map, dtype=np.int64)
-    return np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 def _stuff_map(rng: np.random.Generator, size: int) -> np.ndarray:
