@@ -144,22 +144,24 @@ VOC_FLAGS = [
 ]  # fmt: skip
 
 
-def run_voc(out: Path, capsys: pytest.CaptureFixture, *extra: str) -> dict:
-    """Train on the real VOC sample through main.py for one short epoch (2 steps of 4 images) and
-    evaluate; returns the last log.txt entry. ``extra`` flags (e.g. ``--finetune``) are appended."""
-    main_module.main(parse([*TINY, *VOC_FLAGS, "--output_dir", str(out), *extra]))
-    assert "num_classes = 20 (from max category id" in capsys.readouterr().out
-    return json.loads((out / "log.txt").read_text().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_voc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if not (VOCDEVKIT / "VOC2007" / "Annotations").is_dir():
         pytest.skip(f"VOC sample not found under {VOCDEVKIT}")
-    entry = run_voc(tmp_path / "voc", capsys)
+    # fine-tuned from a COCO-like checkpoint (91 classes, 10 queries): head and queries re-initialised
+    coco_like = build_model(main_module.resolve_args(parse([*TINY, "--num_classes", "91", "--num_queries", "10"])))[0]
+    save_checkpoint({"model": coco_like.state_dict()}, tmp_path / "coco_like.pth")
+    main_module.main(parse([*TINY, *VOC_FLAGS, "--output_dir", str(tmp_path / "voc"), "--finetune",
+                            str(tmp_path / "coco_like.pth")]))  # fmt: skip
+    text = capsys.readouterr().out
+    assert "num_classes = 20 (from max category id" in text
+    assert "--finetune: re-initialised class_embed.weight: checkpoint (92, 32), model (21, 32)" in text
+    assert "--finetune: re-initialised query_embed.weight: checkpoint (10, 32), model (8, 32)" in text
+    entry = json.loads((tmp_path / "voc" / "log.txt").read_text().splitlines()[-1])
     assert len(entry["test_coco_eval_bbox"]) == 12  # the fork's COCO-style numbers
     per_class = entry["test_voc_per_class_AP"]  # and the devkit's
     assert len(per_class) == 20 and "person" in per_class and per_class["bicycle"] == -1.0  # no bicycle in the sample
     assert 0.0 <= entry["test_voc_mAP50"] <= 1.0 and np.isfinite(entry["train_loss"])
     ckpt = torch.load(tmp_path / "voc" / "checkpoint.pth", weights_only=True)
     assert ckpt["model"]["class_embed.bias"].numel() == 21  # 20 VOC classes + no-object
+    assert ckpt["id2label"][0] == "aeroplane" and ckpt["id2label"][19] == "tvmonitor"  # names travel
