@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from util.distributed import reduce_dict
 from util.logging import MetricLogger, SmoothedValue
+from util.optim import clip_grad_norm
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,7 +109,7 @@ def train_one_epoch(
         else:
             losses.backward()
         if max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            clip_grad_norm(model.parameters(), max_norm)  # multi-tensor on CPU too
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

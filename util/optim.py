@@ -41,3 +41,13 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     params = [p for p in parameters if p.grad is not None]
     foreach = True if params and all(p.grad.device.type == "cpu" for p in params) else None
     return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict`` keeping this run's kernel choice (``foreach`` / ``fused``):
+    PyTorch would take it from the checkpoint, so resuming an official or older checkpoint
+    (saved with ``foreach=None``) would fall back to the slow per-tensor loop."""
+    impl = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    for group, kept in zip(optimizer.param_groups, impl):
+        group.update(kept)

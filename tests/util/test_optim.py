@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from util.optim import build_optimizer, clip_grad_norm
+from util.optim import build_optimizer, clip_grad_norm, load_optimizer_state
 
 
 def _train(model: nn.Module, make_opt, clip, steps: int = 3) -> nn.Module:
@@ -56,3 +56,14 @@ def test_clip_grad_norm_returns_the_total_norm_and_clips():
     norm = clip_grad_norm([p, q], max_norm=1.0)
     assert norm.item() == pytest.approx(5.0)
     torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.0]), rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_an_official_optimizer_state_keeps_the_fast_kernels():
+    model = nn.Linear(3, 2)
+    official = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    official.step()
+    ours = build_optimizer([{"params": list(model.parameters())}], 1e-3, 1e-4)
+    load_optimizer_state(ours, official.state_dict())
+    assert ours.param_groups[0]["foreach"] is True and ours.param_groups[0]["weight_decay"] == 0.01
+    assert torch.equal(ours.state[model.weight]["exp_avg"], official.state[model.weight]["exp_avg"])
