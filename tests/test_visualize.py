@@ -45,9 +45,9 @@ def test_draw_predictions_draws_only_scores_above_the_threshold(synthetic_coco, 
     ann = synthetic_coco / "annotations" / "instances_val2017.json"
     drawn = {}
     for threshold in (0.0, 1.01):
-        out = draw_predictions(ckpt, synthetic_coco / "val2017", ann, tmp_path / f"p{threshold}.png", 2, threshold)
+        out = draw_predictions(ckpt, synthetic_coco / "val2017", ann, tmp_path / f"p{threshold}.png", 1, threshold)
         drawn[threshold] = np.asarray(Image.open(out).convert("RGB"))
-    assert drawn[0.0].shape == drawn[1.01].shape and drawn[0.0].shape[1] > 2 * 256  # two 256-px tiles
+    assert drawn[0.0].shape == drawn[1.01].shape and drawn[0.0].shape[1] > 384  # the 64-px image upscaled x6
     palette = np.array(COLOURS)
     counts = {t: (a[..., None, :] == palette).all(-1).any(-1).sum() for t, a in drawn.items()}
     assert counts[0.0] > 1000 and counts[1.01] == 0  # a score >= 1.01 does not exist: boxes only above it
