@@ -154,7 +154,7 @@ def main() -> None:
     cmd = [sys.executable, "-u", str(ROOT / "main.py"), *COMMON, *recipe,
            "--coco_path", a.data, "--output_dir", str(out), *extra]  # fmt: skip
     print("running:", " ".join(cmd), flush=True)
-    run_main(cmd, int(_flag(cmd, "--epochs")), start)
+    run_main(cmd, int(_flag(cmd, "--epochs")), a.started or start)  # elapsed: since the set-up began
     train_done = time.time()
 
     from tools.plot_logs import plot_logs
