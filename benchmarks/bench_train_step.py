@@ -98,7 +98,7 @@ class Variant:
         else:
             clip_grad_norm(self.model.parameters(), self.clip)
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def make_batches(args: Any, count: int) -> tuple[list[Any], float]:
@@ -121,6 +121,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per repeat (distinct batches)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     a = parser.parse_args(argv)
     if a.threads:
@@ -141,7 +142,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     model, criterion, _ = build_model(args)
     variants = [Variant(name, model, criterion, args) for name in a.variants]
     for v in variants:  # warm-up: allocator, oneDNN primitives
-        v.step(*batches[0])
+        for _ in range(a.warmup):
+            v.step(*batches[0])
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in range(a.repeats):
         for v in variants:
