@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from util.distributed import all_gather, reduce_dict
 from util.logging import MetricLogger, SmoothedValue
+from util.optim import clip_grads, total_grad_norm
 
 
 class NonFiniteError(FloatingPointError):
@@ -247,12 +248,11 @@ def train_one_epoch(
                     step_terms[n] = step_terms.get(n, 0.0) + v
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            grads = [p.grad for p in params if p.grad is not None]
-            total_norm = torch.nn.utils.get_total_norm(grads)
+            total_norm = total_grad_norm(params)
             if scaler is None:  # with fp16 loss scaling, inf gradients are expected: the step is skipped
                 _check_gradients(model, total_norm, epoch, it, _image_ids(group_targets or group[0][1]))
             if max_norm > 0:
-                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+                clip_grads(params, max_norm, total_norm)
         except NonFiniteError:
             for b, saved in zip(running_stats, stats_before):
                 b.copy_(saved)

@@ -9,7 +9,8 @@ before. Here both are pure functions of ``(seed, epoch, index)``:
   way through an epoch (``start_index``), for mid-epoch resumption.
 * ``SeededDataset`` runs each sample's transforms under generators seeded from
   ``(seed, epoch, index)``, so a sample is augmented the same way whichever worker loads it and
-  whatever was loaded before it. The global generators are restored afterwards.
+  whatever was loaded before it. The global CPU generators (Python's ``random`` and torch's) are
+  restored afterwards; CUDA generators are left alone.
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        # Only the CPU generators: transforms draw from nothing else. ``torch.manual_seed`` would
+        # also (lazily) reseed every CUDA device, and costs a Python stack capture per call.
         py_state = random.getstate()
+        torch_state = torch.default_generator.get_state()
         try:
-            with torch.random.fork_rng(devices=[]):
-                random.seed(sample_seed)
-                torch.manual_seed(sample_seed % (2**63))
-                return self.dataset[index]
+            random.seed(sample_seed)
+            torch.default_generator.manual_seed(sample_seed % (2**63))
+            return self.dataset[index]
         finally:
             random.setstate(py_state)
+            torch.default_generator.set_state(torch_state)
 
 
 class ResumableSampler(Sampler[int]):

@@ -33,6 +33,7 @@ from torch import nn
 import util.distributed as dist_utils
 from util.checkpoint import CHECKPOINT_VERSION, get_rng_state, load_model_state, set_rng_state
 from util.ema import ModelEma
+from util.optim import load_optimizer_state
 
 
 @dataclass
@@ -119,7 +120,7 @@ class TrainState:
         notes: list[str] = []
         load_model_state(self.model, state["model"], source)
         if self.optimizer is not None and "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, state["optimizer"])  # keeps this run's kernel choice
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler is not None:
