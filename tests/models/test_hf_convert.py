@@ -25,12 +25,13 @@ DEFORMABLE = {"d_model": 64, "encoder_attention_heads": 2, "decoder_attention_he
               "encoder_n_points": 2, "decoder_n_points": 2, "two_stage_num_proposals": 5}  # fmt: skip
 TIMM_R18 = {"backbone": "resnet18", "use_pretrained_backbone": False}
 HF_R18 = {"use_timm_backbone": False, "backbone_config": {"model_type": "resnet", "depths": [2, 2, 2, 2],
-          "hidden_sizes": [64, 128, 256, 512], "layer_type": "basic", "out_features": ["stage4"]}}  # fmt: skip
+          "hidden_sizes": [64, 128, 256, 512], "layer_type": "basic",
+          "out_features": ["stage1", "stage2", "stage3", "stage4"]}}  # fmt: skip
 
 CASES = {
     "detr": ("DetrForObjectDetection", {**DETR, **TIMM_R18}, "timm"),
-    "detr_segm_learned_pos": ("DetrForSegmentation", {**DETR, **TIMM_R18, "position_embedding_type": "learned"}, "timm"),
-    "detr_hf_resnet": ("DetrForObjectDetection", {**DETR, **HF_R18}, "transformers"),
+    "detr_segm_hf_resnet_learned_pos": ("DetrForSegmentation", {**DETR, **HF_R18, "position_embedding_type": "learned"},
+                                        "transformers"),
     "deformable": ("DeformableDetrForObjectDetection", {**DEFORMABLE, **TIMM_R18}, "timm"),
     "deformable_single_scale_dc5": ("DeformableDetrForObjectDetection",
                                     {**DEFORMABLE, **TIMM_R18, "num_feature_levels": 1, "dilation": True}, "timm"),
