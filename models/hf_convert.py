@@ -46,6 +46,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models import build_model, num_classes_from_state_dict
+from util.checkpoint import (
+    CheckpointError,
+    key_list,
+    load_checkpoint,
+    load_model_state,
+    model_state_from_checkpoint,
+    save_checkpoint,
+)
+
 HF_ARCHITECTURES = ("DetrForObjectDetection", "DetrForSegmentation", "DeformableDetrForObjectDetection")
 BACKBONE_FORMATS = ("timm", "transformers")
 # main.py flags that define the architecture: every converted checkpoint's "args" holds all of them.
@@ -331,9 +341,8 @@ def args_from_hf_config(
     }
     if args["two_stage"]:  # the decoder's queries are the top proposals (num_queries is unused there)
         args["num_queries"] = int(config.get("two_stage_num_proposals", 300))
-    for ours, theirs in _LOSS_FIELDS.items():
-        if theirs in config and (deformable or ours != "focal_alpha"):
-            args[ours] = config[theirs]
+    # Loss and matcher fields are not carried over: transformers' defaults differ from the official
+    # recipes (Deformable DETR's class cost is 1 there, 2 officially), and main.py has its own.
     return args, id2label or {i: f"LABEL_{i}" for i in range(num_classes)}
 
 
@@ -449,8 +458,6 @@ def _preprocessor_config(arch: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_model_from_args(arch: Mapping[str, Any]) -> nn.Module:
     """This project's model for architecture flags ``arch`` (random weights, nothing downloaded)."""
-    from models import build_model
-
     ns = argparse.Namespace(**{**_WEIGHT_NEUTRAL_ARGS, **dict(arch), "backbone_weights": "none", "lr_backbone": 0.0})
     return build_model(ns)[0]
 
@@ -466,9 +473,6 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
     where they show (layers, widths, queries, levels, refinement, two-stage, masks, pre-norm,
     position embedding), from its ``args`` otherwise (backbone, dilation, heads), and checked
     against its ``args``."""
-    from models import num_classes_from_state_dict
-    from util.checkpoint import model_state_from_checkpoint
-
     state = model_state_from_checkpoint(dict(ckpt), source)
     saved = ckpt.get("args") or {}
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
@@ -626,17 +630,14 @@ def state_from_hf(
             state[key] = value.to(own[key].dtype)
     unexpected = [k for k in hf_state if k not in used]
     if missing or mismatched or unexpected:
-
-        def show(items: list[str]) -> str:
-            return "; ".join(items[:6]) + (f"; ... ({len(items)} in all)" if len(items) > 6 else "")
-
         parts = [f"{source} does not fit {config_source}"]
         if mismatched:
-            parts.append(f"shape mismatches: {show(mismatched)}")
+            parts.append(f"shape mismatches: {key_list(mismatched, 6, '; ')}")
         if missing:
-            parts.append(f"missing in the weights: {show(missing)} (config fields: {_config_fields_for(missing[0])})")
+            parts.append(f"missing in the weights: {key_list(missing, 6, '; ')} "
+                         f"(config fields: {_config_fields_for(missing[0])})")  # fmt: skip
         if unexpected:
-            parts.append(f"not in the model {config_source} describes: {show(unexpected)} "
+            parts.append(f"not in the model {config_source} describes: {key_list(unexpected, 6, '; ')} "
                          f"(config fields: {_config_fields_for(unexpected[0])})")  # fmt: skip
         raise ConversionError("; ".join(parts))
     return state
@@ -654,8 +655,6 @@ def checkpoint_from_hf(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def convert_from_hf(folder: str | os.PathLike[str], output: str | os.PathLike[str]) -> dict[str, Any]:
     """``checkpoint_from_hf`` written atomically to ``output``; returns the checkpoint."""
-    from util.checkpoint import save_checkpoint
-
     ckpt = checkpoint_from_hf(folder)
     save_checkpoint(ckpt, output)
     return ckpt
@@ -707,8 +706,6 @@ def checkpoint_to_hf(
 ) -> Path:  # fmt: skip
     """Write a transformers folder for ``checkpoint`` (a loaded checkpoint or its path) to
     ``output``: ``config.json``, the weights and ``preprocessor_config.json``, all at once."""
-    from util.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from_checkpoint
-
     source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
     arch = arch_from_checkpoint(ckpt, source)

@@ -78,8 +78,10 @@ def _frozen_prefixes(model: nn.Module, boundary: str) -> list[str]:
 def _checkpoint_backbone_state(path: Path) -> dict[str, torch.Tensor] | None:
     """The backbone body of a DETR-family checkpoint (``model`` with ``backbone.0.body.`` keys), or
     None when ``path`` holds something else (then it is given to timm as a model state dict)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+    from util.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if not isinstance(state.get("model"), dict):
         return None
     for prefix in ("backbone.0.body.", "detr.backbone.0.body."):
         body = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}

@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import fill_value
+from golden import fill_value, load_golden
 
-from models.hf_convert import ConversionError, checkpoint_from_hf, checkpoint_to_hf, convert_from_hf
+from models.hf_convert import (
+    ARCH_FLAGS,
+    ConversionError,
+    arch_from_checkpoint,
+    checkpoint_from_hf,
+    checkpoint_to_hf,
+    convert_from_hf,
+)
 from util.misc import NestedTensor
 
 transformers = pytest.importorskip("transformers")
@@ -161,3 +168,22 @@ def test_unsupported_and_never_partial(detr_folder: Path, tmp_path: Path, monkey
         checkpoint_to_hf(ckpt, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("fixture", ["detr", "detr_panoptic", "deformable", "deformable_single_scale",
+                                     "deformable_refine_two_stage"])  # fmt: skip
+def test_flags_read_off_official_checkpoints(fixture: str) -> None:
+    """The official models' state-dict layouts (golden fixtures): every architecture flag the weights
+    show is read off them; only what they cannot show (backbone, heads, dropout, two-stage queries) comes from args."""
+    golden = load_golden(f"{fixture}_tiny.pt")
+    config = golden["config"]
+    state = {k: torch.zeros(shape) for k, shape in golden["state_dict_shapes"]}
+    given = {
+        k: config[k] for k in ("backbone", "nheads", "dropout", "num_queries" if config.get("two_stage") else "nheads")
+    }
+    arch = arch_from_checkpoint({"model": state, "args": given}, fixture)
+    assert set(arch) >= set(ARCH_FLAGS) and arch["num_classes"] == 20  # the official 'custom' default
+    for flag in ARCH_FLAGS:
+        if flag in config:
+            assert arch[flag] == config[flag], flag
+    assert arch["model"] == ("deformable_detr" if fixture.startswith("deformable") else "detr")
