@@ -172,7 +172,7 @@ def _rules(arch: Mapping[str, Any]) -> list[_Rule]:
     return [*detr, _Rule("bbox_attention.", "bbox_attention."), _Rule("mask_head.", "mask_head.")]
 
 
-# torchvision ResNet names <-> transformers' ResNetBackbone names (inside the backbone prefix).
+# torchvision ResNet names -> transformers' ResNetBackbone names (inside the backbone prefix).
 _RESNET_TO_HF: list[tuple[str, Callable[[re.Match[str]], str]]] = [
     (r"conv1\.", lambda m: "embedder.embedder.convolution."),
     (r"bn1\.", lambda m: "embedder.embedder.normalization."),
