@@ -25,7 +25,8 @@ parameters shared in this project's models (Deformable DETR's heads) may appear 
 times in transformers' files. Everything is checked: a config whose sizes do not fit the weights
 names the file, the parameters and the config fields; nothing partial is written (temporary file
 or folder, then rename). What transformers cannot express is refused with the reason: pre-norm
-DETR, two-stage Deformable DETR without box refinement, mask heads whose GroupNorm grouping differs.
+DETR, two-stage Deformable DETR without box refinement, mask heads whose GroupNorm grouping differs,
+timm backbones with fused BatchNorm + activation layers (EfficientNet, MobileNet, ...).
 """
 
 from __future__ import annotations
@@ -462,6 +463,15 @@ def build_model_from_args(arch: Mapping[str, Any]) -> nn.Module:
     return build_model(ns)[0]
 
 
+def _check_batchnorm_act(model: nn.Module, arch: Mapping[str, Any], source: str) -> None:
+    """transformers swaps every ``BatchNorm2d`` of the backbone, timm's fused BatchNorm + activation
+    layers included, for a plain frozen BatchNorm: the activation is lost, the numbers would differ."""
+    fused = sorted({type(m).__name__ for m in model.modules() if "BatchNormAct" in type(m).__name__})
+    if fused:
+        raise ConversionError(f"{source}: --backbone {arch['backbone']} has {fused} layers, which transformers "
+                              "replaces with BatchNorm without the activation: its model would compute differently")  # fmt: skip
+
+
 def _count_layers(state: Mapping[str, Tensor], prefix: str) -> int:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     found = {int(m[1]) for k in state if (m := pattern.match(k))}
@@ -599,7 +609,9 @@ def state_from_hf(
     our parameters must be found with its shape and every transformers parameter used; otherwise a
     ``ConversionError`` lists the keys and the config fields that decide them."""
     hf_state = {normalize_hf_key(k): v for k, v in hf_state.items() if not k.endswith("num_batches_tracked")}
-    own = build_model_from_args(arch).state_dict()
+    model = build_model_from_args(arch)
+    _check_batchnorm_act(model, arch, config_source)
+    own = model.state_dict()
     rules = _rules(arch)
     groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}  # parameters shared in our model
     for key, value in own.items():
@@ -714,9 +726,11 @@ def checkpoint_to_hf(
     config = hf_config_from_args(arch, labels, backbone_format, source)
     try:  # the flags must rebuild a model the weights fit
         own = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # learning BatchNorm
-        load_model_state(build_model_from_args(arch), own, source)
+        model = build_model_from_args(arch)
+        load_model_state(model, own, source)
     except CheckpointError as e:
         raise ConversionError(str(e)) from e
+    _check_batchnorm_act(model, arch, source)
     hf_state = state_to_hf(state, arch, backbone_format)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

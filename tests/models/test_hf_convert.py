@@ -154,6 +154,10 @@ def test_unsupported_and_never_partial(detr_folder: Path, tmp_path: Path, monkey
                                  "transformer.encoder.norm.bias": torch.zeros(32)}}  # fmt: skip
     with pytest.raises(ConversionError, match="pre_norm"):
         checkpoint_to_hf(prenorm, tmp_path / "out")
+    effnet = {**ckpt["args"], "backbone": "timm:efficientnet_b0"}
+    model = hf_convert.build_model_from_args(effnet)
+    with pytest.raises(ConversionError, match=r"timm:efficientnet_b0 has \['FrozenBatchNormAct2d'\] layers"):
+        checkpoint_to_hf({"model": model.state_dict(), "args": effnet}, tmp_path / "out")
     with pytest.raises(ConversionError, match="args say --enc_layers 3 but the weights have 1"):
         checkpoint_to_hf({**ckpt, "args": {**ckpt["args"], "enc_layers": 3}}, tmp_path / "out")
 
