@@ -272,11 +272,6 @@ def deformable_detr_two_stage(pretrained: bool = False, num_classes: int = 91, r
 
 __all__ = [
     "DETR",
-    "deformable_detr",
-    "deformable_detr_refine",
-    "deformable_detr_single_scale",
-    "deformable_detr_single_scale_dc5",
-    "deformable_detr_two_stage",
     "detr_resnet50",
     "detr_resnet50_dc5",
     "detr_resnet50_dc5_panoptic",
@@ -284,4 +279,9 @@ __all__ = [
     "detr_resnet101",
     "detr_resnet101_dc5",
     "detr_resnet101_panoptic",
+    "deformable_detr",
+    "deformable_detr_refine",
+    "deformable_detr_single_scale",
+    "deformable_detr_single_scale_dc5",
+    "deformable_detr_two_stage",
 ]

@@ -6,13 +6,13 @@ each feature map. Differences:
 
 * ``return_layers`` names the returned stages explicitly (DETR: ``layer4`` or ``layer1-4`` for the
   mask head; Deformable DETR: ``layer2-4``), so one class serves both models.
+* ``build_backbone`` picks the family through ``BACKBONE_FAMILIES`` (a plain dict): torchvision
+  ResNets (``resnet50``, ...) or any timm model (``timm:<name>``, ``models.timm_backbone``).
 * ``train_all_layers`` trains every stage with ordinary, learning ``BatchNorm2d``: the official
   recipe assumes ImageNet weights, which cannot be had offline; from scratch, a frozen stem and
   frozen normalisation cannot learn.
 * ``weights`` chooses ImageNet weights from torchvision (download), a local file, or none. The
   official code always downloads them; a clear error replaces urllib's traceback when offline.
-* ``build_backbone`` picks the family through ``BACKBONE_FAMILIES`` (a plain dict): torchvision
-  ResNets (``resnet50``, ...) or any timm model (``timm:<name>``, ``models.timm_backbone``).
 """
 
 from __future__ import annotations

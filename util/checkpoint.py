@@ -64,9 +64,6 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     """Load a checkpoint from a local path or an http(s) URL (cached by ``torch.hub``,
     ``check_hash`` on). Raises ``CheckpointError`` naming the file for a missing, unreadable or
     truncated checkpoint, and for an URL that cannot be downloaded."""
-    # Again at every load: torch's safe_globals context manager (timm uses it) removes the globals it
-    # lists on exit, even those registered before it.
-    torch.serialization.add_safe_globals([argparse.Namespace])
     path = str(path)
     if is_url(path):
         try:
@@ -80,6 +77,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
+    # Again at every load: torch's safe_globals context manager (timm uses it) removes the globals it
+    # lists on exit, even those registered before it.
+    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, wrong format, unpicklable object...
