@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models import build_model, num_classes_from_state_dict
+from models import build_model
 from util.checkpoint import (
     CheckpointError,
     key_list,
@@ -492,6 +492,7 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
     model = "deformable_detr" if deformable else "detr"
     if masks and deformable:
         raise ConversionError(f"{source}: a Deformable DETR with a mask head is not supported")
+    head = state.get(f"{p}class_embed.0.bias" if deformable else f"{p}class_embed.bias")  # sigmoid / softmax + 1
     enc_layers = _count_layers(state, f"{p}transformer.encoder.layers.")
     ffn_layer = f"{p}transformer.{'encoder' if enc_layers else 'decoder'}.layers.0.linear1.weight"
     inferred: dict[str, Any] = {
@@ -500,7 +501,7 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
         "enc_layers": enc_layers,
         "dec_layers": _count_layers(state, f"{p}transformer.decoder.layers."),
         "dim_feedforward": int(state[ffn_layer].shape[0]) if ffn_layer in state else None,
-        "num_classes": num_classes_from_state_dict(model, state),
+        "num_classes": int(head.numel()) - (0 if deformable else 1) if head is not None else None,
         "position_embedding": "learned" if f"{p}backbone.1.row_embed.weight" in state else None,
     }
     if deformable:
