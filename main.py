@@ -153,7 +153,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--freeze_backbone", action="store_true", help="train nothing in the backbone")
     parser.add_argument("--freeze_encoder", action="store_true", help="train nothing in the transformer encoder")
     # * Backbone
-    parser.add_argument("--backbone", default="resnet50", type=str, help="convolutional backbone")
+    parser.add_argument(
+        "--backbone", default="resnet50", type=str, help="torchvision ResNet (resnet18..152) or timm:<timm model name>"
+    )
     parser.add_argument("--dilation", action="store_true", help="replace stride with dilation in the last block (DC5)")
     parser.add_argument("--position_embedding", default="sine", type=str, choices=("sine", "learned", "v2", "v3"))
     parser.add_argument("--position_embedding_scale", default=2 * 3.141592653589793, type=float)
@@ -162,7 +164,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--backbone_weights",
         default="torchvision",
         type=str,
-        help="ImageNet weights: 'torchvision' (download, the official behaviour), a local .pth file, or 'none'",
+        help="ImageNet weights: 'torchvision' (download, the official behaviour), 'timm' (timm backbones; "
+        "'torchvision' means the same for them), a local .pth file, or 'none'",
     )
     parser.add_argument(
         "--train_backbone_all",

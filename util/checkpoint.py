@@ -108,6 +108,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
+    # Again at every load: torch's safe_globals context manager (timm uses it) removes the globals it
+    # lists on exit, even those registered before it.
+    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, wrong format, unpicklable object...
@@ -213,6 +216,11 @@ def model_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
     return state
 
 
+def key_list(items: list[str], limit: int = 8, sep: str = ", ") -> str:
+    """The first ``limit`` items joined, and how many there are in all (for error messages)."""
+    return sep.join(items[:limit]) + (f"{sep}... ({len(items)} in all)" if len(items) > limit else "")
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state, strict=True)``, with one error naming the file and listing
     the missing, unexpected and mis-shaped keys (the usual cause: another model configuration)."""
@@ -225,17 +233,13 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or mismatched:
-
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-
         parts = [f"checkpoint {source} does not fit the model"]
         if missing:
-            parts.append(f"missing keys: {show(missing)}")
+            parts.append(f"missing keys: {key_list(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
+            parts.append(f"unexpected keys: {key_list(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatches: {show(mismatched)}")
+            parts.append(f"shape mismatches: {key_list(mismatched)}")
         parts.append("(was it trained with other --backbone/--masks/--num_classes/--model flags?)")
         raise CheckpointError("; ".join(parts))
     model.load_state_dict(state, strict=True)
