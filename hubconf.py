@@ -46,11 +46,20 @@ PRETRAINED = _URLS = {
 
 
 def pretrained_checkpoint(name: str) -> dict:
-    """The checkpoint behind the hub entry ``name`` (``main.py --finetune detr_resnet50``):
-    downloaded once into the torch hub cache, hash-checked, clear error when offline."""
-    if name not in PRETRAINED:
-        raise KeyError(f"no pretrained weights for hub entry '{name}'; known: {sorted(PRETRAINED)}")
-    return load_checkpoint(PRETRAINED[name])
+    """The checkpoint behind the hub entry ``name`` (``main.py --finetune detr_resnet50`` or
+    ``--finetune deformable_detr``): downloaded once into the torch hub cache (the official DETR
+    files hash-checked; SenseTime's Deformable DETR weights converted from Hugging Face), clear
+    error when offline."""
+    if name in PRETRAINED:
+        return load_checkpoint(PRETRAINED[name])
+    if name in _DEFORMABLE:
+        return load_checkpoint(_hf_hub_checkpoint(_DEFORMABLE[name][0]))
+    raise KeyError(f"no pretrained weights for hub entry '{name}'; known: {sorted(pretrained_names())}")
+
+
+def pretrained_names() -> list[str]:
+    """Hub entries with pretrained weights (the names ``--finetune`` accepts)."""
+    return sorted([*PRETRAINED, *_DEFORMABLE])
 
 
 def _make_detr(backbone_name: str, dilation: bool = False, num_classes: int = 91, mask: bool = False) -> nn.Module:
@@ -282,6 +291,7 @@ __all__ = [
     "DETR",
     "PRETRAINED",
     "pretrained_checkpoint",
+    "pretrained_names",
     "detr_resnet50",
     "detr_resnet50_dc5",
     "detr_resnet50_dc5_panoptic",

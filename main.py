@@ -504,10 +504,11 @@ def build_model_from_checkpoint(
     from its official ``args`` and what its weights' shapes tell (official and bare state dicts),
     and load its weights strictly. ``overrides`` (flag -> value) win over the stored flags, as
     flags given on the command line do; a conflict with the weights is an error listing the keys.
-    ``weights="ema"`` loads the EMA weights of a checkpoint trained with ``--ema``. Raises
+    ``weights="ema"`` loads the EMA weights of a checkpoint trained with ``--ema``. ``checkpoint``
+    is anything ``read_checkpoint`` accepts (also a Hugging Face folder or a hub name). Raises
     ``CheckpointError`` for a file that is not a model checkpoint."""
     source = str(checkpoint)
-    ckpt = load_checkpoint(source)
+    ckpt = read_checkpoint(source)
     args = get_args_parser().parse_args([])
     for k, v in (overrides or {}).items():
         setattr(args, k, v)
@@ -664,15 +665,27 @@ class _Run:
         return self.output_dir is not None and dist_utils.is_main_process()
 
 
-def _load(path: str) -> dict[str, Any]:
-    """A checkpoint by path, URL or (``--finetune``) hub entry name; ``SystemExit`` naming it."""
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint by path, URL, Hugging Face checkpoint folder (converted on the fly) or hub entry
+    name with pretrained weights (``--finetune detr_resnet50``). Raises ``CheckpointError`` (or the
+    converter's ``ConversionError``) naming it."""
     import hubconf
+    from models.hf_convert import checkpoint_from_hf
+
+    if path in hubconf.pretrained_names():
+        return hubconf.pretrained_checkpoint(path)
+    if Path(path).is_dir() and (Path(path) / "config.json").is_file():
+        return checkpoint_from_hf(path)
+    return load_checkpoint(path)
+
+
+def _load(path: str) -> dict[str, Any]:
+    """``read_checkpoint``, stopping the run with one line naming the file when it fails."""
+    from models.hf_convert import ConversionError
 
     try:
-        if path in hubconf.PRETRAINED:
-            return hubconf.pretrained_checkpoint(path)
-        return load_checkpoint(path)
-    except CheckpointError as e:
+        return read_checkpoint(path)
+    except (CheckpointError, ConversionError) as e:
         raise SystemExit(f"error: {e}") from e
 
 

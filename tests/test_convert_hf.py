@@ -44,6 +44,12 @@ def test_both_directions(ours: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert {k: back["args"][k] for k in ARCH} == ARCH and back["id2label"] == original["id2label"]
     assert back["model"].keys() == original["model"].keys()
     assert all(torch.equal(back["model"][k], v) for k, v in original["model"].items())
+    # a transformers folder is a checkpoint for main.py (--eval --resume, --finetune) and the tools too
+    from main import build_model_from_checkpoint
+
+    loaded = build_model_from_checkpoint(tmp_path / "hf")
+    assert loaded.id2label == original["id2label"] and loaded.args.hidden_dim == 32
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in original["model"].items())
 
 
 def test_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -74,6 +74,17 @@ def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoin
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_finetune_accepts_hub_names(monkeypatch, r50_checkpoint):
+    """``main.py --finetune detr_resnet50``: the hub entry's official checkpoint."""
+    from main import read_checkpoint
+
+    calls = serve_instead_of_downloads(r50_checkpoint, monkeypatch)
+    ckpt = read_checkpoint("detr_resnet50")
+    assert calls == [("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", "e632da11")]
+    assert ckpt["model"].keys() == r50_checkpoint.keys()
+    assert {"detr_resnet50", "detr_resnet101_panoptic", "deformable_detr_two_stage"} <= set(hubconf.pretrained_names())
+
+
 def test_pretrained_fine_tuning_keeps_all_but_the_class_head(monkeypatch, r50_checkpoint):
     state = r50_checkpoint
     serve_instead_of_downloads(state, monkeypatch)
