@@ -36,9 +36,9 @@ import PIL.Image
 from pycocotools import mask as coco_mask
 
 from datasets.synthetic import (
-    _COLOURS,
     CATEGORIES,
     MAX_PAIR_IOU,
+    TASKS,
     _box_iou,
     _shape_polygon,
     cli_parser,
@@ -52,7 +52,10 @@ GENERATOR_VERSION = 1
 MIN_VISIBLE = 8
 _PLACEMENT_TRIES = 20
 
-THING_CATEGORIES: list[dict[str, Any]] = [{**c, "isthing": 1, "color": list(_COLOURS[c["id"]])} for c in CATEGORIES]
+_SHAPES = TASKS["shapes"]  # (name, shape, colour) of the thing categories 1..3
+THING_CATEGORIES: list[dict[str, Any]] = [
+    {**c, "isthing": 1, "color": list(_SHAPES[c["id"] - 1][2])} for c in CATEGORIES
+]
 STUFF_CATEGORIES: list[dict[str, Any]] = [
     {"id": 4, "name": "sky", "supercategory": "background", "isthing": 0, "color": [120, 140, 165]},
     {"id": 5, "name": "grass", "supercategory": "background", "isthing": 0, "color": [70, 85, 35]},
@@ -92,7 +95,8 @@ def make_panoptic_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray
         else:
             continue
         category_id = int(rng.integers(1, len(THING_CATEGORIES) + 1))
-        mask = rasterize_convex_polygon(_shape_polygon(category_id, x, y, w, h, rng), size, size)
+        shape = _SHAPES[category_id - 1][1]
+        mask = rasterize_convex_polygon(_shape_polygon(shape, x, y, w, h, rng), size, size)
         if not mask.any():
             continue
         placed.append((x, y, w, h))
