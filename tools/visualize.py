@@ -11,8 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw
+if not __package__:  # run as ``python tools/visualize.py``
+    import _repo_root  # noqa: F401
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
