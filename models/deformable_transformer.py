@@ -13,6 +13,9 @@ Differences:
 * ``attn_impl`` selects the deformable-attention implementation (see ``models.ops``).
 * The top-k of two-stage proposals is clamped to the number of encoder tokens.
 * ``return_intermediate_dec`` defaults to True (Deformable DETR always uses it).
+* The encoder and decoder layers receive the level sizes as a list of ``(h, w)`` (an ``[L, 2]``
+  tensor is still accepted): no device-to-host copy per layer, and sizes that stay symbolic under
+  ``torch.export``, so that exported models take any image size.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from models.ops import MSDeformAttn
+from models.ops.ms_deform_attn_pytorch import SpatialShapes, level_sizes
 from models.transformer import get_activation_fn, get_clones
 
 
@@ -73,7 +77,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
         src: Tensor,
         pos: Tensor | None,
         reference_points: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
@@ -92,12 +96,12 @@ class DeformableTransformerEncoder(nn.Module):
         self.num_layers = num_layers
 
     @staticmethod
-    def get_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor, device: torch.device) -> Tensor:
+    def get_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor, device: torch.device) -> Tensor:
         """Pixel centres of every level, normalised by the valid (unpadded) size and then mapped
         to each level's frame: ``spatial_shapes [L, 2]``, ``valid_ratios [B, L, 2]``
         -> ``[B, S, L, 2]`` (x, y)."""
         reference_points_list = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
                 torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
                 torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
@@ -112,7 +116,7 @@ class DeformableTransformerEncoder(nn.Module):
     def forward(
         self,
         src: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         valid_ratios: Tensor,
         pos: Tensor | None = None,
@@ -168,7 +172,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
         query_pos: Tensor | None,
         reference_points: Tensor,
         src: Tensor,
-        src_spatial_shapes: Tensor,
+        src_spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         src_padding_mask: Tensor | None = None,
     ) -> Tensor:
@@ -207,7 +211,7 @@ class DeformableTransformerDecoder(nn.Module):
         tgt: Tensor,
         reference_points: Tensor,
         src: Tensor,
-        src_spatial_shapes: Tensor,
+        src_spatial_shapes: SpatialShapes,
         src_level_start_index: Tensor,
         src_valid_ratios: Tensor,
         query_pos: Tensor | None = None,
@@ -326,7 +330,7 @@ class DeformableTransformer(nn.Module):
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
     def gen_encoder_output_proposals(
-        self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor
+        self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: SpatialShapes
     ) -> tuple[Tensor, Tensor]:
         """One proposal per encoder token: its pixel centre and a size ``0.05 * 2**level``.
 
@@ -337,7 +341,7 @@ class DeformableTransformer(nn.Module):
         n, _, _ = memory.shape
         proposals = []
         cur = 0
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             mask_flatten_ = memory_padding_mask[:, cur : cur + h * w].view(n, h, w, 1)
             valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
             valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
@@ -400,16 +404,21 @@ class DeformableTransformer(nn.Module):
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
 
+        # The layers get the level sizes as Python values: no device-to-host copy, and symbolic sizes
+        # under torch.export (an exported model then takes any image size).
         memory = self.encoder(
-            src_flatten_t, spatial_shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten_t, mask_flatten_t
-        )
+            src_flatten_t, spatial_shapes_list, level_start_index, valid_ratios, lvl_pos_embed_flatten_t,
+            mask_flatten_t,
+        )  # fmt: skip
 
         bs, _, c = memory.shape
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
             if self.decoder.class_embed is None or self.decoder.bbox_embed is None:
                 raise RuntimeError("two-stage DeformableTransformer needs decoder.class_embed and decoder.bbox_embed")
-            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten_t, spatial_shapes)
+            output_memory, output_proposals = self.gen_encoder_output_proposals(
+                memory, mask_flatten_t, spatial_shapes_list
+            )
             enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
             enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
             topk = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])
@@ -429,8 +438,9 @@ class DeformableTransformer(nn.Module):
             init_reference_out = reference_points
 
         hs, inter_references = self.decoder(
-            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos, mask_flatten_t
-        )
+            tgt, reference_points, memory, spatial_shapes_list, level_start_index, valid_ratios, query_pos,
+            mask_flatten_t,
+        )  # fmt: skip
         return hs, init_reference_out, inter_references, enc_outputs_class, enc_outputs_coord_unact
 
 

@@ -12,19 +12,32 @@ dtypes (autocast: bf16 values, fp32 locations) are computed in the promoted dtyp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SpatialShapes = Tensor | Sequence[tuple[int, int]]
+
+
+def level_sizes(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
+    """``(h, w)`` of each level from an ``[L, 2]`` tensor or from a list of pairs. A list (what
+    ``DeformableTransformer`` passes) needs no device-to-host copy, and under ``torch.export`` its
+    sizes stay symbolic, so that an exported model takes any image size."""
+    pairs = spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes
+    return [(h, w) for h, w in pairs]
+
 
 def ms_deform_attn_pytorch(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (h, w per level, int64, ``S = sum h*w``),
+    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (h, w per level, int64, ``S = sum h*w``;
+    or a list of ``(h, w)``),
     ``level_start_index [L]`` (unused here: the split follows ``spatial_shapes``),
     ``sampling_locations [B, Q, H, L, P, 2]``, ``attention_weights [B, Q, H, L, P]``
     -> ``[B, Q, H * D]``."""
@@ -34,7 +47,7 @@ def ms_deform_attn_pytorch(
     value, sampling_locations, attention_weights = (t.to(dtype) for t in (value, sampling_locations, attention_weights))
     b, s, nh, d = value.shape
     _, q, _, nl, npts, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = level_sizes(spatial_shapes)
     if sum(h * w for h, w in shapes) != s:
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
     value_list = value.split([h * w for h, w in shapes], dim=1)
