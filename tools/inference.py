@@ -271,11 +271,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Any
                 data(f)
             else:
                 f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
