@@ -13,9 +13,11 @@ Differences:
 * ``attn_impl`` selects the deformable-attention implementation (see ``models.ops``).
 * The top-k of two-stage proposals is clamped to the number of encoder tokens.
 * ``return_intermediate_dec`` defaults to True (Deformable DETR always uses it).
-* The encoder and decoder layers receive the level sizes as a list of ``(h, w)`` (an ``[L, 2]``
-  tensor is still accepted): no device-to-host copy per layer, and sizes that stay symbolic under
-  ``torch.export``, so that exported models take any image size.
+* The layers get the level sizes as a ``LevelSizes`` (a list of ``(h, w)`` holding the official
+  ``[L, 2]`` tensor too; tensors are still accepted): no device-to-host copy per layer, and sizes
+  that stay symbolic under ``torch.export``, so that exported models take any image size. For the
+  same reason the pixel grids use ``arange`` (the values of the official ``linspace``, whose step
+  count ``torch.export`` would fix to the example's size).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from models.ops import MSDeformAttn
-from models.ops.ms_deform_attn_pytorch import SpatialShapes, level_sizes
+from models.ops.ms_deform_attn_pytorch import LevelSizes, SpatialShapes, level_sizes
 from models.transformer import get_activation_fn, get_clones
 
 
@@ -103,8 +105,8 @@ class DeformableTransformerEncoder(nn.Module):
         reference_points_list = []
         for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,  # = linspace(0.5, h - 0.5, h)
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -346,8 +348,8 @@ class DeformableTransformer(nn.Module):
             valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
             valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+                torch.arange(h, dtype=torch.float32, device=memory.device),  # = linspace(0, h - 1, h)
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
@@ -400,25 +402,21 @@ class DeformableTransformer(nn.Module):
         src_flatten_t = torch.cat(src_flatten, 1)
         mask_flatten_t = torch.cat(mask_flatten, 1)
         lvl_pos_embed_flatten_t = torch.cat(lvl_pos_embed_flatten, 1)
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=src_flatten_t.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        spatial_shapes = LevelSizes(spatial_shapes_list, device=src_flatten_t.device)  # a list with .tensor [L, 2]
+        sizes = spatial_shapes.tensor
+        level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
 
-        # The layers get the level sizes as Python values: no device-to-host copy, and symbolic sizes
-        # under torch.export (an exported model then takes any image size).
         memory = self.encoder(
-            src_flatten_t, spatial_shapes_list, level_start_index, valid_ratios, lvl_pos_embed_flatten_t,
-            mask_flatten_t,
-        )  # fmt: skip
+            src_flatten_t, spatial_shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten_t, mask_flatten_t
+        )
 
         bs, _, c = memory.shape
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
             if self.decoder.class_embed is None or self.decoder.bbox_embed is None:
                 raise RuntimeError("two-stage DeformableTransformer needs decoder.class_embed and decoder.bbox_embed")
-            output_memory, output_proposals = self.gen_encoder_output_proposals(
-                memory, mask_flatten_t, spatial_shapes_list
-            )
+            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten_t, spatial_shapes)
             enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
             enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
             topk = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])
@@ -438,9 +436,8 @@ class DeformableTransformer(nn.Module):
             init_reference_out = reference_points
 
         hs, inter_references = self.decoder(
-            tgt, reference_points, memory, spatial_shapes_list, level_start_index, valid_ratios, query_pos,
-            mask_flatten_t,
-        )  # fmt: skip
+            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos, mask_flatten_t
+        )
         return hs, init_reference_out, inter_references, enc_outputs_class, enc_outputs_coord_unact
 
 

@@ -12,7 +12,8 @@ load unchanged. Differences from the official ``models/ops``:
   choice is printed once per process.
 * ``im2col_step`` is kept as an attribute for compatibility but unused.
 * a bad ``d_model``/``n_heads`` combination raises ``ValueError`` naming both values.
-* ``input_spatial_shapes`` may also be a list of ``(h, w)`` (see ``DeformableTransformer``).
+* ``input_spatial_shapes`` may also be a list of ``(h, w)`` or a ``LevelSizes`` (what
+  ``DeformableTransformer`` passes: no device-to-host copy, dynamic sizes under ``torch.export``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.ops.ms_deform_attn_pytorch import SpatialShapes, ms_deform_attn_pytorch
+from models.ops.ms_deform_attn_pytorch import SpatialShapes, ms_deform_attn_pytorch, spatial_shapes_tensor
 
 MSDeformAttnFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
@@ -39,8 +40,7 @@ def _triton_impl(
 ) -> Tensor:
     from models.ops.ms_deform_attn_triton import ms_deform_attn_triton  # imported lazily: Triton is optional
 
-    if not isinstance(spatial_shapes, Tensor):
-        spatial_shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=value.device)
+    spatial_shapes = spatial_shapes_tensor(spatial_shapes, value.device)
     return ms_deform_attn_triton(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
@@ -174,11 +174,8 @@ class MSDeformAttn(nn.Module):
         attention_weights = self.attention_weights(query).view(n, len_q, self.n_heads, self.n_levels * self.n_points)
         attention_weights = F.softmax(attention_weights, -1).view(n, len_q, self.n_heads, self.n_levels, self.n_points)
         if reference_points.shape[-1] == 2:
-            if isinstance(input_spatial_shapes, Tensor):
-                offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-            else:
-                sizes = [(w, h) for h, w in input_spatial_shapes]
-                offset_normalizer = torch.as_tensor(sizes, dtype=torch.long, device=query.device)
+            shapes = spatial_shapes_tensor(input_spatial_shapes, query.device)
+            offset_normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
             sampling_locations = (
                 reference_points[:, :, None, :, None, :]
                 + sampling_offsets / offset_normalizer[None, None, None, :, None, :]

@@ -21,12 +21,36 @@ from torch import Tensor
 SpatialShapes = Tensor | Sequence[tuple[int, int]]
 
 
+class LevelSizes(list):
+    """The feature levels' ``(h, w)``, as a list and as an ``[L, 2]`` int64 tensor (``.tensor``).
+
+    ``DeformableTransformer`` passes one to its layers in place of the official ``[L, 2]`` tensor:
+    the PyTorch op reads the Python sizes (no device-to-host copy per layer, and sizes that stay
+    symbolic under ``torch.export``, so that an exported model takes any image size); the offset
+    normalisation and the Triton kernels use the tensor, made once per forward pass."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None) -> None:
+        super().__init__((h, w) for h, w in sizes)
+        # torch.full keeps symbolic sizes symbolic under torch.export; torch.as_tensor would fix them
+        self.tensor = torch.stack(
+            [torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in hw]) for hw in self]
+        )
+
+
 def level_sizes(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
-    """``(h, w)`` of each level from an ``[L, 2]`` tensor or from a list of pairs. A list (what
-    ``DeformableTransformer`` passes) needs no device-to-host copy, and under ``torch.export`` its
-    sizes stay symbolic, so that an exported model takes any image size."""
+    """``(h, w)`` of each level, from an ``[L, 2]`` tensor (read back from its device) or a list."""
     pairs = spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes
     return [(h, w) for h, w in pairs]
+
+
+def spatial_shapes_tensor(spatial_shapes: SpatialShapes, device: torch.device | str | None = None) -> Tensor:
+    """The ``[L, 2]`` int64 tensor of the level sizes (``LevelSizes.tensor``, the tensor itself, or
+    made from a list of pairs)."""
+    if isinstance(spatial_shapes, Tensor):
+        return spatial_shapes
+    if isinstance(spatial_shapes, LevelSizes):
+        return spatial_shapes.tensor
+    return LevelSizes(spatial_shapes, device).tensor
 
 
 def ms_deform_attn_pytorch(
