@@ -271,7 +271,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Any
                 data(f)
             else:
                 f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -279,10 +279,11 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Any
     return path
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The permissions ``open()`` gives a new file (``0o666`` less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
@@ -351,6 +352,7 @@ __all__ = [
     "batch_images",
     "class_names",
     "collect_images",
+    "default_file_mode",
     "core_model",
     "eval_transform",
     "hub_entries",
