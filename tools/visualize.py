@@ -17,8 +17,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw, ImageFont
+if not __package__:  # run as ``python tools/visualize.py``
+    import _repo_root  # noqa: F401
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 # Bright colours that stand out on dark backgrounds and on red/green/blue objects; white is the
 # ground truth's. Class id ``c`` gets ``COLOURS[c % len(COLOURS)]``.
