@@ -9,7 +9,7 @@ from PIL import Image
 
 import main as main_module
 from models import build_model
-from tools.demo import Progress
+from tools.demo import Progress, cpu_has_bf16
 from tools.visualize import COLOURS, GT_COLOUR, draw_detections, draw_predictions, tile_sheet
 from util.checkpoint import save_checkpoint
 
@@ -64,3 +64,12 @@ def test_progress_eta_covers_the_remaining_epochs_and_evaluations():
     line = p.update("Epoch: [1]  [ 0/10]  eta: 0:00:09", 16.0)  # 5 s evaluation + 1 iteration
     assert p.eval_seconds == [5.0] and line.endswith("about 0:00:14 left")  # 9 iterations + 1 evaluation
     assert p.update("Test:  [0/2]", 17.0) is None
+
+
+def test_demo_detects_bfloat16_units(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not cpu_has_bf16(str(cpuinfo))
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_bf16(str(cpuinfo))
+    assert not cpu_has_bf16(str(tmp_path / "absent"))
