@@ -1,6 +1,5 @@
 """``tools.drawing`` and ``tools.visualize``: predictions above the threshold only, filled labels
-clear of each other, dashed ground truth, upscaled tiles in a grid under a title; and
-``tools.demo``'s whole-run ETA."""
+clear of each other, dashed ground truth, upscaled tiles in a grid under a title."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tools import drawing
-from tools.demo import Progress
 from tools.visualize import draw_predictions
 
 NAMES = {1: "red rectangle", 2: "green ellipse"}
@@ -74,15 +72,3 @@ def test_draw_predictions_draws_only_scores_above_the_threshold(tiny_checkpoints
     edge = (drawn[1.01][top, 8 + round(x * 6) + 2 : 8 + round((x + w) * 6) - 2] == 255).all(-1)
     assert 0.25 < edge.mean() < 0.75  # the ground truth's top edge, dashed white, without any prediction
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.0.png", "p1.01.png"]  # no temporary files left
-
-
-def test_progress_eta_covers_the_remaining_epochs_and_evaluations():
-    p = Progress(epochs=2, start=0.0, tail_seconds=0.0)
-    assert "ETA follows" in p.update("Epoch: [0]  [ 0/10]  eta: 0:00:09", 1.0)
-    line = p.update("Epoch: [0]  [ 9/10]  eta: 0:00:00", 10.0)  # 1 s per iteration
-    assert "about 0:00:" in line and p.iters_done == 9
-    # 10 more iterations + 2 evaluations guessed at 20 iterations each (none seen yet)
-    assert line.endswith("about 0:00:50 left")
-    line = p.update("Epoch: [1]  [ 0/10]  eta: 0:00:09", 16.0)  # 5 s evaluation + 1 iteration
-    assert p.eval_seconds == [5.0] and line.endswith("about 0:00:14 left")  # 9 iterations + 1 evaluation
-    assert p.update("Test:  [0/2]", 17.0) is None
