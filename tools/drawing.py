@@ -1,8 +1,10 @@
-"""Readable drawings for the tools: boxes with class names and scores on filled labels, fonts sized
-to the picture, small images enlarged before drawing, and a colour map for attention heat maps.
+"""Readable drawings for the tools (``predict``, ``visualize``, ``visualize_attention``): boxes in a
+distinct colour per class with class names and scores on filled labels that do not cover each
+other, fonts sized to the picture, small images enlarged before drawing, the ground truth as dashed
+white boxes, titled panels in a grid, and a colour map for attention heat maps.
 
 Plain PIL and numpy (matplotlib, which the official notebooks use, is not needed). Nothing here
-is in the official code, whose notebooks draw with matplotlib.
+is in the official code, whose notebooks draw with matplotlib one image at a time.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# Distinct, saturated colours (one per class id, cycling): readable on photos and on dark images.
+# Distinct colours, one per class id (``colour``). The first six are bright: they stand out on dark
+# backgrounds and on red, green and blue objects (the synthetic data set's classes 1-3 get yellow,
+# magenta and cyan). White is the ground truth's.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
-    (255, 225, 25), (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128), (255, 215, 180),
+    (255, 150, 0), (255, 221, 0), (255, 70, 255), (0, 225, 255), (170, 255, 60), (255, 120, 140),
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (145, 30, 180), (250, 190, 212), (0, 128, 128),
+    (220, 190, 255), (170, 110, 40), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
 )  # fmt: skip
+GT_COLOUR = (255, 255, 255)
 
 # Anchors of a perceptually ordered dark-to-bright colour map (close to matplotlib's "inferno").
 _HEAT_ANCHORS = np.array(
@@ -36,10 +41,11 @@ def colour(index: int) -> tuple[int, int, int]:
 
 
 def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's built-in font at ``size`` pixels (Pillow >= 10.1; older Pillow: its fixed bitmap font)."""
+    """PIL's built-in font at ``size`` pixels (Pillow >= 10.1; older Pillow, or Pillow built without
+    FreeType: its fixed bitmap font)."""
     try:
         return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has no scalable default font
+    except (TypeError, ImportError, OSError):
         return ImageFont.load_default()
 
 
@@ -58,9 +64,11 @@ def enlarge(image: Image.Image, min_side: int = 480) -> tuple[Image.Image, int]:
 
 
 def text_colour(background: Sequence[int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on ``background`` (RGB)."""
-    r, g, b = background[:3]
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+    """Black or white, whichever contrasts more with ``background`` (RGB), by the WCAG relative
+    luminance (black from 0.179 up: e.g. on magenta, orange and cyan labels)."""
+    linear = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in background[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return (0, 0, 0) if luminance > 0.179 else (255, 255, 255)
 
 
 Box = tuple[float, float, float, float]
@@ -108,6 +116,20 @@ def draw_label(
     return rect
 
 
+def dashed_rectangle(
+    draw: ImageDraw.ImageDraw, box: Sequence[float], fill: Sequence[int], width: int = 1, dash: int = 6
+) -> None:
+    """Outline ``box = (x0, y0, x1, y1)`` with dashes of ``dash`` pixels (gaps as long)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    for a, b, horizontal, fixed in ((x0, x1, True, y0), (x0, x1, True, y1), (y0, y1, False, x0), (y0, y1, False, x1)):
+        start = a
+        while start < b:
+            end = min(start + dash, b)
+            line = [(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)]
+            draw.line(line, fill=tuple(fill), width=width)
+            start += 2 * dash
+
+
 def draw_detections(
     image: Image.Image,
     boxes: Sequence[Sequence[float]],
@@ -115,18 +137,25 @@ def draw_detections(
     scores: Sequence[float],
     names: dict[int, str],
     min_side: int = 480,
+    gt_boxes: Sequence[Sequence[float]] = (),
+    font_size: int | None = None,
 ) -> Image.Image:
-    """``image`` (enlarged when small) with each box ``[x0, y0, x1, y1]`` (pixels of ``image``)
-    outlined in its class colour and labelled ``"<name> <score>"`` on a filled background."""
+    """``image`` (enlarged when small, see ``enlarge``) with each box ``[x0, y0, x1, y1]`` (pixels of
+    ``image``) outlined in its class colour and labelled ``"<name> <score>"`` on a filled background,
+    labels clear of each other, the best detections' on top; the ground truth ``gt_boxes`` (COCO
+    ``[x, y, w, h]`` pixels of ``image``) under them as thin dashed white boxes. ``font_size``:
+    default ``font_size_for`` the enlarged picture. Draws every box it is given: filter by score first."""
     canvas, k = enlarge(image.convert("RGB"), min_side)
     draw = ImageDraw.Draw(canvas)
-    size = font_size_for(*canvas.size)
-    width = max(2, size // 6)
+    size = font_size or font_size_for(*canvas.size)
+    width = max(2, -(-size // 6))
+    for x, y, w, h in gt_boxes:
+        x, y, w, h = (float(v) * k for v in (x, y, w, h))
+        dashed_rectangle(draw, (x, y, x + w, y + h), GT_COLOUR, 1, max(3, max(canvas.size) // 64))
     order = sorted(range(len(scores)), key=lambda i: float(scores[i]))  # best drawn last, on top
     for i in order:
         x0, y0, x1, y1 = (float(v) * k for v in boxes[i])
-        c = colour(int(labels[i]))
-        draw.rectangle([x0, y0, x1, y1], outline=c, width=width)
+        draw.rectangle([x0, y0, x1, y1], outline=colour(int(labels[i])), width=width)
     placed: list[Box] = []
     for i in reversed(order):  # the best detections' labels first, where they belong
         x0, y0 = float(boxes[i][0]) * k, float(boxes[i][1]) * k

@@ -25,7 +25,7 @@ import colorsys
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from util.panoptic import read_panoptic_png  # noqa: E402
+
+if TYPE_CHECKING:
+    from main import LoadedModel
 
 
 def _palette_colour(category_id: int) -> tuple[int, int, int]:
@@ -118,16 +121,20 @@ def write_coco_panoptic(
 
 
 @torch.no_grad()
-def predict_panoptic(checkpoint: str | Path, dataset: Any, threshold: float = 0.85, num_images: int = 8) -> list[dict]:
-    """Run the checkpoint's model (trained with ``--masks``) on the first ``num_images`` of
+def predict_panoptic(
+    checkpoint: str | Path | LoadedModel, dataset: Any, threshold: float = 0.85, num_images: int = 8
+) -> list[dict]:
+    """Run the model of ``checkpoint`` (a path, or a ``main.LoadedModel`` from
+    ``tools.inference.load_detector``; trained with ``--masks``) on the first ``num_images`` of
     ``dataset`` (a ``CocoPanoptic`` with the validation transforms); ``PostProcessPanoptic`` outputs
     at the original image size, with ``image_id`` and ``file_name``."""
     from models.segmentation import PostProcessPanoptic
-    from tools.visualize import load_model_from_checkpoint
+    from tools.inference import load_detector
 
-    model, _, _ = load_model_from_checkpoint(checkpoint)
+    loaded = load_detector(str(checkpoint)) if isinstance(checkpoint, (str, Path)) else checkpoint
+    model = loaded.model
     if not hasattr(model, "mask_head"):
-        raise ValueError(f"{checkpoint}: not a segmentation model (train it with --masks)")
+        raise ValueError(f"{loaded.source}: not a segmentation model (train it with --masks)")
     post = PostProcessPanoptic(dataset.is_thing_map(), threshold=threshold)
     results = []
     for i in range(min(num_images, len(dataset))):
@@ -159,13 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     categories = raw.dataset["categories"]
     if args.checkpoint:
-        from datasets.coco import make_coco_transforms
-        from tools.visualize import load_model_from_checkpoint
+        from datasets.coco import transforms_from_args
+        from tools.inference import load_detector
 
-        ckpt_args = load_model_from_checkpoint(args.checkpoint)[2]
-        tf = make_coco_transforms("val", max_size=ckpt_args.max_size or 1333, val_size=ckpt_args.val_size or 800)
-        dataset = CocoPanoptic(img_folder, png_folder, ann_file, transforms=tf)
-        predictions = predict_panoptic(args.checkpoint, dataset, args.threshold, args.num_images)
+        loaded = load_detector(args.checkpoint)
+        dataset = CocoPanoptic(img_folder, png_folder, ann_file, transforms=transforms_from_args("val", loaded.args))
+        predictions = predict_panoptic(loaded, dataset, args.threshold, args.num_images)
         print(f"wrote {write_coco_panoptic([dict(p) for p in predictions], out, categories)}")
         drawn = [(p["image_id"], decode_png(p["png_string"]), p["segments_info"]) for p in predictions]
     else:

@@ -75,7 +75,7 @@ def _max_diffs(a: dict, b: dict) -> dict[str, float]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_round_trip_through_transformers(case: str, tmp_path: Path) -> None:
-    from tools.visualize import load_model_from_checkpoint
+    from main import build_model_from_checkpoint
 
     architecture, kwargs, backbone_format = CASES[case]
     hf = _hf_model(architecture, kwargs)
@@ -86,7 +86,7 @@ def test_round_trip_through_transformers(case: str, tmp_path: Path) -> None:
     # transformers -> ours: main.py's rebuild from the checkpoint's flags, the same numbers
     ckpt = convert_from_hf(tmp_path / "hf", tmp_path / "ours.pth")
     assert ckpt["id2label"] == {i: f"LABEL_{i}" for i in range(4)} and ckpt["args"]["num_classes"] == 4
-    ours, _, _ = load_model_from_checkpoint(tmp_path / "ours.pth")
+    ours = build_model_from_checkpoint(tmp_path / "ours.pth").model
     with torch.no_grad():
         mine = _outputs(ours(NestedTensor(IMAGES, PIXEL_MASK == 0)))
     from_hf = _max_diffs(mine, reference)
