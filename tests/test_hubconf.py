@@ -104,3 +104,26 @@ def test_offline_pretrained_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(CheckpointError, match="could not download checkpoint https://dl.fbaipublicfiles.com"):
         hubconf.detr_resnet50_dc5(pretrained=True)
+
+
+def test_fork_snippet_loads_a_voc_checkpoint_of_main(tmp_path):
+    """The VOC fork's way of using a fine-tuned model (hub model with the class count, then the
+    checkpoint's ``model``) works on a checkpoint that ``main.py`` writes for VOC with the default
+    DETR-R50 architecture: ``num_classes`` 20 here (the fork's 22 came from its one-based ids)."""
+    import main as main_module
+    from models import build_model
+    from util.checkpoint import save_checkpoint
+
+    args = main_module.resolve_args(
+        main_module.get_args_parser().parse_args(
+            ["--num_classes", "20", "--device", "cpu", "--backbone_weights", "none"]
+        )
+    )
+    ours = build_model(args)[0]
+    save_checkpoint({"model": ours.state_dict(), "args": vars(args)}, tmp_path / "checkpoint.pth")
+    model = torch.hub.load(str(ROOT), "detr_resnet50", source="local", pretrained=False, num_classes=20)
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=True)
+    result = model.load_state_dict(checkpoint["model"], strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, checkpoint["model"][k]), k
