@@ -11,6 +11,12 @@ a trained model for inference (evaluation, ``tools/``, hub models); each step ca
 * ``channels_last`` (default: on for CPUs, and on GPUs with ``amp``): the backbone's
   convolutions run on NHWC tensors, oneDNN's native layout on CPUs and the tensor cores' on
   GPUs. Exact up to rounding.
+* ``fuse`` (default: on for CPUs with oneDNN, after folding): each ResNet block runs as oneDNN
+  convolutions with their bias, ReLU and residual addition fused in
+  (``torch.ops.mkldnn._convolution_pointwise``, the kernels ``torch.compile`` emits on CPUs) and
+  weights reordered once into oneDNN's blocked layout, instead of a convolution followed by separate
+  passes over the feature map for the bias, the ReLU and the addition. The same arithmetic: exact
+  up to rounding. On other devices the blocks fall back to the unfused operations.
 * ``amp="bf16"`` (CPUs with AVX512-BF16 / AMX, GPUs) or ``"fp16"`` (GPUs): autocast inside the
   model, outputs returned in float32. Changes the outputs slightly (measured in docs/speed.md):
   opt-in.
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -109,6 +116,113 @@ def use_channels_last(module: nn.Module) -> int:
     return len(bodies)
 
 
+def mkldnn_fusion_available() -> bool:
+    """Whether this PyTorch has oneDNN's fused convolution operators (CPU builds with MKLDNN)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _PackedWeights(dict):
+    """Per-dtype oneDNN-blocked weights; not copied (``deepcopy`` gives an empty cache)."""
+
+    def __deepcopy__(self, memo: dict) -> _PackedWeights:
+        return _PackedWeights()
+
+
+class FusedConv(nn.Module):
+    """A convolution with its bias, optionally a ReLU, optionally ``+ other`` then ReLU (the end of
+    a residual block), in one oneDNN call on CPUs (channels-last, weights packed once per dtype);
+    unfused operations elsewhere. Computes in the input's dtype, or the CPU autocast dtype."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, channels_last_input: bool = False) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("FusedConv: only numeric zero padding")
+        self.register_buffer("weight", conv.weight.detach().clone())
+        bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer("bias", bias.to(conv.weight.dtype))
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu = relu
+        self.channels_last_input = channels_last_input
+        self._packed = _PackedWeights()
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``x [B, C_in, H, W]`` -> ``[B, C_out, H', W']``; with ``residual`` (same shape as the
+        output): ``relu(conv(x) + residual)``."""
+        dtype = x.dtype
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+        if x.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or not mkldnn_fusion_available():
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if residual is not None:
+                return F.relu(y + residual)
+            return F.relu(y) if self.relu else y
+        if self.channels_last_input or x.dtype != dtype:
+            x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        if dtype not in self._packed:  # once per dtype: oneDNN's blocked weight layout
+            dense = self.weight.to(dtype).contiguous().to_mkldnn()
+            self._packed[dtype] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                dense, self.padding, self.stride, self.dilation, self.groups, list(x.shape)
+            )
+        weight, bias = self._packed[dtype], self.bias.to(dtype)
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if residual is not None:
+            op = torch.ops.mkldnn._convolution_pointwise.binary
+            return op(x, residual.to(dtype), weight, bias, *args, "add", None, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if self.relu else "none", [], "")
+
+
+class FusedBlock(nn.Module):
+    """A torchvision ``Bottleneck`` / ``BasicBlock`` whose BatchNorm layers were folded, as
+    ``FusedConv`` calls: conv+ReLU, (conv+ReLU,) conv + shortcut + ReLU."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        bottleneck = isinstance(block, Bottleneck)
+        self.conv1 = FusedConv(block.conv1, relu=True)
+        self.conv2 = FusedConv(block.conv2, relu=bottleneck)
+        self.conv3 = FusedConv(block.conv3, relu=False) if bottleneck else None
+        self.downsample = FusedConv(block.downsample[0], relu=False) if block.downsample is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, H, W]`` -> ``[B, C_out, H / stride, W / stride]``."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.conv1(x)
+        if self.conv3 is None:  # BasicBlock: conv2 ends the block
+            return self.conv2(out, shortcut)
+        return self.conv3(self.conv2(out), shortcut)
+
+
+def _folded(block: nn.Module) -> bool:
+    norms = [getattr(block, f"bn{i}", None) for i in (1, 2, 3)]
+    if block.downsample is not None:
+        if not isinstance(block.downsample, nn.Sequential) or len(block.downsample) != 2:
+            return False
+        norms.append(block.downsample[1])
+    return all(n is None or isinstance(n, nn.Identity) for n in norms)
+
+
+def fuse_resnet_blocks(module: nn.Module) -> int:
+    """Replace, in place, every ResNet body inside ``module`` whose BatchNorm layers are all
+    folded (``fold_batchnorm``) by ``FusedConv`` / ``FusedBlock`` layers (the stem takes the image
+    to channels-last). Returns the number of fused convolutions; 0 leaves a body as it was."""
+    count = 0
+    for body in [m for m in module.modules() if isinstance(m, (IntermediateLayerGetter, ResNet))]:
+        stages = [getattr(body, n) for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(body, n)]
+        blocks = [b for stage in stages for b in stage]
+        if not isinstance(getattr(body, "bn1", None), nn.Identity) or not all(map(_folded, blocks)):
+            continue
+        body.conv1 = FusedConv(body.conv1, relu=True, channels_last_input=True)
+        body.relu = nn.Identity()
+        count += 1
+        for stage in stages:
+            for i, block in enumerate(stage):
+                fused = FusedBlock(block)
+                count += sum(c is not None for c in (fused.conv1, fused.conv2, fused.conv3, fused.downsample))
+                stage[i] = fused
+    return count
+
+
 def cast_floating(outputs: Any, dtype: torch.dtype = torch.float32) -> Any:
     """Floating-point tensors in nested dicts / lists / tuples cast to ``dtype``."""
     if isinstance(outputs, Tensor):
@@ -126,9 +240,11 @@ class InferenceOptions:
 
     fold_bn: bool
     channels_last: bool
+    fuse: bool
     amp: str
     compile: bool
     folded_layers: int = 0
+    fused_convs: int = 0
 
 
 class InferenceModel(nn.Module):
@@ -172,6 +288,7 @@ def optimize_for_inference(
     *,
     fold_bn: bool = True,
     channels_last: bool | None = None,
+    fuse: bool | None = None,
     amp: str = "none",
     compile: bool = False,  # noqa: A002 (torch.compile's name)
     inplace: bool = False,
@@ -180,6 +297,8 @@ def optimize_for_inference(
 
     ``fold_bn``: fold BatchNorm into the backbone convolutions (exact up to rounding).
     ``channels_last``: NHWC backbone; ``None`` chooses it on CPUs, and on GPUs with ``amp``.
+    ``fuse``: oneDNN convolutions with fused bias/ReLU/residual (needs ``fold_bn``); ``None``
+    chooses it on CPUs with oneDNN, unless compiling (inductor fuses by itself).
     ``amp``: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast (opt-in: changes outputs slightly).
     ``compile``: ``torch.compile`` with frozen weights (for a fixed input size).
     ``inplace``: change ``model`` itself instead of a deep copy (it cannot be trained afterwards).
@@ -197,10 +316,14 @@ def optimize_for_inference(
         raise ValueError("optimize_for_inference: amp='fp16' needs a GPU; on a CPU use amp='bf16'")
     if channels_last is None:
         channels_last = device.type == "cpu" or amp != "none"
+    if fuse is None:
+        fuse = fold_bn and device.type == "cpu" and mkldnn_fusion_available() and not compile
     folded = fold_batchnorm(model) if fold_bn else 0
+    fused = fuse_resnet_blocks(model) if fuse else 0
     if channels_last:
         use_channels_last(model)
-    return InferenceModel(model, InferenceOptions(fold_bn, channels_last, amp, compile, folded))
+    options = InferenceOptions(fold_bn, channels_last, fuse and fused > 0, amp, compile, folded, fused)
+    return InferenceModel(model, options)
 
 
 def inference_model_from_args(model: nn.Module, args: Any) -> nn.Module:

@@ -87,16 +87,18 @@ def check_against_golden(golden: dict, model: nn.Module, criterion: nn.Module, p
 
 
 def check_inference_fast_path(golden: dict, model: nn.Module, postprocessors: dict) -> None:
-    """``models.optimize.optimize_for_inference`` (BatchNorm folded, channels-last: what
-    ``main.py --eval`` runs) keeps ``golden``'s outputs within the golden tolerances (masks: 2e-5)
-    and post-processing; every BatchNorm is folded; ``model`` itself is left untouched."""
-    from models.optimize import optimize_for_inference
+    """``models.optimize.optimize_for_inference`` (BatchNorm folded, fused oneDNN convolutions,
+    channels-last: what ``main.py --eval`` runs on a CPU) keeps ``golden``'s outputs within the
+    golden tolerances (masks: 2e-5) and post-processing; every BatchNorm is folded and every
+    backbone convolution fused; ``model`` itself is left untouched."""
+    from models.optimize import mkldnn_fusion_available, optimize_for_inference
     from util.misc import NestedTensor
 
     n_bn = sum(isinstance(m, nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = optimize_for_inference(model, channels_last=True)
     assert fast.options.folded_layers == n_bn > 0
+    assert fast.options.fuse == mkldnn_fusion_available() and fast.options.fused_convs in (0, n_bn)
     assert not any(type(m).__name__ == "FrozenBatchNorm2d" for m in fast.modules())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     out = fast(NestedTensor(golden["samples_tensors"], golden["samples_mask"]))

@@ -1,10 +1,12 @@
 """models/optimize.py beyond the golden parity tests (which run every fixture with the fp32 fast
 paths on, see ``golden.check_inference_fast_path``): learning BatchNorm folded in eval mode only,
-the prepared model refuses training, and ``main.py``'s evaluation entry point."""
+the fused convolutions' fallback off oneDNN, the prepared model refuses training, and
+``main.py``'s evaluation entry point."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import pytest
 import torch
@@ -13,7 +15,13 @@ from torch import nn
 
 from main import resolve_args
 from models import build_model
-from models.optimize import InferenceModel, fold_batchnorm, inference_model_from_args, optimize_for_inference
+from models.optimize import (
+    InferenceModel,
+    fold_batchnorm,
+    inference_model_from_args,
+    mkldnn_fusion_available,
+    optimize_for_inference,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +47,17 @@ def test_learning_batchnorm_is_folded_in_eval_mode(demo_like_model: nn.Module) -
         ref = demo_like_model(images)
     fast = optimize_for_inference(demo_like_model)
     assert fast.options.folded_layers == 20 and fast.options.channels_last  # 1 + 8 x 2 + 3 downsample in ResNet-18
+    assert fast.options.fused_convs == (20 if mkldnn_fusion_available() else 0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     out = fast(images)
     torch.testing.assert_close(out["pred_boxes"], ref["pred_boxes"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["pred_logits"], ref["pred_logits"], atol=1e-5, rtol=1e-5)
+    # float64 is not a oneDNN type: the fused blocks fall back to separate operations
+    with torch.no_grad():
+        ref64 = copy.deepcopy(demo_like_model).double()(images.double())
+    out64 = copy.deepcopy(fast).double()(images.double())
+    assert out64["pred_boxes"].dtype == torch.float64
+    torch.testing.assert_close(out64["pred_boxes"], ref64["pred_boxes"], atol=1e-8, rtol=1e-7)
     training = optimize_for_inference(demo_like_model, fold_bn=False).model.train(True)
     assert fold_batchnorm(training) == 0  # batch statistics in training mode: nothing to fold
 
