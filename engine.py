@@ -1,33 +1,56 @@
 """Training and evaluation loops: ``train_one_epoch`` and ``evaluate``, as in the official DETR
 ``engine.py``.
 
-Differences: a non-finite loss raises ``NonFiniteLossError`` before the optimizer step (so the
-caller can save the last good state) instead of ``sys.exit``; optional mixed precision
-(``amp_dtype``); ``max_iters`` bounds an epoch (smoke tests, demos); ``on_step`` is called after
-each optimizer step (mid-epoch checkpoints, preemption) and ``metric_logger`` lets a resumed epoch
-continue the running sums saved in a mid-epoch checkpoint. ``evaluate`` computes COCO box AP (and
-mask AP / PQ when the post-processors for them are given).
+Differences in ``train_one_epoch``:
+
+* Non-finite values stop training cleanly instead of ``sys.exit``: model outputs are checked
+  before the matcher (whose GIoU would fail on them), the loss after its all-reduce, and the
+  gradient norm before the optimizer step, so the weights are still those before the bad step.
+  Learning BatchNorm statistics, which the forward pass itself updates, are put back to their
+  values before the step. Every rank raises the same ``NonFiniteError`` after the same step (a
+  rank's bad outputs turn its losses into NaN, which the loss all-reduce carries to all ranks); it
+  names the epoch, the iteration, where the values appeared (tensor, loss terms or parameters, and
+  on which rank) and the image ids of the batch on every rank.
+* ``grad_accum_steps``: one optimizer step per that many loader batches, with the loss
+  normalised as for one batch that many times larger (the criterion gets the whole group's
+  targets), and DDP's gradient all-reduce only on the last micro-batch.
+* Optional mixed precision (``amp_dtype``, with ``scaler`` for fp16), an EMA of the weights
+  (``ema``), ``on_step`` after each optimizer step (mid-epoch checkpoints, preemption),
+  ``metric_logger`` to continue a resumed epoch's running sums, ``log_scalars`` for per-step
+  TensorBoard scalars, and one host synchronisation per micro-batch for all logged loss terms.
+
+``evaluate`` computes COCO box AP (and mask AP / PQ when the post-processors for them are given).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from util.distributed import reduce_dict
+from util.distributed import all_gather, reduce_dict
 from util.logging import MetricLogger, SmoothedValue
+from util.optim import clip_grads, total_grad_norm
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; raised before the optimizer step, weights are intact."""
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinite value in the outputs, the loss or the gradients; raised before the
+    optimizer step, so the weights are those before the bad step."""
 
-    def __init__(self, epoch: int, iteration: int, losses: dict[str, float], image_ids: list[int]) -> None:
-        self.epoch, self.iteration, self.losses, self.image_ids = epoch, iteration, losses, image_ids
-        super().__init__(f"loss is not finite at epoch {epoch}, iteration {iteration} (images {image_ids}): {losses}")
+    def __init__(self, epoch: int, iteration: int, where: str, image_ids: list[int], losses: dict[str, float]) -> None:
+        self.epoch, self.iteration, self.where, self.image_ids, self.losses = epoch, iteration, where, image_ids, losses
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if not k.endswith("_unscaled"))
+        super().__init__(
+            f"non-finite values at epoch {epoch}, iteration {iteration}: {where}; images {image_ids}"
+            + (f"; losses {terms}" if terms else "")
+        )
+
+
+NonFiniteLossError = NonFiniteError  # earlier name
 
 
 def _to_device(targets: Iterable[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -45,6 +68,125 @@ def _float_outputs(outputs: Any) -> Any:
     return outputs
 
 
+def _named_tensors(outputs: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    if isinstance(outputs, Tensor):
+        yield prefix, outputs
+    elif isinstance(outputs, dict):
+        for k, v in outputs.items():
+            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else k)
+    elif isinstance(outputs, (list, tuple)):
+        for i, v in enumerate(outputs):
+            yield from _named_tensors(v, f"{prefix}[{i}]")
+
+
+def first_nonfinite(outputs: Any) -> str | None:
+    """Name of the first floating-point tensor of ``outputs`` holding NaN or inf, else None."""
+    for name, t in _named_tensors(outputs):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _sanitise(outputs: Any) -> Any:
+    if isinstance(outputs, Tensor):
+        return torch.nan_to_num(outputs, nan=0.0, posinf=0.0, neginf=0.0) if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: _sanitise(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_sanitise(v) for v in outputs)
+    return outputs
+
+
+def _image_ids(targets: Iterable[dict[str, Any]]) -> list[int]:
+    return [int(t["image_id"]) for t in targets if "image_id" in t]
+
+
+def _raise_nonfinite(epoch: int, it: int, local_problem: str | None, ids: list[int], losses: dict[str, float]) -> None:
+    """Collective: every rank calls it after the same step; all raise the same error."""
+    reports = all_gather({"problem": local_problem, "ids": ids})
+    problems = [f"{r['problem']} (rank {i})" if len(reports) > 1 else r["problem"] for i, r in enumerate(reports)]
+    problems = [p for p, r in zip(problems, reports) if r["problem"]]
+    bad_terms = [k for k, v in losses.items() if not math.isfinite(v) and not k.endswith("_unscaled")]
+    where = "; ".join(problems) or f"loss term(s) {', '.join(bad_terms) or 'total'}"
+    raise NonFiniteError(epoch, it, where, [i for r in reports for i in r["ids"]], losses)
+
+
+def _running_stats(model: nn.Module) -> list[Tensor]:
+    """The buffers a training forward pass updates (BatchNorm statistics)."""
+    return [
+        b
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
+
+
+def _groups(batches: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    group: list[Any] = []
+    for b in batches:
+        group.append(b)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class _Grouped:
+    """Loader batches in groups of ``size`` (the last may be shorter), with a length."""
+
+    def __init__(self, loader: Iterable[Any], size: int) -> None:
+        self.loader, self.size = loader, size
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return _groups(self.loader, self.size)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.loader) / self.size)  # type: ignore[arg-type]
+
+
+def _micro_batch(
+    model: nn.Module, criterion: nn.Module, samples: Any, targets: list[dict[str, Any]],
+    group_targets: list[dict[str, Any]] | None, device: torch.device, amp_dtype: torch.dtype | None,
+    scaler: Any, epoch: int, it: int,
+) -> dict[str, float]:  # fmt: skip
+    """Forward, loss (checked: non-finite raises on every rank) and backward of one loader batch;
+    returns its loss terms averaged over ranks."""
+    weight_dict = criterion.weight_dict
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        outputs = model(samples)
+    outputs = _float_outputs(outputs)
+    bad_output = first_nonfinite(outputs)
+    if bad_output is not None:  # keep every rank in step: the NaN losses reach all of them
+        outputs = _sanitise(outputs)
+    extra = {"group_targets": group_targets} if group_targets is not None else {}
+    loss_dict = criterion(outputs, targets, **extra)
+    if bad_output is not None:
+        loss_dict = {key: torch.full_like(v, math.nan) for key, v in loss_dict.items()}
+    losses = sum(loss_dict[key] * weight_dict[key] for key in loss_dict if key in weight_dict)
+
+    loss_dict_reduced = reduce_dict(loss_dict)  # for logging, and to carry a rank's failure to all
+    names = sorted(loss_dict_reduced)
+    values = torch.stack([loss_dict_reduced[n].detach().float().reshape(()) for n in names]).tolist()
+    reduced = dict(zip(names, values))  # one host synchronisation for every term
+    if not math.isfinite(sum(reduced[n] * weight_dict[n] for n in names if n in weight_dict)):
+        _raise_nonfinite(epoch, it, f"model output {bad_output}" if bad_output else None, _image_ids(targets), reduced)
+    if scaler is not None:
+        scaler.scale(losses).backward()
+    else:
+        losses.backward()
+    return reduced
+
+
+def _check_gradients(model: nn.Module, total_norm: Tensor, epoch: int, it: int, image_ids: list[int]) -> None:
+    """Gradients are identical on every rank after DDP's all-reduce: all ranks raise together."""
+    if not math.isfinite(float(total_norm)):
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        _raise_nonfinite(epoch, it, f"gradients of {shown}", image_ids, {})
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -57,17 +199,22 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     print_freq: int = 10,
-    max_iters: int | None = None,
     start_iter: int = 0,
     on_step: Callable[[int], None] | None = None,
     metric_logger: MetricLogger | None = None,
+    grad_accum_steps: int = 1,
+    ema: Any = None,
+    log_scalars: Callable[[dict[str, float]], None] | None = None,
+    run_eta: Callable[[float], float] | None = None,
 ) -> dict[str, float]:
     """One pass over ``data_loader``; returns the epoch's averaged (over ranks) loss terms.
 
-    ``start_iter`` is the number of iterations of this epoch already done (mid-epoch resume: the
-    loader must then yield only the remaining batches); ``on_step(i)`` runs after step ``i``.
-    ``metric_logger``: the logger to update (a resumed epoch passes the one restored from its
-    checkpoint, so the returned averages cover the whole epoch); a new one by default.
+    ``start_iter``: loader batches of this epoch already done (mid-epoch resume: the loader must
+    then yield only the remaining ones); ``on_step(i)`` runs after each optimizer step, ``i`` being
+    the index of the step's last loader batch. ``metric_logger``: the logger to update (a resumed
+    epoch passes the one restored from its checkpoint); a new one by default. ``ema.update(model)``
+    follows each optimizer step; ``log_scalars`` receives each step's losses and learning rates.
+    Raises ``NonFiniteError`` (see the module docstring).
     """
     model.train()
     criterion.train()
@@ -79,45 +226,56 @@ def train_one_epoch(
         metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     header = f"Epoch: [{epoch}]"
     weight_dict = criterion.weight_dict
+    params = [p for p in model.parameters() if p.requires_grad]
+    running_stats = _running_stats(model)
 
-    for it, (samples, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, header), start_iter):
-        if max_iters is not None and it >= max_iters:
-            break
-        samples = samples.to(device, non_blocking=True)
-        targets = _to_device(targets, device)
-
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(samples)
-        loss_dict = criterion(_float_outputs(outputs), targets)
-        losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-
-        # reduce losses over all GPUs for logging purposes
-        loss_dict_reduced = reduce_dict(loss_dict)
-        unscaled = {f"{k}_unscaled": v for k, v in loss_dict_reduced.items()}
-        scaled = {k: v * weight_dict[k] for k, v in loss_dict_reduced.items() if k in weight_dict}
-        loss_value = sum(scaled.values()).item()
-
-        if not math.isfinite(loss_value):
-            ids = [int(t["image_id"]) for t in targets if "image_id" in t]
-            raise NonFiniteLossError(epoch, it, {k: float(v.detach()) for k, v in loss_dict_reduced.items()}, ids)
-
+    it = start_iter - 1
+    for group in metric_logger.log_every(_Grouped(data_loader, grad_accum_steps), print_freq, header, run_eta=run_eta):
+        group = [(samples.to(device, non_blocking=True), _to_device(targets, device)) for samples, targets in group]
+        group_targets = [t for _, targets in group for t in targets] if len(group) > 1 else None
         optimizer.zero_grad()
-        if scaler is not None:
-            scaler.scale(losses).backward()
-            scaler.unscale_(optimizer)
-        else:
-            losses.backward()
-        if max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        stats_before = [b.clone() for b in running_stats]  # to undo a bad step's BatchNorm updates
+        step_terms: dict[str, float] = {}
+        try:
+            for k, (samples, targets) in enumerate(group):
+                it += 1
+                no_sync = k < len(group) - 1 and hasattr(model, "no_sync")  # DDP: all-reduce on the last one
+                with model.no_sync() if no_sync else contextlib.nullcontext():
+                    reduced = _micro_batch(
+                        model, criterion, samples, targets, group_targets, device, amp_dtype, scaler, epoch, it
+                    )
+                for n, v in reduced.items():
+                    step_terms[n] = step_terms.get(n, 0.0) + v
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            total_norm = total_grad_norm(params)
+            if scaler is None:  # with fp16 loss scaling, inf gradients are expected: the step is skipped
+                _check_gradients(model, total_norm, epoch, it, _image_ids(group_targets or group[0][1]))
+            if max_norm > 0:
+                clip_grads(params, max_norm, total_norm)
+        except NonFiniteError:
+            for b, saved in zip(running_stats, stats_before):
+                b.copy_(saved)
+            raise
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model)
 
-        metric_logger.update(loss=loss_value, **scaled, **unscaled)
-        metric_logger.update(class_error=loss_dict_reduced.get("class_error", torch.zeros(())))
+        # Weighted terms of a group are parts of one loss normalised over the whole group: their sum
+        # is the step's value. The others (class_error, cardinality_error) are per-batch means.
+        terms = {n: v if n in weight_dict else v / len(group) for n, v in step_terms.items()}
+        scaled = {n: v * weight_dict[n] for n, v in terms.items() if n in weight_dict}
+        unscaled = {f"{n}_unscaled": v for n, v in terms.items()}
+        metric_logger.update(loss=sum(scaled.values()), **scaled, **unscaled)
+        metric_logger.update(class_error=terms.get("class_error", 0.0))
         metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+        if log_scalars is not None:
+            lrs = {f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+            log_scalars({"loss": sum(scaled.values()), **scaled, **lrs})
         if on_step is not None:
             on_step(it)
 
@@ -143,10 +301,12 @@ def evaluate(
     """Loss terms and COCO metrics on ``data_loader``.
 
     Returns ``(stats, coco_evaluator)``; ``stats`` holds the averaged losses, ``coco_eval_bbox``
-    (the 12 COCO numbers), ``coco_eval_masks`` with a ``segm`` post-processor, and
-    ``PQ_all``/``PQ_th``/``PQ_st`` with a ``panoptic`` one.
+    (the 12 COCO numbers), ``coco_eval_masks`` with a ``segm`` post-processor,
+    ``PQ_all``/``PQ_th``/``PQ_st`` with a ``panoptic`` one, and for VOC data sets ``voc_mAP50`` and
+    ``voc_per_class_AP`` (``datasets.voc_eval``).
     """
     from datasets.coco_eval import CocoEvaluator
+    from datasets.voc_eval import voc_evaluator_for
 
     model.eval()
     criterion.eval()
@@ -156,6 +316,7 @@ def evaluate(
 
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     coco_evaluator = CocoEvaluator(base_ds, iou_types, backend=coco_eval_backend)
+    voc_evaluator = voc_evaluator_for(data_loader.dataset)  # VOC data sets: devkit mAP@0.5 as well (else None)
     panoptic_evaluator = None
     if "panoptic" in postprocessors:
         from datasets.panoptic_eval import PanopticEvaluator
@@ -188,6 +349,8 @@ def evaluate(
             results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
         res = {int(target["image_id"]): output for target, output in zip(targets, results)}
         coco_evaluator.update(res)
+        if voc_evaluator is not None:
+            voc_evaluator.update(res)
 
         if panoptic_evaluator is not None:
             target_sizes = torch.stack([t["size"] for t in targets], dim=0)
@@ -213,6 +376,10 @@ def evaluate(
         stats["coco_eval_bbox"] = coco_evaluator.coco_eval["bbox"].stats.tolist()
     if "segm" in postprocessors:
         stats["coco_eval_masks"] = coco_evaluator.coco_eval["segm"].stats.tolist()
+    if voc_evaluator is not None:  # voc_mAP50, voc_per_class_AP
+        voc_evaluator.synchronize_between_processes()
+        voc_evaluator.summarize()
+        stats.update(voc_evaluator.stats_dict())
     if panoptic_res is not None:
         stats["PQ_all"] = panoptic_res["All"]
         stats["PQ_th"] = panoptic_res["Things"]

@@ -2,18 +2,37 @@
 (and, with ``--model deformable_detr``, of fundamentalvision/Deformable-DETR).
 
 Every official flag keeps its meaning and default. Model-dependent defaults (learning rates,
-epochs, queries, ...) follow ``--model``; a flag given explicitly always wins. Additions:
-``--num_classes`` (default: from the checkpoint being resumed, else the data set's max category
-id + 1; always checked against the data set), ``--train_backbone_all`` and ``--backbone_weights``
-(training without ImageNet weights), ``--amp``, smaller-image options for small data sets, atomic
-checkpoints with exact resumption, and clear errors for bad input before training starts.
+epochs, queries, ...) follow ``--model``; a flag given explicitly always wins. The run's flags are
+resolved once, in ``_setup`` and ``_load_data``, and not modified afterwards:
+
+* A checkpoint given to ``--resume``, ``--eval --resume`` or ``--finetune`` supplies the flags not
+  given on the command line: this project's checkpoints store them all; official ones store an
+  ``argparse.Namespace`` (its architecture flags are used) and the weights' shapes tell the rest
+  (``models.architecture_from_state_dict``). So ``main.py --eval --resume ckpt.pth`` needs no
+  model flags. Resuming refuses an architecture flag given with another value (``--nheads``,
+  ``--pre_norm``, ...), applies a changed schedule flag (``--lr``, ``--lr_drop``, ...) from the
+  resumed epoch on and says so, and refuses a checkpoint that already finished ``--epochs``.
+* ``--num_classes``: given, else from the checkpoint, else the data set's max category id + 1;
+  checked against the training and the validation files before anything trains.
+
+The run's state is one ``util.train_state.TrainState`` (model, optimizer, scheduler, fp16 loss
+scaler, EMA, position, RNG states, running sums), saved after each epoch's training (before its
+evaluation, as officially), on a stop signal and on non-finite values. Additions to the official
+flags: ``--finetune`` (weights from any checkpoint or hub name, class head and queries
+re-initialised when their sizes differ), ``--freeze_backbone``, ``--freeze_encoder``, ``--ema``,
+``--grad_accum_steps``, ``--keep_checkpoints``, ``--tensorboard``, ``--amp``,
+``--train_backbone_all`` / ``--backbone_weights`` (no ImageNet weights), smaller-image options,
+``--eval_optimize`` (evaluation through ``models.optimize``), ``--coco_eval_backend``.
 
 Preemption (not in the official code): ``SIGUSR1``, ``SIGUSR2`` (submitit/Slurm) or ``SIGTERM``
 stops training after the current optimizer step (all ranks after the same one), saves a mid-epoch
-``checkpoint.pth`` (epoch, iteration, per-rank RNG states, the epoch's running loss sums; the one it
-replaces is kept as ``checkpoint_prev.pth``) and exits with status 128 + the signal number.
-``--resume auto`` continues from the newest readable checkpoint of ``--output_dir``, part-way
-through the epoch, with the same weights, optimizer state and log as an uninterrupted run.
+``checkpoint.pth`` (the one it replaces is kept as ``checkpoint_prev.pth``) and exits with status
+128 + the signal number. ``--resume auto`` continues from the newest readable checkpoint of
+``--output_dir``, part-way through the epoch, with the same weights, optimizer state and log as an
+uninterrupted run; an epoch whose evaluation was cut short is evaluated then. Non-finite outputs,
+losses or gradients stop the run with the step, the place and the images named, after saving
+the state before the bad step as ``checkpoint_nonfinite.pth``. A folder that cannot be written
+is refused before anything else.
 """
 
 from __future__ import annotations
@@ -26,31 +45,39 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 import datasets
 import util.distributed as dist_utils
+from datasets.config import CHECK_IMAGES_LEVELS
 from datasets.sampling import ResumableSampler, SeededDataset
-from engine import NonFiniteLossError, evaluate, train_one_epoch
-from models import build_model, num_classes_from_state_dict
+from engine import NonFiniteError, evaluate, train_one_epoch
+from models import architecture_from_state_dict, build_model
 from models.optimize import inference_model_from_args
 from util.checkpoint import (
+    CHECKPOINT_VERSION,
     CheckpointError,
+    check_free_space,
     find_resume_checkpoint,
-    get_rng_state,
     load_checkpoint,
+    load_finetune_weights,
     load_model_state,
     model_state_from_checkpoint,
+    prepare_output_dir,
     save_checkpoint,
-    set_rng_state,
 )
-from util.logging import MetricLogger
+from util.ema import ModelEma
+from util.logging import MetricLogger, TensorboardLogger
 from util.misc import collate_fn
-from util.preemption import Preempted, StopRequest, meters_state, restore_meters
+from util.optim import build_optimizer
+from util.preemption import Preempted, StopRequest
+from util.train_state import TrainState
 
 # Defaults that depend on --model (official values of each repository); None in the parser.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -94,14 +121,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr_drop_epochs", default=None, type=int, nargs="+")
     parser.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm")
     parser.add_argument("--sgd", action="store_true")
+    parser.add_argument(
+        "--grad_accum_steps",
+        default=1,
+        type=int,
+        help="optimizer step every N batches, the loss normalised as for one N times larger batch",
+    )
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="keep an exponential moving average of the weights; evaluated and saved beside them",
+    )
+    parser.add_argument("--ema_decay", default=0.9997, type=float, help="EMA decay (ramped up over ~2000 steps)")
+    parser.add_argument(
+        "--fused_optimizer",
+        action="store_true",
+        help="fused AdamW/SGD kernel: faster than the default multi-tensor one, rounding differs slightly",
+    )
 
     # Model parameters
     parser.add_argument(
         "--frozen_weights", type=str, default=None, help="Path to a pretrained model; only the mask head is trained"
     )
     parser.add_argument("--num_classes", type=int, default=None, help="max category id + 1 (no-object added on top)")
+    parser.add_argument(
+        "--finetune",
+        default="",
+        type=str,
+        help="start from the weights of a checkpoint (path, URL or hub entry name such as detr_resnet50): every "
+        "weight whose name and shape fit is loaded, the class head (and query embeddings) re-initialised when "
+        "their sizes differ; optimizer, scheduler and epoch start afresh (that is --resume)",
+    )
+    parser.add_argument("--freeze_backbone", action="store_true", help="train nothing in the backbone")
+    parser.add_argument("--freeze_encoder", action="store_true", help="train nothing in the transformer encoder")
     # * Backbone
-    parser.add_argument("--backbone", default="resnet50", type=str, help="convolutional backbone")
+    parser.add_argument(
+        "--backbone", default="resnet50", type=str, help="torchvision ResNet (resnet18..152) or timm:<timm model name>"
+    )
     parser.add_argument("--dilation", action="store_true", help="replace stride with dilation in the last block (DC5)")
     parser.add_argument("--position_embedding", default="sine", type=str, choices=("sine", "learned", "v2", "v3"))
     parser.add_argument("--position_embedding_scale", default=2 * 3.141592653589793, type=float)
@@ -110,7 +166,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--backbone_weights",
         default="torchvision",
         type=str,
-        help="ImageNet weights: 'torchvision' (download, the official behaviour), a local .pth file, or 'none'",
+        help="ImageNet weights: 'torchvision' (download, the official behaviour), 'timm' (timm backbones; "
+        "'torchvision' means the same for them), a local .pth file, or 'none'",
     )
     parser.add_argument(
         "--train_backbone_all",
@@ -150,12 +207,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eos_coef", default=0.1, type=float, help="Relative classification weight of no-object")
     parser.add_argument("--focal_alpha", default=0.25, type=float)
 
-    # dataset parameters
-    parser.add_argument("--dataset_file", default="coco")
+    # dataset parameters (defaults: datasets.config.DataConfig)
+    parser.add_argument("--dataset_file", default="coco", help="coco, coco_panoptic, voc or yolo")
     parser.add_argument("--coco_path", type=str)
     parser.add_argument("--coco_panoptic_path", type=str)
-    parser.add_argument("--remove_difficult", action="store_true")
-    parser.add_argument("--cache_mode", default=False, action="store_true", help="accepted for compatibility")
+    parser.add_argument(
+        "--train_images", type=str, help="COCO-format training images anywhere (with --train_annotations)"
+    )
+    parser.add_argument("--train_annotations", type=str, help="COCO-format training annotation file")
+    parser.add_argument(
+        "--val_images", type=str, help="COCO-format validation images anywhere (with --val_annotations)"
+    )
+    parser.add_argument("--val_annotations", type=str, help="COCO-format validation annotation file")
+    parser.add_argument("--voc_path", type=str, help="PASCAL VOC: the VOCdevkit folder")
+    parser.add_argument("--voc_years", type=str, help="VOC years, e.g. 2007,2012 (default: every VOC<year> folder)")
+    parser.add_argument("--yolo_path", type=str, help="YOLO format: the folder holding data.yaml (or the yaml file)")
+    parser.add_argument("--train_split", type=str, help="VOC image list (default trainval) / YOLO yaml key (train)")
+    parser.add_argument("--val_split", type=str, help="VOC image list (default val, or test) / YOLO yaml key (val)")
+    parser.add_argument("--remove_difficult", action="store_true", help="VOC: drop difficult objects from training")
+    parser.add_argument(
+        "--cache_mode",
+        default=False,
+        action="store_true",
+        help="keep the encoded images of each process's shard in memory",
+    )
+    parser.add_argument(
+        "--check_images",
+        default=None,
+        choices=CHECK_IMAGES_LEVELS,
+        help="start-up image check: none, header (default: size, mode, EXIF, truncation) or full (decode every image)",
+    )
+    parser.add_argument(
+        "--max_bad_images",
+        default=None,
+        type=float,
+        help="fraction of unreadable images skipped with a warning before the run stops (default 0.001 = 0.1%%)",
+    )
     parser.add_argument("--train_scales", default=None, type=int, nargs="+", help="shorter-side sizes for training")
     parser.add_argument("--val_size", default=None, type=int, help="shorter side for evaluation (default 800)")
     parser.add_argument("--max_size", default=None, type=int, help="longer-side cap (default 1333)")
@@ -187,14 +274,163 @@ def get_args_parser() -> argparse.ArgumentParser:
         "several times faster on large sets)",
     )
     parser.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
+    parser.add_argument(
+        "--keep_checkpoints",
+        default=2,
+        type=int,
+        help="rolling checkpoints kept: checkpoint.pth plus N-1 older ones (checkpoint_prev.pth, ...) that "
+        "--resume auto falls back to when the newest is unreadable; 1 halves the disk use",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write losses, learning rates and metrics for TensorBoard to <output_dir>/tensorboard",
+    )
     parser.add_argument("--num_workers", default=2, type=int)
     parser.add_argument("--print_freq", default=10, type=int)
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
+    parser.add_argument(
+        "--channels_last",
+        action="store_true",
+        help="convolutions in channels-last memory format (faster on CPU, with --amp bf16 above all; rounding differs)",
+    )
 
     # distributed training parameters
     parser.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
     parser.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
     return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Flags: where each value comes from
+# --------------------------------------------------------------------------------------------
+
+# Flags that fix the model's structure (its state-dict keys, shapes or meaning). Taken from the
+# checkpoint that is resumed, evaluated or fine-tuned unless given on the command line; a resumed
+# run refuses a change.
+ARCHITECTURE_FLAGS: tuple[str, ...] = (
+    "model", "backbone", "dilation", "position_embedding", "position_embedding_scale", "num_feature_levels",
+    "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries", "pre_norm",
+    "dec_n_points", "enc_n_points", "with_box_refine", "two_stage", "masks", "num_classes", "train_backbone_all",
+)  # fmt: skip
+# Flags of the optimisation schedule: a resumed run takes them from its checkpoint; one given with
+# another value is applied from the resumed epoch on, and logged.
+SCHEDULE_FLAGS: tuple[str, ...] = (
+    "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "lr_drop", "lr_drop_epochs", "clip_max_norm",
+    "batch_size", "grad_accum_steps", "epochs",
+)  # fmt: skip
+# Image-size flags a checkpoint is evaluated with unless given (this project's checkpoints).
+EVALUATION_FLAGS: tuple[str, ...] = ("val_size", "max_size")
+# Flags about where and how this process runs: never taken from a checkpoint, never saved.
+RUNTIME_FLAGS: frozenset[str] = frozenset(
+    {
+        "resume",
+        "eval",
+        "output_dir",
+        "device",
+        "num_workers",
+        "print_freq",
+        "world_size",
+        "dist_url",
+        "start_epoch",
+        "finetune",
+        "frozen_weights",
+        "backbone_weights",
+        "rank",
+        "gpu",
+        "distributed",
+        "dist_backend",
+        "tensorboard",
+        "keep_checkpoints",
+        "attn_impl",
+    }  # fmt: skip
+)
+
+_UNSET = object()
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse the command line and remember which flags were given (``given_flags``): a value from
+    the command line wins over one stored in a checkpoint, a default does not."""
+    parser = parser or argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
+    dests = [a.dest for a in parser._actions if a.default is not argparse.SUPPRESS]
+    ns = argparse.Namespace(**dict.fromkeys(dests, _UNSET))
+    parser.parse_args(argv, namespace=ns)
+    given = [k for k in dests if getattr(ns, k) is not _UNSET]
+    for action in parser._actions:
+        if action.dest in dests and getattr(ns, action.dest) is _UNSET:
+            setattr(ns, action.dest, action.default)
+    ns._given = given
+    return ns
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """Flags given on the command line (see ``parse_args``); for a namespace made otherwise, the
+    flags whose value differs from the parser's default."""
+    if hasattr(args, "_given"):
+        return set(args._given)
+    defaults = vars(get_args_parser().parse_args([]))
+    return {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+
+
+def saved_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's flags as stored in its checkpoints: plain values, without the runtime ones."""
+    plain = (int, float, str, bool, list, type(None))
+    return {
+        k: v for k, v in vars(args).items() if not k.startswith("_") and k not in RUNTIME_FLAGS and isinstance(v, plain)
+    }
+
+
+def checkpoint_flags(ckpt: dict[str, Any], source: str) -> tuple[dict[str, Any], bool]:
+    """The flags a checkpoint determines, and whether it is an official one. This project's
+    checkpoints store their flags as a dict; official ones an ``argparse.Namespace`` of which only
+    the architecture flags are used. What the weights' keys and shapes tell fills the gaps (and
+    wins for ``num_classes``, read off the class head)."""
+    stored = ckpt.get("args")
+    official = not isinstance(stored, dict)
+    flags = dict(vars(stored)) if isinstance(stored, argparse.Namespace) else dict(stored or {})
+    if official:
+        flags = {k: v for k, v in flags.items() if k in ARCHITECTURE_FLAGS and k != "num_classes"}
+    inferred = architecture_from_state_dict(model_state_from_checkpoint(ckpt, source))
+    if "num_classes" in inferred:
+        flags["num_classes"] = inferred.pop("num_classes")
+    return {**inferred, **flags}, official
+
+
+def inherit_flags(args: argparse.Namespace, ckpt: dict[str, Any], source: str, purpose: str) -> list[str]:
+    """Set the flags not given on the command line from ``ckpt`` (``purpose``: ``"resume"`` takes
+    every non-runtime flag, ``"eval"`` and ``"finetune"`` the architecture; fine-tuning keeps the
+    data set's class count). Returns notes for the log; raises ``SystemExit`` when a resumed run
+    would change the architecture."""
+    flags, official = checkpoint_flags(ckpt, source)
+    given = given_flags(args)
+    wanted = ARCHITECTURE_FLAGS if purpose != "resume" or official else tuple(flags)
+    if purpose == "eval" and not official:
+        wanted += EVALUATION_FLAGS
+    if purpose == "finetune":
+        wanted = tuple(k for k in wanted if k != "num_classes")
+    notes, refused = [], []
+    for k in wanted:
+        if k not in flags or k in RUNTIME_FLAGS or not hasattr(args, k):
+            continue
+        value = flags[k]
+        if k not in given:
+            setattr(args, k, value)
+        elif getattr(args, k) != value:
+            if purpose == "resume" and k in ARCHITECTURE_FLAGS:
+                refused.append(f"--{k} {getattr(args, k)} (the checkpoint has {value})")
+            elif purpose == "resume" and k in SCHEDULE_FLAGS:
+                notes.append(f"--{k} {getattr(args, k)} replaces the checkpoint's {value} from the resumed epoch on")
+            elif purpose == "resume":
+                notes.append(f"--{k} {getattr(args, k)} replaces the checkpoint's {value}")
+            elif purpose == "eval" and k in ARCHITECTURE_FLAGS:
+                notes.append(f"--{k} {getattr(args, k)} given: used instead of the checkpoint's {value}")
+    if refused:
+        raise SystemExit(
+            f"error: resuming {source} cannot change the architecture: {'; '.join(refused)}. Drop these flags to "
+            f"continue that run, or start a new one from its weights with --finetune {source}"
+        )
+    return notes
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -204,118 +440,40 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, k, v)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.hidden_dim % args.nheads:
-        raise SystemExit(f"error: --hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})")
-    if args.num_feature_levels < 1:
-        raise SystemExit(f"error: --num_feature_levels must be >= 1, got {args.num_feature_levels}")
-    if args.frozen_weights is not None and not args.masks:
-        raise SystemExit("error: --frozen_weights trains only the mask head: it needs --masks")
-    if args.batch_size < 1:
-        raise SystemExit(f"error: --batch_size must be >= 1, got {args.batch_size}")
-    if args.num_classes is not None and args.num_classes < 1:
-        raise SystemExit(f"error: --num_classes must be >= 1, got {args.num_classes}")
+    checks = [
+        (args.hidden_dim % args.nheads == 0, f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})"),
+        (args.num_feature_levels >= 1, f"--num_feature_levels must be >= 1, got {args.num_feature_levels}"),
+        (args.frozen_weights is None or args.masks, "--frozen_weights trains only the mask head: it needs --masks"),
+        (args.batch_size >= 1, f"--batch_size must be >= 1, got {args.batch_size}"),
+        (args.num_classes is None or args.num_classes >= 1, f"--num_classes must be >= 1, got {args.num_classes}"),
+        (getattr(args, "grad_accum_steps", 1) >= 1, f"--grad_accum_steps must be >= 1, got {getattr(args, 'grad_accum_steps', 1)}"),
+        (getattr(args, "keep_checkpoints", 2) >= 1, f"--keep_checkpoints must be >= 1, got {getattr(args, 'keep_checkpoints', 2)}"),
+        (not (getattr(args, "finetune", "") and args.frozen_weights), "--finetune and --frozen_weights exclude each other"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(f"error: {message}")
     return args
 
 
-def _param_groups(model: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Three learning rates as officially: transformer and heads (``lr``), backbone
-    (``lr_backbone``), deformable sampling projections (``lr * lr_linear_proj_mult``)."""
-
-    def match(name: str, keywords: list[str]) -> bool:
-        return any(k in name for k in keywords)
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    backbone = [p for n, p in named if match(n, args.lr_backbone_names)]
-    proj = [p for n, p in named if not match(n, args.lr_backbone_names) and match(n, args.lr_linear_proj_names)]
-    rest = [p for n, p in named if not match(n, args.lr_backbone_names) and not match(n, args.lr_linear_proj_names)]
-    groups = [{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}]
-    if proj:
-        groups.append({"params": proj, "lr": args.lr * args.lr_linear_proj_mult})
-    return groups
-
-
-def _max_category_id(dataset: Any) -> int:
-    coco = datasets.get_coco_api_from_dataset(dataset)
-    ids = [a["category_id"] for a in coco.dataset.get("annotations", [])]
-    ids += [c["id"] for c in coco.dataset.get("categories", [])]
-    return max(ids) if ids else 0
-
-
-def resolve_num_classes(
-    args: argparse.Namespace, dataset: Any, ann_file: str, checkpoints: dict[str, dict[str, Any]]
-) -> int:
-    """``--num_classes``, else the checkpoint being resumed (``checkpoints``: path -> loaded
-    checkpoint), else the data set; then checked against the data set."""
-    source = "--num_classes"
-    num_classes = args.num_classes
-    for path, ckpt in checkpoints.items():
-        if num_classes is None:
-            num_classes = num_classes_from_state_dict(args.model, model_state_from_checkpoint(ckpt, path))
-            source = f"checkpoint {path}"
-    max_id = _max_category_id(dataset)
+def resolve_num_classes(args: argparse.Namespace, splits: dict[str, Any], from_checkpoint: str | None) -> int:
+    """``--num_classes`` (or the value inherited from ``from_checkpoint``), else the training split's
+    (for ``--eval``: the validation split's) max category id + 1; then checked against every split
+    (``{name: dataset}``), so that a category that only the validation set uses stops the run
+    before training."""
+    num_classes, source = args.num_classes, "--num_classes"
+    if num_classes is not None and "num_classes" not in given_flags(args) and from_checkpoint:
+        source = f"checkpoint {from_checkpoint}"
     if num_classes is None:
-        num_classes, source = max_id + 1, f"max category id of {ann_file}"
-    if max_id >= num_classes:
-        raise SystemExit(
-            f"error: {ann_file} has category id {max_id}, but num_classes is {num_classes} (from {source}); "
-            f"pass --num_classes {max_id + 1} or more"
-        )
+        name = "train" if "train" in splits else "val"
+        num_classes = datasets.max_category_id(splits[name]) + 1
+        source = f"max category id of {getattr(splits[name], 'ann_file', name)}"
+    try:
+        datasets.check_num_classes(num_classes, source, splits)
+    except datasets.DatasetError as e:
+        raise SystemExit(f"error: {e}") from e
     print(f"num_classes = {num_classes} (from {source})")
     return num_classes
-
-
-def _checkpoint_state(
-    model, optimizer, lr_scheduler, epoch: int, args: argparse.Namespace, **extra: Any
-) -> dict[str, Any]:
-    """``epoch``: the last finished epoch, or with ``iteration`` in ``extra`` the epoch in progress.
-    ``rng_per_rank`` (every rank's generators) makes distributed resumption exact."""
-    plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict(),
-        "epoch": epoch,
-        "args": plain,
-        "rng": get_rng_state(),
-        "world_size": dist_utils.get_world_size(),
-        **extra,
-    }
-
-
-def _save_mid_epoch(
-    output_dir: Path | None,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: Any,
-    epoch: int,
-    iteration: int,
-    args: argparse.Namespace,
-    train_logger: MetricLogger,
-) -> str | None:
-    """Save the state after ``iteration`` of ``epoch`` to ``checkpoint.pth`` (the previous one kept
-    as ``checkpoint_prev.pth``). Called on every rank (gathers RNG and loss sums); rank 0 writes."""
-    rng_per_rank = dist_utils.all_gather(get_rng_state())
-    meters_per_rank = dist_utils.all_gather(meters_state(train_logger))
-    path = None
-    if output_dir is not None:
-        path = output_dir / "checkpoint.pth"
-        if dist_utils.is_main_process():
-            state = _checkpoint_state(
-                model,
-                optimizer,
-                lr_scheduler,
-                epoch,
-                args,
-                iteration=iteration,
-                rng_per_rank=rng_per_rank,
-                meters_per_rank=meters_per_rank,
-            )
-            save_checkpoint(state, path, previous=output_dir / "checkpoint_prev.pth")
-            print(f"saved epoch {epoch}, iteration {iteration} to {path}; continue with --resume auto", flush=True)
-    else:
-        print("warning: no --output_dir: the interrupted run's state is not saved", flush=True)
-    dist_utils.barrier()  # no rank leaves before the checkpoint is on disk
-    return str(path) if path is not None else None
 
 
 def resolve_auto_resume(args: argparse.Namespace) -> str:
@@ -340,10 +498,406 @@ def resolve_auto_resume(args: argparse.Namespace) -> str:
     return str(path)
 
 
+# --------------------------------------------------------------------------------------------
+# A trained model from its checkpoint (main.py --eval, tools/)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model in eval mode, its post-processors, flags and class names."""
+
+    model: nn.Module
+    postprocessors: dict[str, nn.Module]
+    args: argparse.Namespace
+    id2label: dict[int, str]
+    source: str
+
+
+def build_model_from_checkpoint(
+    checkpoint: str | Path, overrides: dict[str, Any] | None = None, device: str = "cpu", weights: str = "model"
+) -> LoadedModel:
+    """Rebuild a checkpoint's model from the flags stored in it (this project's checkpoints), or
+    from its official ``args`` and what its weights' shapes tell (official and bare state dicts),
+    and load its weights strictly. ``overrides`` (flag -> value) win over the stored flags, as
+    flags given on the command line do; a conflict with the weights is an error listing the keys.
+    ``weights="ema"`` loads the EMA weights of a checkpoint trained with ``--ema``. ``checkpoint``
+    is anything ``read_checkpoint`` accepts (also a Hugging Face folder or a hub name). Raises
+    ``CheckpointError`` for a file that is not a model checkpoint."""
+    source = str(checkpoint)
+    ckpt = read_checkpoint(source)
+    args = get_args_parser().parse_args([])
+    for k, v in (overrides or {}).items():
+        setattr(args, k, v)
+    args._given = list(overrides or {})
+    for note in inherit_flags(args, ckpt, source, "eval"):
+        print(f"{source}: {note}")
+    args.device, args.backbone_weights, args.resume = device, "none", source
+    resolve_args(args)
+    if args.num_classes is None:
+        raise CheckpointError(f"{source}: cannot tell the number of classes from its weights; pass num_classes")
+    is_thing_map = ckpt.get("is_thing_map")
+    if args.masks and is_thing_map is None and args.num_classes == 250:  # official panoptic COCO models
+        is_thing_map = {i: i <= 90 for i in range(250)}
+    args.panoptic_is_thing_map = is_thing_map
+    model, _, postprocessors = build_model(args)
+    if weights == "ema":
+        if "model_ema" not in ckpt:
+            raise CheckpointError(f"{source} has no EMA weights (it was not trained with --ema)")
+        state = ckpt["model_ema"]["model"]
+    else:
+        state = model_state_from_checkpoint(ckpt, source)
+    load_model_state(model, state, source)
+    id2label = {int(k): str(v) for k, v in (ckpt.get("id2label") or {}).items()}
+    return LoadedModel(model.to(device).eval(), postprocessors, args, id2label, source)
+
+
+# --------------------------------------------------------------------------------------------
+# The run, step by step
+# --------------------------------------------------------------------------------------------
+
+
+def _param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Three learning rates as officially: transformer and heads (``lr``), backbone
+    (``lr_backbone``), deformable sampling projections (``lr * lr_linear_proj_mult``)."""
+
+    def match(name: str, keywords: list[str]) -> bool:
+        return any(k in name for k in keywords)
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for n, p in named if match(n, args.lr_backbone_names)]
+    proj = [p for n, p in named if not match(n, args.lr_backbone_names) and match(n, args.lr_linear_proj_names)]
+    rest = [p for n, p in named if not match(n, args.lr_backbone_names) and not match(n, args.lr_linear_proj_names)]
+    groups = [{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}]
+    if proj:
+        groups.append({"params": proj, "lr": args.lr * args.lr_linear_proj_mult})
+    return groups
+
+
+def _group_lrs(args: argparse.Namespace, num_groups: int) -> list[float]:
+    return [args.lr, args.lr_backbone, args.lr * args.lr_linear_proj_mult][:num_groups]
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> Any:
+    if args.lr_drop_epochs:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_drop_epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+
+
+def _freeze(model: nn.Module, args: argparse.Namespace) -> None:
+    """``--freeze_backbone`` / ``--freeze_encoder``: no gradients for those parts."""
+    core = getattr(model, "detr", model)
+    parts = {"backbone": args.freeze_backbone, "transformer.encoder": args.freeze_encoder}
+    for prefix, frozen in parts.items():
+        if frozen:
+            module = core.get_submodule(prefix)
+            module.requires_grad_(False)
+            print(f"froze {prefix} ({sum(p.numel() for p in module.parameters())} parameters)")
+
+
+def _build_state(args: argparse.Namespace, model: nn.Module, device: torch.device) -> TrainState:
+    optimizer = build_optimizer(
+        _param_groups(model, args), args.lr, args.weight_decay, sgd=args.sgd, fused=args.fused_optimizer
+    )
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    ema = ModelEma(model, decay=args.ema_decay) if args.ema else None
+    return TrainState(model, optimizer, _make_scheduler(optimizer, args), scaler, ema, epoch=args.start_epoch,
+                      args=saved_flags(args))  # fmt: skip
+
+
+def _apply_schedule_changes(state: TrainState, args: argparse.Namespace, changed: set[str]) -> None:
+    """After resuming: apply the schedule flags given with another value than the checkpoint's.
+    Learning rates and drops are recomputed in closed form for the resumed position."""
+    optimizer, scheduler = state.optimizer, state.lr_scheduler
+    if changed & {"weight_decay"}:
+        for g in optimizer.param_groups:
+            g["weight_decay"] = args.weight_decay
+    if changed & {"lr", "lr_backbone", "lr_linear_proj_mult", "lr_drop", "lr_drop_epochs"}:
+        last_epoch = scheduler.last_epoch
+        for g, lr in zip(optimizer.param_groups, _group_lrs(args, len(optimizer.param_groups))):
+            g["initial_lr"] = lr
+        scheduler = _make_scheduler(optimizer, args)
+        scheduler.last_epoch = last_epoch
+        lrs = scheduler._get_closed_form_lr()
+        for g, lr in zip(optimizer.param_groups, lrs):
+            g["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        state.lr_scheduler = scheduler
+        print(f"resume: learning rates now {[f'{lr:.3g}' for lr in lrs]} (base {scheduler.base_lrs})")
+
+
+def _state_bytes(model: nn.Module) -> int:
+    """About a checkpoint's size: weights plus AdamW's two moments."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _write_log_line(path: Path, stats: dict[str, Any]) -> None:
+    """Append the epoch's line to ``log.txt`` (replacing a line of the same epoch written before a
+    crash, so that a redone evaluation is never logged twice)."""
+    lines = [e for e in _read_log(path) if e.get("epoch") != stats["epoch"]]
+    tmp = path.with_suffix(".txt.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in [*lines, stats]))
+    tmp.replace(path)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
+
+
+def _primary_metric(stats: dict[str, Any]) -> tuple[str, float] | None:
+    """The validation number ``checkpoint_best.pth`` is kept by: PQ for panoptic runs, the devkit's
+    mAP@0.5 for PASCAL VOC, else COCO box AP."""
+    if "PQ_all" in stats:
+        return "PQ", float(stats["PQ_all"]["pq"])
+    if "voc_mAP50" in stats:
+        return "VOC mAP50", float(stats["voc_mAP50"])
+    if "coco_eval_bbox" in stats:
+        return "AP", float(stats["coco_eval_bbox"][0])
+    return None
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share: the resolved flags (completed by ``_setup`` and
+    ``_load_data``, then never modified), the device, the output folder and the data."""
+
+    args: argparse.Namespace
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    output_dir: Path | None
+    checkpoints: dict[str, dict[str, Any]]
+    dataset_train: Any = None
+    dataset_val: Any = None
+    tensorboard: TensorboardLogger | None = None
+
+    @property
+    def writes(self) -> bool:
+        """This process writes files (rank 0 with an output folder)."""
+        return self.output_dir is not None and dist_utils.is_main_process()
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint by path, URL, Hugging Face checkpoint folder (converted on the fly) or hub entry
+    name with pretrained weights (``--finetune detr_resnet50``). Raises ``CheckpointError`` (or the
+    converter's ``ConversionError``) naming it."""
+    import hubconf
+    from models.hf_convert import checkpoint_from_hf
+
+    if path in hubconf.pretrained_names():
+        return hubconf.pretrained_checkpoint(path)
+    if Path(path).is_dir() and (Path(path) / "config.json").is_file():
+        return checkpoint_from_hf(path)
+    return load_checkpoint(path)
+
+
+def _load(path: str) -> dict[str, Any]:
+    """``read_checkpoint``, stopping the run with one line naming the file when it fails."""
+    from models.hf_convert import ConversionError
+
+    try:
+        return read_checkpoint(path)
+    except (CheckpointError, ConversionError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _setup(args: argparse.Namespace) -> _Run:
+    """Resolve every flag once: distributed set-up, ``--resume auto``, the flags inherited from
+    the checkpoint being resumed / evaluated / fine-tuned, model defaults; check the output folder."""
+    args = argparse.Namespace(**vars(args))  # the caller's namespace stays as it was
+    args._given = sorted(given_flags(args))  # before anything is filled in
+    dist_utils.init_distributed_mode(args)
+    if args.resume == "auto":
+        args.resume = resolve_auto_resume(args)
+    if args.resume and args.finetune:
+        print(f"resuming {args.resume}: --finetune {args.finetune} is not applied again (the run continues)")
+        args.finetune = ""
+    checkpoints = {p: _load(p) for p in {args.resume, args.finetune, args.frozen_weights or ""} if p}
+    source, purpose = (args.resume, "eval" if args.eval else "resume") if args.resume else (args.finetune, "finetune")
+    if source:
+        try:
+            notes = inherit_flags(args, checkpoints[source], source, purpose)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+        for note in notes:
+            print(f"{source}: {note}")
+    resolve_args(args)
+    print(args)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and dist_utils.is_main_process():  # a run that cannot save is refused now
+        try:
+            for note in prepare_output_dir(output_dir):
+                print(note)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from e
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    return _Run(args, torch.device(args.device), amp_dtype, output_dir, checkpoints)
+
+
+def _load_data(run: _Run) -> None:
+    """Build the splits (each checked before any training) and settle ``num_classes``."""
+    args = run.args
+    # A given --num_classes is checked by the builders (naming each annotation); one inherited from a
+    # checkpoint or derived from the data is checked below, naming where it came from.
+    given = args.num_classes if "num_classes" in given_flags(args) else None
+    data_args = argparse.Namespace(**{**vars(args), "num_classes": given})
+    try:  # every split checked; all their problems reported at once
+        built = datasets.build_datasets(data_args, ("val",) if args.eval else ("train", "val"))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    run.dataset_val, run.dataset_train = built["val"], built.get("train")
+    splits = {"val": run.dataset_val} if args.eval else {"train": run.dataset_train, "val": run.dataset_val}
+    args.num_classes = resolve_num_classes(args, splits, args.resume or None)
+    for name, ds in splits.items():
+        dropped = getattr(ds, "num_degenerate_boxes", 0)
+        if dropped:
+            print(f"{name}: dropped {dropped} degenerate box(es) (zero or negative width/height) from {ds.ann_file}")
+    reference = run.dataset_val if run.dataset_train is None else run.dataset_train
+    if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things/stuff from the data
+        args.panoptic_is_thing_map = reference.is_thing_map()
+
+
+def _restore(run: _Run, state: TrainState) -> None:
+    """Load what the flags ask for: the resumed run's whole state, fine-tuning weights, or the frozen
+    box model of the panoptic second stage. Raises ``SystemExit`` with the file named."""
+    args = run.args
+    try:
+        if args.frozen_weights:
+            ckpt = run.checkpoints[args.frozen_weights]
+            load_model_state(
+                state.model.detr, model_state_from_checkpoint(ckpt, args.frozen_weights), args.frozen_weights
+            )
+        if args.finetune:
+            ckpt = run.checkpoints[args.finetune]
+            state_dict = model_state_from_checkpoint(ckpt, args.finetune)
+            for note in load_finetune_weights(state.model, state_dict, args.finetune):
+                print(f"--finetune: {note}")
+            if state.ema is not None:
+                state.ema.module.load_state_dict(state.model.state_dict())
+        if args.resume:
+            ckpt = run.checkpoints[args.resume]
+            if args.eval:
+                load_model_state(state.model, model_state_from_checkpoint(ckpt, args.resume), args.resume)
+                if state.ema is not None and "model_ema" in ckpt:
+                    state.ema.load_state_dict(ckpt["model_ema"])
+                return
+            for note in state.load_state_dict(ckpt, args.resume):
+                print(f"warning: {note}")
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
+    if not args.resume:
+        return
+    flags, _ = checkpoint_flags(run.checkpoints[args.resume], args.resume)
+    changed = {k for k in SCHEDULE_FLAGS if k in given_flags(args) and k in flags and flags[k] != getattr(args, k)}
+    if changed:
+        _apply_schedule_changes(state, args, changed)
+    epoch, iteration = state.next_position()
+    pending_eval = state.iterations_done is None and not state.evaluated
+    if epoch >= args.epochs and not pending_eval:
+        raise SystemExit(
+            f"error: {args.resume} has finished epoch {state.epoch + 1} of {args.epochs}: nothing left to train. "
+            f"Raise --epochs to train longer, or start a new schedule from its weights with --finetune {args.resume}"
+        )
+    where = f", iteration {iteration}" if iteration else ""
+    pending = f" (after evaluating epoch {state.epoch})" if pending_eval else ""
+    print(f"resumed from {args.resume}: starting at epoch {epoch}{where}{pending}")
+
+
+def _val_loader(run: _Run) -> DataLoader:
+    args = run.args
+    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+    sampler = ResumableSampler(len(run.dataset_val), shuffle=False, num_replicas=world, rank=rank, pad=False)
+    return DataLoader(
+        run.dataset_val, args.batch_size, sampler=sampler, drop_last=False, collate_fn=collate_fn,
+        num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),  # global RNG untouched
+    )  # fmt: skip
+
+
+def _evaluate(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
+              data_loader: DataLoader, epoch: int | None) -> dict[str, Any]:  # fmt: skip
+    """Evaluate the model (and its EMA), write ``eval.json`` (and ``checkpoint_best.pth`` when the
+    primary metric improved); returns the stats to log (EMA ones prefixed ``ema_``)."""
+    base_ds = datasets.get_coco_api_from_dataset(run.dataset_val)
+    evaluate_args = (criterion, postprocessors, data_loader, base_ds, run.device, str(run.output_dir or ""))
+    options = {"amp_dtype": run.amp_dtype, "coco_eval_backend": run.args.coco_eval_backend}
+    # --eval_optimize: the weights as an inference model (BatchNorm folded, ...), made afresh each time
+    stats, evaluator = evaluate(inference_model_from_args(model, run.args), *evaluate_args, **options)
+    results = {"model": (stats, evaluator)}
+    if state.ema is not None:
+        print("Evaluating the EMA weights")
+        results["ema"] = evaluate(inference_model_from_args(state.ema.module, run.args), *evaluate_args, **options)
+    if run.writes:
+        _save_eval(run.output_dir, stats, evaluator, epoch, ema=results["ema"][0] if "ema" in results else None)
+        if epoch is not None:
+            _keep_best(run, state, {k: r[0] for k, r in results.items()}, epoch)
+    if run.tensorboard is not None and epoch is not None:
+        for name, (s, _) in results.items():
+            run.tensorboard.log(_metrics_by_name(s), epoch, prefix=f"val_{name}/")
+    out = dict(stats)
+    if "ema" in results:
+        out.update({f"ema_{k}": v for k, v in results["ema"][0].items()})
+    return out
+
+
+def _metrics_by_name(stats: dict[str, Any]) -> dict[str, float]:
+    from datasets.coco_eval import stats_to_dict
+
+    out = {k: v for k, v in stats.items() if isinstance(v, float)}
+    if "coco_eval_bbox" in stats:
+        out.update({f"bbox_{k}": v for k, v in stats_to_dict(stats["coco_eval_bbox"]).items()})
+    if "PQ_all" in stats:
+        out["PQ"] = float(stats["PQ_all"]["pq"])
+    return out
+
+
+def _keep_best(run: _Run, state: TrainState, stats: dict[str, dict[str, Any]], epoch: int) -> None:
+    """``checkpoint_best.pth``: the weights (of the model or its EMA, whichever scored higher) with
+    the best primary validation metric so far, with the run's flags and class names (no optimizer)."""
+    scored = [(m[1], name) for name, s in stats.items() if (m := _primary_metric(s)) is not None]
+    if not scored:
+        return
+    value, which = max(scored)
+    metric = _primary_metric(stats[which])[0]
+    if state.best is not None and value <= state.best["value"]:
+        return
+    state.best = {"metric": metric, "value": value, "epoch": epoch, "weights": which}
+    weights = state.model if which == "model" else state.ema.module
+    best = {"version": CHECKPOINT_VERSION, "model": weights.state_dict(), "args": state.args, "best": state.best,
+            "epoch": epoch}  # fmt: skip
+    for key in ("id2label", "is_thing_map"):
+        if getattr(state, key) is not None:
+            best[key] = getattr(state, key)
+    save_checkpoint(best, run.output_dir / "checkpoint_best.pth")
+    print(f"checkpoint_best.pth: {metric} {value:.4f} at epoch {epoch} ({which} weights)")
+
+
+def _save_checkpoint(run: _Run, state: TrainState, epoch_copy: bool = False) -> str | None:
+    """Save ``state`` to ``checkpoint.pth`` (rotating ``--keep_checkpoints``). Collective: every
+    rank calls it; rank 0 writes; no rank goes on before the file is on disk."""
+    payload = state.state_dict()
+    path = None
+    if run.output_dir is not None:
+        path = run.output_dir / "checkpoint.pth"
+        if dist_utils.is_main_process():
+            save_checkpoint(payload, path, keep=run.args.keep_checkpoints)
+            if epoch_copy:
+                save_checkpoint(payload, run.output_dir / f"checkpoint{state.epoch:04}.pth")
+    dist_utils.barrier()
+    return str(path) if path is not None else None
+
+
+def _log_epoch(run: _Run, state: TrainState, epoch: int, train_stats: dict[str, float],
+               test_stats: dict[str, Any], n_parameters: int) -> None:  # fmt: skip
+    log_stats: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
+    log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
+    log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
+    if run.writes:
+        _write_log_line(run.output_dir / "log.txt", log_stats)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -357,137 +911,61 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
-    dist_utils.init_distributed_mode(args)
-    resolve_args(args)
-    if args.resume == "auto":
-        args.resume = resolve_auto_resume(args)
-    print(args)
-    device = torch.device(args.device)
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-
+    run = _setup(args)
+    args = run.args
     seed = args.seed + dist_utils.get_rank()
     torch.manual_seed(seed)
     random.seed(seed)
+    _load_data(run)  # data first: num_classes is checked against it before the model is built
 
-    # Data first: num_classes is checked against it before the model is built.
     try:
-        dataset_val = datasets.build_dataset(image_set="val", args=args)
-        dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
-    except (FileNotFoundError, ValueError) as e:
+        model, criterion, postprocessors = build_model(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # unknown backbone, weights not downloadable...
         raise SystemExit(f"error: {e}") from e
-    reference = dataset_val if dataset_train is None else dataset_train
-    ann_file = str(getattr(reference, "ann_file", args.coco_path))
-    try:  # each checkpoint is read once: for num_classes here, for the weights below
-        checkpoints = {p: load_checkpoint(p) for p in (args.resume, args.frozen_weights) if p}
-        args.num_classes = resolve_num_classes(args, reference, ann_file, checkpoints)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from e
-    for name, ds in (("train", dataset_train), ("val", dataset_val)):
-        dropped = getattr(ds, "num_degenerate_boxes", 0) if ds is not None else 0
-        if dropped:
-            print(f"{name}: dropped {dropped} degenerate box(es) (zero or negative width/height) from {ds.ann_file}")
-
-    if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things/stuff from the data
-        args.panoptic_is_thing_map = reference.is_thing_map()
-    model, criterion, postprocessors = build_model(args)
-    model.to(device)
-    model_without_ddp = model
+    _freeze(model, args)
+    model.to(run.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    state = _build_state(args, model, run.device)
+    state.id2label = datasets.dataset_id2label(run.dataset_train if run.dataset_train is not None else run.dataset_val)
+    state.is_thing_map = getattr(args, "panoptic_is_thing_map", None)
+    _restore(run, state)
+    run.checkpoints.clear()  # free the loaded checkpoints before training
+    train_model = model
     if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if run.device.type == "cuda" else None
         )
-        model_without_ddp = model.module
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print("number of params:", n_parameters)
-
-    param_dicts = _param_groups(model_without_ddp, args)
-    if args.sgd:
-        optimizer = torch.optim.SGD(param_dicts, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(param_dicts, lr=args.lr, weight_decay=args.weight_decay)
-    if args.lr_drop_epochs:
-        lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_drop_epochs)
-    else:
-        lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype is torch.float16 else None
-
-    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
-    sampler_val = ResumableSampler(len(dataset_val), shuffle=False, num_replicas=world, rank=rank, pad=False)
-    data_loader_val = DataLoader(
-        dataset_val,
-        args.batch_size,
-        sampler=sampler_val,
-        drop_last=False,
-        collate_fn=collate_fn,
-        num_workers=args.num_workers,
-        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched
-    )
-    base_ds = datasets.get_coco_api_from_dataset(dataset_val)
-
-    if args.frozen_weights is not None:
-        try:
-            ckpt = checkpoints[args.frozen_weights]
-            load_model_state(
-                model_without_ddp.detr, model_state_from_checkpoint(ckpt, args.frozen_weights), args.frozen_weights
-            )
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from e
-
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir is not None and dist_utils.is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
-
-    rng_state = None
-    resume_iter, resume_meters = 0, None  # mid-epoch checkpoint: first iteration to run, loss sums
-    if args.resume:
-        try:
-            ckpt = checkpoints[args.resume]
-            load_model_state(model_without_ddp, model_state_from_checkpoint(ckpt, args.resume), args.resume)
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from e
-        if not args.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            args.start_epoch = ckpt["epoch"] + 1
-            rng_state = ckpt.get("rng")
-            saved_world = ckpt.get("world_size", 1)
-            if ckpt.get("rng_per_rank") and saved_world == world:
-                rng_state = ckpt["rng_per_rank"][rank]
-            if ckpt.get("iteration") is not None:  # stopped part-way through epoch ckpt["epoch"]
-                args.start_epoch = ckpt["epoch"]
-                resume_iter = ckpt["iteration"] + 1
-                meters = ckpt.get("meters_per_rank") or [None]
-                resume_meters = meters[rank] if saved_world == world else meters[0]
-                if saved_world != world:
-                    consumed = resume_iter * ckpt.get("args", {}).get("batch_size", args.batch_size) * saved_world
-                    resume_iter = consumed // (args.batch_size * world)
-                    print(
-                        f"warning: {args.resume} was written by {saved_world} process(es), this run has {world}: "
-                        f"continuing epoch {args.start_epoch} after about {consumed} images; the run will not be "
-                        "bit-identical to an uninterrupted one"
-                    )
-            where = f", iteration {resume_iter}" if resume_iter else ""
-            print(f"resumed from {args.resume}: starting at epoch {args.start_epoch}{where}")
-    checkpoints.clear()  # free the loaded checkpoints before training
+    data_loader_val = _val_loader(run)
 
     if args.eval:
-        test_stats, coco_evaluator = evaluate(
-            inference_model_from_args(model_without_ddp, args),
-            criterion,
-            postprocessors,
-            data_loader_val,
-            base_ds,
-            device,
-            args.output_dir,
-            amp_dtype=amp_dtype,
-            coco_eval_backend=args.coco_eval_backend,
-        )
-        if output_dir is not None and dist_utils.is_main_process():
-            _save_eval(output_dir, test_stats, coco_evaluator, epoch=None)
-        return test_stats
+        return _evaluate(run, state, train_model, criterion, postprocessors, data_loader_val, epoch=None)
 
-    dataset_train = SeededDataset(dataset_train, seed=args.seed)
-    sampler_train = ResumableSampler(len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank)
+    if run.writes:
+        warning = check_free_space(run.output_dir, _state_bytes(model))
+        if warning:
+            print(f"warning: {warning}")
+        if args.tensorboard:
+            run.tensorboard = TensorboardLogger(run.output_dir / "tensorboard")
+    try:
+        return _train(run, state, train_model, criterion, postprocessors, data_loader_val, n_parameters, stop)
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
+
+
+def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
+           data_loader_val: DataLoader, n_parameters: int, stop: StopRequest) -> dict[str, Any]:  # fmt: skip
+    """The epochs: train, save (evaluation pending), evaluate, log; after the last one, save again
+    (finished). A run killed between an epoch's save and its log line evaluates that epoch again
+    when resumed. Stop signals save a mid-epoch checkpoint and raise ``Preempted``; non-finite
+    values save ``checkpoint_nonfinite.pth`` and stop."""
+    args = run.args
+    world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+    dataset_train = SeededDataset(run.dataset_train, seed=args.seed)
+    sampler_train = ResumableSampler(
+        len(dataset_train), shuffle=True, seed=args.seed, num_replicas=world, rank=rank, shard=args.cache_mode
+    )  # with --cache_mode each process draws only from the images it holds
     batch_sampler_train = torch.utils.data.BatchSampler(sampler_train, args.batch_size, drop_last=True)
     if len(batch_sampler_train) == 0:
         raise SystemExit(
@@ -495,118 +973,159 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> dict[str, Any]:
         )
     # Own generator: loader start-up must not consume the global RNG (exact resumption).
     data_loader_train = DataLoader(
-        dataset_train,
-        batch_sampler=batch_sampler_train,
-        collate_fn=collate_fn,
-        num_workers=args.num_workers,
+        dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn, num_workers=args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),
-    )
-    if rng_state is not None:
-        set_rng_state(rng_state)
+    )  # fmt: skip
+    start_epoch, start_iter = state.next_position()
+    test_stats: dict[str, Any] = {}
+    pending = state.iterations_done is None and not state.evaluated  # resumed between training and evaluation
+    if pending:
+        test_stats = _evaluate_pending(run, state, model, criterion, postprocessors, data_loader_val, n_parameters)
+    state.restore_rng()
 
     stop.install()  # SIGUSR1/SIGUSR2/SIGTERM from here on: checkpoint and stop after the current step
     print("Start training")
     start_time = time.time()
-    test_stats: dict[str, Any] = {}
-    for epoch in range(args.start_epoch, args.epochs):
-        start_iter = resume_iter if epoch == args.start_epoch else 0
-        sampler_train.set_epoch(epoch, start_index=start_iter * args.batch_size)
+    timing = {"epoch": 0.0, "eval": 0.0, "epochs_timed": 0}
+    for epoch in range(start_epoch, args.epochs):
+        first_iter = start_iter if epoch == start_epoch else 0
+        sampler_train.set_epoch(epoch, start_index=first_iter * args.batch_size)
         dataset_train.set_epoch(epoch)
         train_logger = MetricLogger(delimiter="  ")
-        if start_iter and resume_meters is not None:
-            restore_meters(train_logger, resume_meters)
+        if first_iter and state.meters is not None:
+            train_logger.load_state_dict(state.meters)
+        epoch_start = time.time()
+
+        def run_eta(
+            left: float, epochs_after: int = args.epochs - epoch - 1, epoch_start: float = epoch_start
+        ) -> float:
+            """Seconds left in the run: this epoch, its evaluation, and the epochs after it."""
+            if timing["epochs_timed"]:
+                per_epoch = timing["epoch"] / timing["epochs_timed"]
+            else:  # first epoch: this epoch's own pace
+                per_epoch = time.time() - epoch_start + left
+            return left + timing["eval"] + epochs_after * (per_epoch + timing["eval"])
 
         def on_step(it: int, epoch: int = epoch, train_logger: MetricLogger = train_logger) -> None:
-            signum = stop.should_stop(device)
+            state.mark_step(epoch, it + 1)
+            state.global_step += 1
+            signum = stop.should_stop(run.device)
             if signum:
-                path = _save_mid_epoch(
-                    output_dir, model_without_ddp, optimizer, lr_scheduler, epoch, it, args, train_logger
-                )
+                state.meters = train_logger.state_dict()
+                path = _save_mid_epoch(run, state, epoch, it)
                 raise Preempted(signum, epoch, it, path, stop.previous_handlers(signum))
+
+        log_scalars = None
+        if run.tensorboard is not None:
+
+            def log_scalars(scalars: dict[str, float], tb: TensorboardLogger = run.tensorboard) -> None:
+                tb.log(scalars, state.global_step, prefix="train/")
 
         try:
             train_stats = train_one_epoch(
-                model,
-                criterion,
-                data_loader_train,
-                optimizer,
-                device,
-                epoch,
-                args.clip_max_norm,
-                amp_dtype=amp_dtype,
-                scaler=scaler,
-                print_freq=args.print_freq,
-                start_iter=start_iter,
-                on_step=on_step,
-                metric_logger=train_logger,
-            )
-        except NonFiniteLossError as e:
-            if output_dir is not None and dist_utils.is_main_process():
-                path = output_dir / "checkpoint_nonfinite.pth"
-                save_checkpoint(_checkpoint_state(model_without_ddp, optimizer, lr_scheduler, epoch - 1, args), path)
-                print(f"saved the last good weights (before the failing step) to {path}")
-            raise SystemExit(f"error: {e}. The last finished epoch's checkpoint.pth is untouched.") from e
+                model, criterion, data_loader_train, state.optimizer, run.device, epoch, args.clip_max_norm,
+                amp_dtype=run.amp_dtype, scaler=state.scaler, print_freq=args.print_freq, start_iter=first_iter,
+                on_step=on_step, metric_logger=train_logger, grad_accum_steps=args.grad_accum_steps, ema=state.ema,
+                log_scalars=log_scalars, run_eta=run_eta,
+            )  # fmt: skip
+        except NonFiniteError as e:
+            state.meters = train_logger.state_dict()
+            _dump_nonfinite(run, state, e)
+        if first_iter == 0:
+            timing["epoch"] += time.time() - epoch_start
+            timing["epochs_timed"] += 1
         with warnings.catch_warnings():
-            if start_iter >= len(batch_sampler_train):  # resumed after the epoch's last step: no step here,
-                # but the scheduler's restored state is right; PyTorch would warn about the order
+            # PyTorch warns about the order when no optimizer step ran: after resuming at the epoch's last
+            # step (the restored scheduler state is right), or with fp16 when the loss scaler skipped every
+            # step of the epoch for inf gradients (by design)
+            if first_iter >= len(batch_sampler_train) or state.scaler is not None:
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            lr_scheduler.step()
-        rng_per_rank = dist_utils.all_gather(get_rng_state()) if output_dir is not None else None
-        if output_dir is not None and dist_utils.is_main_process():
-            state = _checkpoint_state(
-                model_without_ddp, optimizer, lr_scheduler, epoch, args, rng_per_rank=rng_per_rank
-            )
-            paths = [output_dir / "checkpoint.pth"]
-            # extra checkpoint before LR drop and every 100 epochs
-            if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0:
-                paths.append(output_dir / f"checkpoint{epoch:04}.pth")
-            for p in paths:
-                save_checkpoint(
-                    state, p, previous=output_dir / "checkpoint_prev.pth" if p.name == "checkpoint.pth" else None
-                )
+            state.lr_scheduler.step()
+        state.mark_trained(epoch, train_stats)
+        # extra checkpoint before LR drop and every 100 epochs (as officially)
+        _save_checkpoint(run, state, epoch_copy=(epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0)
 
-        log_stats: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
+        test_stats = {}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            test_stats, coco_evaluator = evaluate(
-                inference_model_from_args(model_without_ddp, args),
-                criterion,
-                postprocessors,
-                data_loader_val,
-                base_ds,
-                device,
-                args.output_dir,
-                amp_dtype=amp_dtype,
-                coco_eval_backend=args.coco_eval_backend,
-            )
-            log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
-            if output_dir is not None and dist_utils.is_main_process():
-                _save_eval(output_dir, test_stats, coco_evaluator, epoch=epoch)
-        log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
-        if output_dir is not None and dist_utils.is_main_process():
-            with (output_dir / "log.txt").open("a") as f:
-                f.write(json.dumps(log_stats) + "\n")
+            eval_start = time.time()
+            test_stats = _evaluate(run, state, model, criterion, postprocessors, data_loader_val, epoch)
+            timing["eval"] = time.time() - eval_start
+        _log_epoch(run, state, epoch, train_stats, test_stats, n_parameters)
+        state.mark_evaluated()
+    if (pending or start_epoch < args.epochs) and state.evaluated and state.epoch + 1 == args.epochs:
+        _save_checkpoint(run, state)  # the finished run's checkpoint says so (resuming it is then refused)
 
     total_time = time.time() - start_time
     print(f"Training time {datetime.timedelta(seconds=int(total_time))}")
     return test_stats
 
 
-def _save_eval(output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any, epoch: int | None) -> None:
-    """``eval.json`` (COCO stats by name, PQ when computed) and, as officially, the raw COCO eval
-    under ``eval/latest.pth`` (every 50 epochs also ``eval/NNN.pth``)."""
+def _evaluate_pending(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module, postprocessors: dict,
+                      data_loader_val: DataLoader, n_parameters: int) -> dict[str, Any]:  # fmt: skip
+    """A run stopped after an epoch's training but before its log line: evaluate and log it now."""
+    args, epoch = run.args, state.epoch
+    logged = run.output_dir is not None and any(e.get("epoch") == epoch for e in _read_log(run.output_dir / "log.txt"))
+    test_stats: dict[str, Any] = {}
+    if logged:
+        print(f"epoch {epoch} is already in log.txt: not evaluated again")
+    else:
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            print(f"evaluating epoch {epoch}, whose evaluation the previous run did not finish")
+            test_stats = _evaluate(run, state, model, criterion, postprocessors, data_loader_val, epoch)
+        _log_epoch(run, state, epoch, state.train_stats or {}, test_stats, n_parameters)
+    state.mark_evaluated()
+    return test_stats
+
+
+def _save_mid_epoch(run: _Run, state: TrainState, epoch: int, iteration: int) -> str | None:
+    path = _save_checkpoint(run, state)
+    if path is None:
+        print("warning: no --output_dir: the interrupted run's state is not saved", flush=True)
+    else:
+        print(f"saved epoch {epoch}, iteration {iteration} to {path}; continue with --resume auto", flush=True)
+    return path
+
+
+def _dump_nonfinite(run: _Run, state: TrainState, error: NonFiniteError) -> None:
+    """Save the last good state (weights before the bad step) and stop with the diagnosis."""
+    payload = state.state_dict()
+    where = "no --output_dir: not saved"
+    if run.output_dir is not None:
+        path = run.output_dir / "checkpoint_nonfinite.pth"
+        if dist_utils.is_main_process():
+            save_checkpoint(payload, path)
+        where = f"the last good state (weights before that step) is in {path}"
+    dist_utils.barrier()
+    raise SystemExit(
+        f"error: {error}. Training stopped; {where}. The last finished epoch's checkpoint.pth is untouched. "
+        "Usual causes: a learning rate too high for this data, or a corrupt image."
+    ) from error
+
+
+def _save_eval(
+    output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any, epoch: int | None, ema: dict | None = None
+) -> None:
+    """``eval.json`` (COCO stats by name, PQ when computed, the EMA's under ``ema``) and, as
+    officially, the raw COCO eval under ``eval/latest.pth`` (every 50 epochs also ``eval/NNN.pth``)."""
     from datasets.coco_eval import stats_to_dict
 
-    summary: dict[str, Any] = {"epoch": epoch}
-    if "coco_eval_bbox" in test_stats:
-        summary["bbox"] = stats_to_dict(test_stats["coco_eval_bbox"])
-        summary.update(summary["bbox"])
-        if coco_evaluator is not None:
-            summary["per_class"] = coco_evaluator.per_class("bbox")
-    if "coco_eval_masks" in test_stats:
-        summary["segm"] = stats_to_dict(test_stats["coco_eval_masks"])
-    for k in ("PQ_all", "PQ_th", "PQ_st"):
-        if k in test_stats:
-            summary[k] = test_stats[k]
+    def summary_of(stats: dict[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if "coco_eval_bbox" in stats:
+            summary["bbox"] = stats_to_dict(stats["coco_eval_bbox"])
+            summary.update(summary["bbox"])
+        if "coco_eval_masks" in stats:
+            summary["segm"] = stats_to_dict(stats["coco_eval_masks"])
+        for k in ("PQ_all", "PQ_th", "PQ_st", "voc_mAP50", "voc_per_class_AP"):
+            if k in stats:
+                summary[k] = stats[k]
+        return summary
+
+    summary: dict[str, Any] = {"epoch": epoch, **summary_of(test_stats)}
+    if "bbox" in summary and coco_evaluator is not None:
+        summary["per_class"] = coco_evaluator.per_class("bbox")
+    if ema is not None:
+        summary["ema"] = summary_of(ema)
     _write_json(output_dir / "eval.json", summary)
     if coco_evaluator is not None and "bbox" in coco_evaluator.coco_eval:
         (output_dir / "eval").mkdir(exist_ok=True)
@@ -616,9 +1135,8 @@ def _save_eval(output_dir: Path, test_stats: dict[str, Any], coco_evaluator: Any
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
     try:
-        main(parser.parse_args())
+        main(parse_args())
     except Preempted as e:
         print(f"{e}. Exit status {e.exit_code}.", flush=True)
         sys.exit(e.exit_code)

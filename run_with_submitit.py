@@ -223,7 +223,7 @@ def submit(args: argparse.Namespace) -> Any:
 
 def main() -> None:
     _submitit()  # a clear message before parsing when submitit is missing
-    args = get_args_parser().parse_args()
+    args = detection.parse_args(parser=get_args_parser())  # remembers which flags were given
     submit(args)
 
 

@@ -1,41 +1,111 @@
-"""Data sets for DETR: the builder registry and access to the pycocotools ground truth.
+"""Data sets for DETR: the builder table, the typed data configuration, and what ``main.py`` needs
+to know about a data set (its pycocotools ground truth, class names, largest category id).
 
 Mirrors the official DETR ``datasets/__init__.py`` (``build_dataset``, ``get_coco_api_from_dataset``).
-Differences: builders are looked up in the ``DATASET_BUILDERS`` dict (adding a data set is one
-entry: ``"coco"`` and ``"coco_panoptic"`` today), and an unknown ``dataset_file`` raises
-``ValueError`` listing the known ones.
+Differences: ``build_dataset(image_set, args)`` turns the flags into a ``DataConfig``
+(``data_config_from_args``, the one place where ``args`` is read) and calls the builder named by
+``dataset_file`` in the ``DATASET_BUILDERS`` dict (``coco``, ``coco_panoptic``, ``voc``, ``yolo``; each
+builder takes ``(image_set, cfg)``); an unknown ``dataset_file`` raises ``ValueError`` listing the
+known ones. Every builder checks its split before returning it (``datasets.check``) and raises one
+``DatasetError`` listing every problem found.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch.utils.data
 from pycocotools.coco import COCO
 
-from datasets import coco, coco_panoptic
+from datasets import coco, coco_panoptic, voc, yolo
+from datasets.config import DataConfig, data_config_from_args
+from datasets.problems import DatasetError, Problem, raise_if_problems
+from datasets.sampling import SeededDataset
 
-# dataset_file -> builder(image_set, args)
-DATASET_BUILDERS: dict[str, Callable[[str, Any], torch.utils.data.Dataset]] = {
+# dataset_file -> builder(image_set, cfg)
+DATASET_BUILDERS: dict[str, Callable[[str, DataConfig], torch.utils.data.Dataset]] = {
     "coco": coco.build,
     "coco_panoptic": coco_panoptic.build,
+    "voc": voc.build,
+    "yolo": yolo.build,
 }
 
 
 def build_dataset(image_set: str, args: Any) -> torch.utils.data.Dataset:
-    """Build split ``image_set`` (``"train"`` / ``"val"``) of the data set named by ``args.dataset_file``."""
-    name = getattr(args, "dataset_file", "coco")
-    if name not in DATASET_BUILDERS:
-        raise ValueError(f"unknown dataset_file {name!r}; known: {sorted(DATASET_BUILDERS)}")
-    return DATASET_BUILDERS[name](image_set, args)
+    """Build split ``image_set`` (``"train"`` / ``"val"``) of the data set named by ``args.dataset_file``
+    (``args``: ``main.py``'s flags, or a ``DataConfig``)."""
+    cfg = args if isinstance(args, DataConfig) else data_config_from_args(args)
+    if cfg.dataset_file not in DATASET_BUILDERS:
+        raise ValueError(f"unknown dataset_file {cfg.dataset_file!r}; known: {sorted(DATASET_BUILDERS)}")
+    return DATASET_BUILDERS[cfg.dataset_file](image_set, cfg)
+
+
+def build_datasets(args: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, torch.utils.data.Dataset]:
+    """Build every split of ``splits`` (``build_dataset``), checking all of them before failing: the
+    problems of every split are raised together as one ``DatasetError``."""
+    built, problems, messages = {}, [], []
+    for split in splits:
+        try:
+            built[split] = build_dataset(split, args)
+        except DatasetError as e:
+            problems += e.problems or [Problem(split, str(e))]
+            messages.append(str(e))
+    if len(messages) == 1:
+        raise DatasetError(messages[0], problems)
+    if messages:
+        raise DatasetError("\n".join(messages), problems)
+    return built
+
+
+def _unwrap(dataset: Any) -> Any:
+    while isinstance(dataset, (torch.utils.data.Subset, SeededDataset)):
+        dataset = dataset.dataset
+    return dataset
 
 
 def get_coco_api_from_dataset(dataset: torch.utils.data.Dataset) -> COCO | None:
     """The ``pycocotools`` ``COCO`` object behind ``dataset`` (through any ``Subset`` wrappers), else None."""
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    return getattr(dataset, "coco", None)
+    return getattr(_unwrap(dataset), "coco", None)
 
 
-__all__ = ["DATASET_BUILDERS", "build_dataset", "get_coco_api_from_dataset"]
+def dataset_id2label(dataset: torch.utils.data.Dataset) -> dict[int, str]:
+    """``{category id: class name}`` of a data set built here (for checkpoints and predictions)."""
+    return dict(getattr(_unwrap(dataset), "id2label", {}))
+
+
+def max_category_id(dataset: torch.utils.data.Dataset) -> int:
+    """The largest category id of a data set's categories and annotations (-1 when it has none)."""
+    return int(getattr(_unwrap(dataset), "max_category_id", -1))
+
+
+def check_num_classes(num_classes: int, source: str, splits: Mapping[str, torch.utils.data.Dataset | None]) -> None:
+    """Stop before training when a split (``{"train": ds, "val": ds}``; ``None`` entries skipped) has a
+    category id >= ``num_classes`` (which came from ``source``): one ``DatasetError`` naming each."""
+    problems = []
+    for name, ds in splits.items():
+        if ds is None:
+            continue
+        top = max_category_id(ds)
+        if top >= num_classes:
+            where = getattr(_unwrap(ds), "ann_file", name)
+            what = (
+                f"has category id {top} in the {name} split, but num_classes is {num_classes} (from {source}); "
+                f"pass --num_classes {top + 1} or more"
+            )
+            problems.append(Problem(str(where), what))
+    raise_if_problems(problems, "num_classes")
+
+
+__all__ = [
+    "DATASET_BUILDERS",
+    "DataConfig",
+    "DatasetError",
+    "build_dataset",
+    "build_datasets",
+    "check_num_classes",
+    "data_config_from_args",
+    "dataset_id2label",
+    "get_coco_api_from_dataset",
+    "max_category_id",
+]

@@ -1,4 +1,5 @@
-"""COCO detection data set: annotation-file validation, target conversion and the DETR transforms.
+"""COCO detection data set: annotation-file checks and normalisation, target conversion, the DETR
+transforms, and the one detection data set class that every box format (COCO, VOC, YOLO) uses.
 
 Implements the official DETR ``datasets/coco.py`` (``CocoDetection``, ``ConvertCocoPolysToMask``,
 ``make_coco_transforms``, ``build``) with the same targets: crowd annotations are removed,
@@ -6,22 +7,42 @@ Implements the official DETR ``datasets/coco.py`` (``CocoDetection``, ``ConvertC
 ``y1 <= y0`` are removed, polygons / RLEs become ``[N, H, W]`` uint8 masks with ``--masks``, and
 images without annotations are kept (with empty targets). Differences from the official code:
 
-* ``validate_coco_file`` checks an annotation file up front (exists, is JSON, has the COCO
-  structure, every annotation has ``bbox``/``image_id``/``category_id`` and points to a known image,
-  category ids are below ``num_classes``) and raises ``DatasetError`` naming the file and the
-  offending annotation / category id, instead of failing later inside pycocotools or the loss.
-  The file is parsed once: ``CocoDetection`` builds its ``COCO`` index from the validated dict.
+* **Every problem at once.** ``collect_coco_problems`` checks an annotation file (COCO structure;
+  every annotation has ``bbox``/``image_id``/``category_id``, a finite box, a known image and a
+  listed category below ``num_classes``; unique ids) and returns all problems, each naming the file
+  and the image / annotation id; ``check_coco_dict`` / ``validate_coco_file`` raise them as one
+  ``DatasetError``. ``build`` adds the image check of ``datasets.check`` (files present and
+  decodable, JSON ``width``/``height`` equal to the displayed image size) before anything trains.
+* **Normalised at load** (``normalize_coco_dict``, each fix counted in the log) so that pycocotools
+  never fails later: image ids that are not integers (e.g. strings) are numbered ``1..N`` in file
+  order (the original kept as ``original_id``); annotations without ``id`` get new ids; a missing
+  ``area`` is computed (segmentation area, else box area); a missing ``iscrowd`` is 0; a missing
+  image ``width``/``height`` is read from the image file.
+* **Custom paths**: ``--train_images/--train_annotations/--val_images/--val_annotations`` replace
+  the ``coco_path`` layout per split. Sparse category ids work (``num_classes`` = max id + 1).
+* **Class names**: ``CocoDetection.id2label`` (``{category id: name}``) and ``max_category_id``
+  (over the categories and the annotations) for the checkpoint and the ``--num_classes`` check.
+* **Images** decode through ``datasets.images`` (EXIF orientation applied, 16-bit scaled, the
+  documented mode policy, ``--cache_mode``). An image that cannot be decoded is skipped: its
+  sample is replaced by the next readable one in index order (batches keep their size, the order
+  stays deterministic), with a warning naming the file, up to ``--max_bad_images``.
 * Degenerate boxes (zero or negative width/height before or after clamping to the image) are
-  counted: at construction (``CocoDetection.num_degenerate_boxes``, ``degenerate_ann_ids``,
-  ``count_degenerate_annotations()``) and while loading (``ConvertCocoPolysToMask.num_dropped_boxes``).
+  counted: at construction (``num_degenerate_boxes``, ``degenerate_ann_ids``) and while loading
+  (``ConvertCocoPolysToMask.num_dropped_boxes``).
 * Compressed RLE segmentations (string ``counts``) are decoded as well as polygons and
   uncompressed RLEs; keypoints are not converted (DETR does not use them).
-* ``make_coco_transforms`` takes ``scales`` / ``max_size`` / ``val_size`` so small demo images can
-  be trained at ~100 px; the defaults are the official 480..800 / 1333 / 800.
+* ``make_coco_transforms`` takes ``scales`` / ``max_size`` / ``val_size`` so small images can be
+  trained at ~100 px; the defaults are the official 480..800 / 1333 / 800.
+
+``build_detection`` is the pipeline shared by the COCO, VOC and YOLO builders: a COCO dict (parsed
+or converted), its image folder and the conversion's own problems in; a checked ``CocoDetection``
+out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -37,22 +58,44 @@ from pycocotools.coco import COCO
 from torch import Tensor
 
 import datasets.transforms as T
+from datasets.config import (
+    OFFICIAL_MAX_SIZE,
+    OFFICIAL_TRAIN_SCALES,
+    OFFICIAL_VAL_SIZE,
+    DataConfig,
+    data_config_from_args,
+)
+from datasets.images import ImageCache, ImageInfo, ImageSource, decode_image
+from datasets.problems import DatasetError, Problem, raise_if_problems
+from datasets.split_check import (
+    check_val_not_empty,
+    finish_split,
+    image_problems,
+    probe_images,
+    report_split,
+    unreadable_indices,
+)
 
-OFFICIAL_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-OFFICIAL_MAX_SIZE = 1333
-OFFICIAL_VAL_SIZE = 800
 # The official crop branch (resize to 400/500/600, crop 384..600) is defined for a largest scale of 800.
 _OFFICIAL_CROP_RESIZES = (400, 500, 600)
 _OFFICIAL_CROP_RANGE = (384, 600)
 
 
-class DatasetError(ValueError):
-    """A data set file is missing or malformed; the message names the file and the culprit."""
+# --------------------------------------------------------------------------------------------
+# Normalisation and validation of a COCO dict
+# --------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _valid_bbox(bbox: Any) -> bool:
+    return (
+        isinstance(bbox, (list, tuple))
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    )
 
 
 def _is_degenerate(bbox: Sequence[float], width: float, height: float) -> bool:
@@ -70,17 +113,84 @@ def degenerate_annotation_ids(coco_dict: dict[str, Any]) -> list[int]:
     reported by their index in ``annotations`` (negated minus one, i.e. index 3 -> -4).
     """
     sizes = {
-        img["id"]: (float(img.get("width", math.inf)), float(img.get("height", math.inf)))
+        img["id"]: (float(img.get("width") or math.inf), float(img.get("height") or math.inf))
         for img in coco_dict.get("images", [])
     }
     out = []
     for index, ann in enumerate(coco_dict.get("annotations", [])):
-        if ann.get("iscrowd", 0):
+        if ann.get("iscrowd", 0) or not _valid_bbox(ann.get("bbox")):
             continue
-        width, height = sizes.get(ann["image_id"], (math.inf, math.inf))
+        width, height = sizes.get(ann.get("image_id"), (math.inf, math.inf))
         if _is_degenerate(ann["bbox"], width, height):
             out.append(int(ann.get("id", -index - 1)))
     return out
+
+
+def _segmentation_area(segmentation: Any, height: Any, width: Any) -> float | None:
+    """Pixel area of a polygon list or RLE (``None`` when it cannot be computed)."""
+    try:
+        if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
+            counts = segmentation["counts"]
+            rle = {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+            return float(coco_mask.area(rle))
+        if not segmentation or not height or not width:
+            return None
+        rles = coco_mask.frPyObjects(segmentation, int(height), int(width))
+        rle = coco_mask.merge(rles) if isinstance(rles, list) else rles
+        return float(coco_mask.area(rle))
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+
+
+def normalize_coco_dict(data: Any, path: str | os.PathLike[str]) -> list[str]:
+    """Fix in place what pycocotools needs and annotation tools often leave out; returns one log
+    note per kind of fix, with its count (see the module docstring). Malformed entries are left for
+    ``collect_coco_problems`` to report."""
+    if not isinstance(data, dict):
+        return []
+    images, annotations = data.get("images"), data.get("annotations")
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        return []
+    notes = []
+    entries = [img for img in images if isinstance(img, dict) and "id" in img]
+    old_ids = [img["id"] for img in entries]
+    hashable = all(isinstance(i, (int, float, str)) for i in old_ids)
+    if hashable and len(set(old_ids)) == len(old_ids) and not all(_is_int(i) for i in old_ids):
+        mapping = {old: new for new, old in enumerate(old_ids, start=1)}
+        example = next(i for i in old_ids if not _is_int(i))
+        for img in entries:
+            img["original_id"], img["id"] = img["id"], mapping[img["id"]]
+        for ann in annotations:
+            if isinstance(ann, dict) and isinstance(ann.get("image_id"), (int, float, str)):
+                ann["image_id"] = mapping.get(ann["image_id"], ann["image_id"])
+        notes.append(
+            f"{path}: image ids are not all integers (e.g. {example!r}): numbered 1..{len(old_ids)} in file "
+            "order (the original id kept as 'original_id')"
+        )
+
+    used = [a["id"] for a in annotations if isinstance(a, dict) and _is_int(a.get("id"))]
+    next_id = max(used, default=0) + 1
+    first, no_id, no_area, no_crowd = next_id, 0, 0, 0
+    sizes = {img["id"]: (img.get("height"), img.get("width")) for img in entries if isinstance(img["id"], int)}
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            continue
+        if "id" not in ann:
+            ann["id"], next_id, no_id = next_id, next_id + 1, no_id + 1
+        if "iscrowd" not in ann:
+            ann["iscrowd"], no_crowd = 0, no_crowd + 1
+        if not isinstance(ann.get("area"), (int, float)) and _valid_bbox(ann.get("bbox")):
+            height, width = sizes.get(ann.get("image_id"), (None, None))
+            area = _segmentation_area(ann.get("segmentation"), height, width)
+            ann["area"] = area if area is not None else float(ann["bbox"][2]) * float(ann["bbox"][3])
+            no_area += 1
+    if no_id:
+        notes.append(f"{path}: {no_id} annotation(s) without 'id': given ids {first}..{next_id - 1}")
+    if no_area:
+        notes.append(f"{path}: {no_area} annotation(s) without 'area': computed from the segmentation or the box")
+    if no_crowd:
+        notes.append(f"{path}: {no_crowd} annotation(s) without 'iscrowd': set to 0")
+    return notes
 
 
 def _ann_name(ann: Any, index: int) -> str:
@@ -89,33 +199,45 @@ def _ann_name(ann: Any, index: int) -> str:
     return f"annotation #{index} (no id)"
 
 
-def check_coco_dict(data: Any, path: str | os.PathLike[str], num_classes: int | None = None) -> dict[str, Any]:
-    """Validate an already-parsed COCO detection dict; see ``validate_coco_file``."""
+def collect_coco_problems(
+    data: Any, path: str | os.PathLike[str], num_classes: int | None = None
+) -> tuple[list[Problem], dict[str, Any]]:
+    """Every problem of a parsed COCO detection dict (see ``validate_coco_file``) and its stats."""
     path = str(path)
     if not isinstance(data, dict):
-        raise DatasetError(
-            f"{path}: not a COCO annotation file (top level is {type(data).__name__}, expected an object)"
-        )
+        what = f"is not a COCO annotation file (top level is {type(data).__name__}, expected an object)"
+        return [Problem(path, what)], {}
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
-        raise DatasetError(f"{path}: not a COCO annotation file, missing key(s) {missing}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data[key], list):
-            raise DatasetError(f"{path}: not a COCO annotation file, '{key}' is {type(data[key]).__name__}, not a list")
+        return [Problem(path, f"is not a COCO annotation file, missing key(s) {missing}")], {}
+    problems = [
+        Problem(path, f"is not a COCO annotation file, '{key}' is {type(data[key]).__name__}, not a list")
+        for key in ("images", "annotations", "categories")
+        if not isinstance(data[key], list)
+    ]
+    if problems:
+        return problems, {}
 
-    image_ids: set[int] = set()
+    image_ids: set[Any] = set()
     for index, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise DatasetError(f"{path}: image #{index} lacks 'id' or 'file_name': {str(img)[:200]}")
-        if img["id"] in image_ids:
-            raise DatasetError(f"{path}: duplicate image id {img['id']}")
-        image_ids.add(img["id"])
+            problems.append(Problem(path, f"lacks 'id' or 'file_name': {str(img)[:200]}", f"image #{index}"))
+        elif not _is_int(img["id"]):
+            what = f"has id {img['id']!r}: image ids must be integers, or unique strings (which are renumbered)"
+            problems.append(Problem(path, what, f"image #{index}"))
+        elif img["id"] in image_ids:
+            problems.append(Problem(path, f"duplicate image id {img['id']}"))
+        else:
+            image_ids.add(img["id"])
 
     category_ids: set[int] = set()
     for index, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
-            raise DatasetError(f"{path}: category #{index} lacks an integer 'id': {str(cat)[:200]}")
-        category_ids.add(cat["id"])
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            problems.append(Problem(path, f"lacks an integer 'id': {str(cat)[:200]}", f"category #{index}"))
+        elif cat["id"] in category_ids:
+            problems.append(Problem(path, f"duplicate category id {cat['id']}"))
+        else:
+            category_ids.add(cat["id"])
 
     ann_ids: set[Any] = set()
     annotated_images: set[int] = set()
@@ -124,49 +246,57 @@ def check_coco_dict(data: Any, path: str | os.PathLike[str], num_classes: int | 
     for index, ann in enumerate(data["annotations"]):
         name = _ann_name(ann, index)
         if not isinstance(ann, dict):
-            raise DatasetError(f"{path}: {name} is not an object")
+            problems.append(Problem(path, "is not an object", name))
+            continue
         absent = [k for k in ("bbox", "image_id", "category_id") if k not in ann]
         if absent:
-            raise DatasetError(f"{path}: {name} lacks {absent}")
+            problems.append(Problem(path, f"lacks {absent}", name))
+            continue
         if "id" in ann:
             if ann["id"] in ann_ids:
-                raise DatasetError(f"{path}: duplicate annotation id {ann['id']}")
+                problems.append(Problem(path, f"duplicate annotation id {ann['id']}"))
             ann_ids.add(ann["id"])
-        bbox = ann["bbox"]
-        if (
-            not isinstance(bbox, (list, tuple))
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-        ):
-            raise DatasetError(f"{path}: {name} has an invalid bbox {bbox!r} (expected 4 finite numbers x, y, w, h)")
+        if not _valid_bbox(ann["bbox"]):
+            what = f"has an invalid bbox {ann['bbox']!r} (expected 4 finite numbers x, y, w, h)"
+            problems.append(Problem(path, what, name))
         if ann["image_id"] not in image_ids:
-            raise DatasetError(f"{path}: {name} refers to image_id {ann['image_id']!r}, which is not in 'images'")
+            problems.append(Problem(path, f"refers to image_id {ann['image_id']!r}, which is not in 'images'", name))
         cid = ann["category_id"]
-        if not isinstance(cid, int) or cid < 0:
-            raise DatasetError(f"{path}: {name} has category_id {cid!r}, expected a non-negative integer")
+        if not _is_int(cid) or cid < 0:
+            problems.append(Problem(path, f"has category_id {cid!r}, expected a non-negative integer", name))
+            continue
         if num_classes is not None and cid >= num_classes:
-            raise DatasetError(
-                f"{path}: {name} has category_id {cid} >= num_classes={num_classes} "
+            what = (
+                f"has category_id {cid} >= num_classes={num_classes} "
                 f"(num_classes must be at least the max category id + 1)"
             )
+            problems.append(Problem(path, what, name))
         if cid not in category_ids:
-            raise DatasetError(f"{path}: {name} has category_id {cid}, which is not listed in 'categories'")
+            problems.append(Problem(path, f"has category_id {cid}, which is not listed in 'categories'", name))
         max_ann_category = max(max_ann_category, cid)
         annotated_images.add(ann["image_id"])
         num_crowd += int(bool(ann.get("iscrowd", 0)))
 
-    degenerate = degenerate_annotation_ids(data)
-    return {
+    stats = {
         "file": path,
         "num_images": len(image_ids),
         "num_annotations": len(data["annotations"]),
         "num_crowd": num_crowd,
         "num_categories": len(category_ids),
         "max_category_id": max(max(category_ids, default=-1), max_ann_category),
-        "num_degenerate_boxes": len(degenerate),
-        "degenerate_ann_ids": degenerate,
         "num_images_without_annotations": len(image_ids - annotated_images),
     }
+    if not problems:
+        degenerate = degenerate_annotation_ids(data)
+        stats.update(num_degenerate_boxes=len(degenerate), degenerate_ann_ids=degenerate)
+    return problems, stats
+
+
+def check_coco_dict(data: Any, path: str | os.PathLike[str], num_classes: int | None = None) -> dict[str, Any]:
+    """Validate an already-parsed COCO detection dict; see ``validate_coco_file``."""
+    problems, stats = collect_coco_problems(data, path, num_classes)
+    raise_if_problems(problems, str(path))
+    return stats
 
 
 def load_coco_json(path: str | os.PathLike[str]) -> Any:
@@ -182,18 +312,22 @@ def load_coco_json(path: str | os.PathLike[str]) -> Any:
 
 
 def validate_coco_file(path: str | os.PathLike[str], num_classes: int | None = None) -> dict[str, Any]:
-    """Check a COCO detection annotation file before training; raise ``DatasetError`` on problems.
+    """Check a COCO detection annotation file before training; raise one ``DatasetError`` listing
+    every problem.
 
-    Errors (each message names ``path``): missing file; not JSON; not COCO (no ``images`` /
-    ``annotations`` / ``categories`` lists, image without ``id``/``file_name``, duplicate ids,
-    annotation without ``bbox``/``image_id``/``category_id``, non-numeric bbox, ``image_id`` not in
-    ``images``, ``category_id`` not in ``categories``); ``category_id >= num_classes`` when given.
+    Problems (each names ``path`` and the image / annotation): missing file; not JSON; not COCO (no
+    ``images`` / ``annotations`` / ``categories`` lists, image without ``id``/``file_name``,
+    duplicate ids, annotation without ``bbox``/``image_id``/``category_id``, non-numeric bbox,
+    ``image_id`` not in ``images``, ``category_id`` not in ``categories``); ``category_id >=
+    num_classes`` when given. The file is normalised first (``normalize_coco_dict``).
 
     Returns stats: ``file``, ``num_images``, ``num_annotations``, ``num_crowd``, ``num_categories``,
     ``max_category_id``, ``num_degenerate_boxes`` (non-crowd boxes that will be dropped),
     ``degenerate_ann_ids``, ``num_images_without_annotations``.
     """
-    return check_coco_dict(load_coco_json(path), path, num_classes)
+    data = load_coco_json(path)
+    normalize_coco_dict(data, path)
+    return check_coco_dict(data, path, num_classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,21 +404,38 @@ class ConvertCocoPolysToMask:
 # --------------------------------------------------------------------------------------------
 
 
-def _coco_from_dict(data: dict[str, Any]) -> COCO:
+def coco_from_dict(data: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` index over an in-memory dict (no file is read; index messages muted)."""
     coco = COCO()
     coco.dataset = data
-    coco.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
     return coco
 
 
-class CocoDetection(torchvision.datasets.CocoDetection):
-    """COCO images with DETR targets (see ``ConvertCocoPolysToMask``), then ``transforms``.
+def category_names(data: dict[str, Any]) -> dict[int, str]:
+    """``{category id: name}`` of a COCO dict's ``categories`` (the id as text where a name is missing)."""
+    return {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
 
-    The annotation file is validated first (``validate_coco_file``; ``DatasetError`` on problems)
-    and its stats are kept in ``self.stats``. ``num_degenerate_boxes`` / ``degenerate_ann_ids``
-    say how many boxes will be dropped as degenerate; ``num_dropped_boxes`` counts the drops
-    actually made by ``__getitem__`` in this process.
+
+class CocoDetection(torchvision.datasets.CocoDetection):
+    """COCO-format images with DETR targets (see ``ConvertCocoPolysToMask``), then ``transforms``.
+
+    Built from ``ann_file`` (read, normalised and validated: ``DatasetError`` on problems), or from
+    ``data``, a dict already normalised and checked by ``build_detection`` (``ann_file`` then only
+    names the source in messages). Image ``i`` is ``img_folder / file_name`` of the ``i``-th image id
+    in increasing order. ``cache``: an ``ImageCache`` over those paths; ``bad``: ``{index: reason}``
+    of images the start-up check found unreadable (replaced by the next readable image);
+    ``max_bad_images``: the fraction of unreadable images tolerated at load time.
+
+    ``stats`` holds the validation stats, ``id2label`` the class names, ``max_category_id`` the
+    largest category id of the categories and annotations. ``num_degenerate_boxes`` /
+    ``degenerate_ann_ids`` say how many boxes will be dropped as degenerate; ``num_dropped_boxes``
+    counts the drops actually made by ``__getitem__`` in this process. ``voc_use_07_metric`` is set
+    by ``datasets.voc`` (``None`` otherwise): the data set is then also scored by ``datasets.voc_eval``.
     """
+
+    voc_use_07_metric: bool | None = None
 
     def __init__(
         self,
@@ -293,21 +444,42 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         transforms: Any | None,
         return_masks: bool,
         num_classes: int | None = None,
+        *,
+        data: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+        cache: ImageCache | None = None,
+        bad: dict[int, str] | None = None,
+        max_bad_images: float = DataConfig.max_bad_images,
     ) -> None:
-        data = load_coco_json(ann_file)
-        self.stats = check_coco_dict(data, ann_file, num_classes)
+        if data is None:
+            data = load_coco_json(ann_file)
+            normalize_coco_dict(data, ann_file)
+            stats = check_coco_dict(data, ann_file, num_classes)
         if not Path(img_folder).is_dir():
             raise DatasetError(f"image folder not found: {img_folder} (for annotation file {ann_file})")
         # Same state as torchvision.datasets.CocoDetection.__init__, with the COCO index built from the
         # dict parsed above instead of re-reading the file.
         torchvision.datasets.VisionDataset.__init__(self, str(img_folder))
-        self.coco = _coco_from_dict(data)
+        self.coco = coco_from_dict(data)
         self.ids = sorted(self.coco.imgs.keys())
+        self.stats = stats if stats is not None else collect_coco_problems(data, ann_file)[1]
         self.ann_file = str(ann_file)
         self.img_folder = str(img_folder)
         self._transforms = transforms
         self.prepare = ConvertCocoPolysToMask(return_masks)
-        self.degenerate_ann_ids: list[int] = list(self.stats["degenerate_ann_ids"])
+        self.degenerate_ann_ids: list[int] = list(self.stats.get("degenerate_ann_ids", []))
+        self.id2label = category_names(data)
+        paths = [os.path.join(self.root, self.coco.imgs[i]["file_name"]) for i in self.ids]
+
+        def describe(i: int) -> str:
+            return f"{paths[i]} (image id {self.ids[i]} in {self.ann_file})"
+
+        self.image_source = ImageSource(paths, cache, max_bad_images, describe, bad)
+
+    @property
+    def max_category_id(self) -> int:
+        """The largest category id of the categories and annotations (-1 when there is none)."""
+        return int(self.stats.get("max_category_id", -1))
 
     @property
     def num_degenerate_boxes(self) -> int:
@@ -325,18 +497,80 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         return self.num_degenerate_boxes
 
     def _load_image(self, id: int) -> PIL.Image.Image:  # noqa: A002 (torchvision's signature)
-        path = os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"])
-        try:
-            return PIL.Image.open(path).convert("RGB")
-        except FileNotFoundError as e:
-            raise DatasetError(f"image file not found: {path} (image id {id} in {self.ann_file})") from e
+        """Image ``id`` decoded with the ``datasets.images`` policy (``DatasetError`` if unreadable)."""
+        return decode_image(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]))
 
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
-        img, anns = super().__getitem__(idx)
-        img, target = self.prepare(img, {"image_id": self.ids[idx], "annotations": anns})
+        used, img = self.image_source.load(idx)
+        image_id = self.ids[used]
+        anns = self._load_target(image_id)
+        img, target = self.prepare(img, {"image_id": image_id, "annotations": anns})
         if self._transforms is not None:
             img, target = self._transforms(img, target)
         return img, target
+
+
+def build_detection(
+    data: Any,
+    img_folder: str | os.PathLike[str],
+    ann_file: str | os.PathLike[str],
+    image_set: str,
+    cfg: DataConfig,
+    *,
+    problems: Iterable[Problem] = (),
+    notes: Iterable[str] = (),
+    infos: dict[str, ImageInfo | None] | None = None,
+    cache: ImageCache | None = None,
+) -> CocoDetection:
+    """The checked data set of one split of any box format (see the module docstring).
+
+    ``data``: the COCO dict (parsed from ``ann_file`` or converted from another format; normalised
+    and completed in place); ``problems`` / ``notes``: what the format's reader already found;
+    ``infos`` (image path -> probe) / ``cache``: when the reader already probed / cached the images. Runs
+    the annotation check, the image check (``cfg.check_images``) and raises one ``DatasetError``
+    listing every fatal problem (or too many unreadable images).
+    """
+    ann_file = str(ann_file)
+    problems = list(problems)
+    notes = list(notes) + normalize_coco_dict(data, ann_file)
+    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes)
+    problems += ann_problems
+    if not Path(img_folder).is_dir():
+        problems.append(Problem(str(img_folder), f"image folder not found (for {ann_file})"))
+    images_ok = isinstance(data, dict) and isinstance(data.get("images"), list) and Path(img_folder).is_dir()
+    by_id = {}
+    if images_ok:
+        by_id = {img["id"]: img for img in data["images"] if isinstance(img, dict) and _is_int(img.get("id"))}
+        by_id = {i: img for i, img in by_id.items() if "file_name" in img}
+    ids = sorted(by_id)
+    paths = [os.path.join(str(img_folder), str(by_id[i]["file_name"])) for i in ids]
+    if infos is None:
+        if cfg.cache_mode and paths:
+            cache = ImageCache(paths, cfg.rank, cfg.world_size)
+            notes.append(cache.describe())
+        probes = probe_images(paths, cfg, cache, label=f"data: {image_set}: ")
+    else:
+        probes = [infos.get(p) for p in paths]
+    img_problems, img_notes = image_problems([by_id[i] for i in ids], paths, probes, ann_file)
+    problems += img_problems
+    notes += img_notes
+    bad_problems = finish_split(image_set, ann_file, problems, notes, len(ids), cfg)
+    check_val_not_empty(image_set, ann_file, len(ids), stats.get("num_annotations", 0))
+    report_split(image_set, ann_file, len(ids), len(bad_problems), stats)
+    degenerate = degenerate_annotation_ids(data)  # sizes may have been read from the images
+    stats.update(num_degenerate_boxes=len(degenerate), degenerate_ann_ids=degenerate)
+    bad = unreadable_indices(paths, bad_problems)
+    return CocoDetection(
+        img_folder,
+        ann_file,
+        transforms=transforms_from_config(image_set, cfg),
+        return_masks=cfg.masks,
+        data=data,
+        stats=stats,
+        cache=cache,
+        bad=bad,
+        max_bad_images=cfg.max_bad_images,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,20 +620,21 @@ def make_coco_transforms(
     raise ValueError(f"unknown image_set {image_set!r}, expected 'train' or 'val'")
 
 
+def transforms_from_config(image_set: str, cfg: DataConfig) -> T.Compose:
+    """``make_coco_transforms`` with the sizes of ``cfg`` (``train_scales``, ``max_size``, ``val_size``)."""
+    return make_coco_transforms(image_set, max_size=cfg.max_size, scales=cfg.train_scales, val_size=cfg.val_size)
+
+
 def transforms_from_args(image_set: str, args: Any) -> T.Compose:
     """``make_coco_transforms`` with ``args.train_scales`` / ``max_size`` / ``val_size`` (official
     values where absent or None)."""
+    return transforms_from_config(image_set, data_config_from_args(args))
 
-    def arg(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
 
-    return make_coco_transforms(
-        image_set,
-        max_size=int(arg("max_size", OFFICIAL_MAX_SIZE)),
-        scales=[int(s) for s in arg("train_scales", OFFICIAL_TRAIN_SCALES)],
-        val_size=int(arg("val_size", OFFICIAL_VAL_SIZE)),
-    )
+def as_config(cfg: DataConfig | Any) -> DataConfig:
+    """A ``DataConfig`` as is; anything else (the official ``args`` of ``build(image_set, args)``)
+    through ``data_config_from_args``."""
+    return cfg if isinstance(cfg, DataConfig) else data_config_from_args(cfg)
 
 
 def coco_paths(root: str | os.PathLike[str]) -> dict[str, tuple[Path, Path]]:
@@ -411,43 +646,58 @@ def coco_paths(root: str | os.PathLike[str]) -> dict[str, tuple[Path, Path]]:
     }
 
 
-def build(image_set: str, args: Any) -> CocoDetection:
-    """Build the ``"train"`` or ``"val"`` COCO 2017 split under ``args.coco_path``.
+def coco_split_paths(image_set: str, cfg: DataConfig) -> tuple[Path, Path]:
+    """``(images dir, annotation file)`` of a split: ``--{split}_images`` / ``--{split}_annotations``
+    where given, else the ``--coco_path`` layout."""
+    if image_set not in ("train", "val"):
+        raise ValueError(f"unknown image_set {image_set!r}, expected one of ['train', 'val']")
+    images = getattr(cfg, f"{image_set}_images")
+    annotations = getattr(cfg, f"{image_set}_annotations")
+    if images is None or annotations is None:
+        if not cfg.coco_path:
+            raise DatasetError(
+                f"dataset_file 'coco' needs --coco_path (COCO layout) or --{image_set}_images and "
+                f"--{image_set}_annotations"
+            )
+        root = Path(cfg.coco_path)
+        if not root.exists():
+            raise DatasetError(f"provided COCO path {root} does not exist")
+        default_images, default_annotations = coco_paths(root)[image_set]
+        images = images if images is not None else default_images
+        annotations = annotations if annotations is not None else default_annotations
+    return Path(images), Path(annotations)
 
-    Reads ``args.coco_path`` (required), ``args.masks`` (default False) and the optional
-    ``args.num_classes`` (validation of category ids), ``args.train_scales``, ``args.max_size``,
-    ``args.val_size`` (official defaults when absent or None).
-    """
-    coco_path = getattr(args, "coco_path", None)
-    if not coco_path:
-        raise DatasetError("--coco_path is required for dataset_file 'coco'")
-    root = Path(coco_path)
-    if not root.exists():
-        raise DatasetError(f"provided COCO path {root} does not exist")
-    paths = coco_paths(root)
-    if image_set not in paths:
-        raise ValueError(f"unknown image_set {image_set!r}, expected one of {sorted(paths)}")
-    img_folder, ann_file = paths[image_set]
-    return CocoDetection(
-        img_folder,
-        ann_file,
-        transforms=transforms_from_args(image_set, args),
-        return_masks=bool(getattr(args, "masks", False)),
-        num_classes=getattr(args, "num_classes", None),
-    )
+
+def build(image_set: str, cfg: DataConfig | Any) -> CocoDetection:
+    """Build the checked ``"train"`` or ``"val"`` split of a COCO-format data set (``cfg``: a
+    ``DataConfig``, or the official ``args``): ``coco_split_paths`` says where it is."""
+    cfg = as_config(cfg)
+    img_folder, ann_file = coco_split_paths(image_set, cfg)
+    return build_detection(load_coco_json(ann_file), img_folder, ann_file, image_set, cfg)
 
 
 __all__ = [
     "CocoDetection",
     "ConvertCocoPolysToMask",
     "DatasetError",
+    "OFFICIAL_MAX_SIZE",
+    "OFFICIAL_TRAIN_SCALES",
+    "OFFICIAL_VAL_SIZE",
+    "as_config",
     "build",
+    "build_detection",
+    "category_names",
     "check_coco_dict",
+    "coco_from_dict",
     "coco_paths",
-    "transforms_from_args",
+    "coco_split_paths",
+    "collect_coco_problems",
     "convert_coco_poly_to_mask",
     "degenerate_annotation_ids",
     "load_coco_json",
     "make_coco_transforms",
+    "normalize_coco_dict",
+    "transforms_from_args",
+    "transforms_from_config",
     "validate_coco_file",
 ]

@@ -13,10 +13,19 @@ Differences from the official code:
 
 * Images are looked up by ``image_id`` in the json's ``images`` (official: the PNG's name with
   ``.jpg``, assuming ``images`` and ``annotations`` align once sorted), so PNG images work too.
-* Bad input raises ``ValueError`` naming the file and the segment: a PNG that is missing, a segment
-  of ``segments_info`` absent from the PNG, a non-void id of the PNG absent from ``segments_info``,
-  a segment whose category is not listed, a category without ``isthing``, an image without an
-  entry in ``annotations``. Images without segments (all void) and with only stuff work.
+* Bad input raises ``DatasetError`` (a ``ValueError``, as for ``coco``) naming the file and the
+  segment, with every problem of the annotation file listed at once: a category without
+  ``isthing``, a segment whose category is not listed, an image without an entry in
+  ``annotations``, missing folders. ``build`` also runs the start-up check of ``datasets.check``
+  on every image and PNG: a missing or unreadable PNG, a PNG whose size differs from its image's
+  (displayed) size, JSON ``width``/``height`` different from the image; with ``--check_images
+  full`` also segments of ``segments_info`` absent from the PNG and PNG ids absent from
+  ``segments_info`` (otherwise found when the sample is loaded). Images without segments (all void)
+  and with only stuff work.
+* Images decode through ``datasets.images`` (EXIF orientation, 16-bit, mode policy,
+  ``--cache_mode`` for the images; PNGs are read from disk), and an unreadable image is replaced
+  by the next readable one, up to ``--max_bad_images``, as in ``datasets.coco``. ``id2label`` and
+  ``max_category_id`` come from the panoptic categories and segments.
 * ``is_thing_map()`` gives ``{category_id: bool}`` from the categories' ``isthing``; ``main.py``
   builds the panoptic post-processor from it (the official code hard-codes
   ``{i: i <= 90 for i in range(201)}``, true only for COCO).
@@ -38,34 +47,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from datasets.coco import transforms_from_args
+from datasets.coco import as_config, category_names, coco_from_dict, transforms_from_config
+from datasets.config import DataConfig
+from datasets.images import ImageCache, ImageSource, probe_image
+from datasets.problems import DatasetError, Problem, raise_if_problems
+from datasets.split_check import (
+    check_val_not_empty,
+    finish_split,
+    image_problems,
+    probe_images,
+    report_split,
+    unreadable_indices,
+)
 from util.box_ops import masks_to_boxes
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` uint8 -> ``[H, W]`` int64 segment ids ``R + 256 G + 256^2 B``."""
-    c = np.asarray(color).astype(np.int64)
-    if c.ndim == 3:
-        return c[..., 0] + 256 * c[..., 1] + 256 * 256 * c[..., 2]
-    return c
-
-
-def _coco_from_dict(data: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = data
-    coco.createIndex()
-    return coco
+from util.panoptic import read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-exported)
 
 
 class CocoPanoptic:
     """COCO panoptic images and targets (see the module docstring). ``img_folder``: images;
     ``ann_folder``: panoptic PNGs; ``ann_file``: panoptic json; ``detection_file``: optional
-    detection-format json for ``coco``."""
+    detection-format json for ``coco``; ``cache`` / ``bad`` / ``max_bad_images``: as for
+    ``datasets.coco.CocoDetection``. Raises one ``DatasetError`` listing every problem of the json."""
 
     def __init__(
         self,
@@ -75,6 +81,10 @@ class CocoPanoptic:
         transforms: Any | None = None,
         return_masks: bool = True,
         detection_file: str | os.PathLike[str] | None = None,
+        *,
+        cache: ImageCache | None = None,
+        bad: dict[int, str] | None = None,
+        max_bad_images: float = DataConfig.max_bad_images,
     ) -> None:
         self.img_folder = Path(img_folder)
         self.ann_folder = Path(ann_folder)
@@ -82,25 +92,19 @@ class CocoPanoptic:
         self.detection_file = Path(detection_file) if detection_file is not None else None
         self._transforms = transforms
         self.return_masks = return_masks
-        if not self.ann_file.is_file():
-            raise ValueError(f"panoptic annotation file not found: {self.ann_file}")
-        try:
-            with open(self.ann_file, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.ann_file}: not a valid JSON file ({e})") from e
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise ValueError(f"{self.ann_file}: not a COCO panoptic file, '{key}' missing or not a list")
+        data = _load_panoptic_json(self.ann_file)
+        problems = []
         if not self.img_folder.is_dir():
-            raise ValueError(f"image folder not found: {self.img_folder} (for {self.ann_file})")
+            problems.append(Problem(str(self.img_folder), f"image folder not found (for {self.ann_file})"))
         if not self.ann_folder.is_dir():
-            raise ValueError(f"panoptic PNG folder not found: {self.ann_folder} (for {self.ann_file})")
+            problems.append(Problem(str(self.ann_folder), f"panoptic PNG folder not found (for {self.ann_file})"))
         self.dataset = data
         self.categories = {int(c["id"]): c for c in data["categories"]}
         for cid, cat in self.categories.items():
             if "isthing" not in cat:
-                raise ValueError(f"{self.ann_file}: category {cid} ({cat.get('name', '?')}) has no 'isthing'")
+                problems.append(
+                    Problem(str(self.ann_file), "has no 'isthing'", f"category {cid} ({cat.get('name', '?')})")
+                )
         self.images = sorted(data["images"], key=lambda im: im["id"])
         self.ids = [im["id"] for im in self.images]
         ann_by_image = {a["image_id"]: a for a in data["annotations"]}
@@ -108,14 +112,25 @@ class CocoPanoptic:
         for im in self.images:
             ann = ann_by_image.get(im["id"])
             if ann is None:
-                raise ValueError(f"{self.ann_file}: image {im['id']} ({im['file_name']}) has no panoptic annotation")
+                where = f"image {im['id']} ({im['file_name']})"
+                problems.append(Problem(str(self.ann_file), "has no panoptic annotation", where))
+                continue
             for seg in ann.get("segments_info", []):
                 if seg.get("category_id") not in self.categories:
-                    raise ValueError(
-                        f"{self.ann_file}: {ann['file_name']}: segment id {seg.get('id')} has category_id "
-                        f"{seg.get('category_id')}, which is not in 'categories'"
-                    )
+                    what = f"has category_id {seg.get('category_id')}, which is not in 'categories'"
+                    where = f"{ann['file_name']}: segment id {seg.get('id')}"
+                    problems.append(Problem(str(self.ann_file), what, where))
             self.annotations.append(ann)
+        raise_if_problems(problems, str(self.ann_file))
+        self.id2label = category_names(data)
+        segment_ids = [int(s["category_id"]) for a in self.annotations for s in a.get("segments_info", [])]
+        self.max_category_id = max([*self.categories, *segment_ids], default=-1)
+        paths = [str(self.img_folder / im["file_name"]) for im in self.images]
+
+        def describe(i: int) -> str:
+            return f"{paths[i]} (image {self.ids[i]} in {self.ann_file})"
+
+        self.image_source = ImageSource(paths, cache, max_bad_images, describe, bad)
         self._coco: COCO | None = None
 
     def __len__(self) -> int:
@@ -134,30 +149,21 @@ class CocoPanoptic:
         ann = self.annotations[idx]
         path = self.ann_folder / ann["file_name"]
         if not path.is_file():
-            raise ValueError(f"panoptic PNG not found: {path} (image {ann['image_id']} in {self.ann_file})")
-        with PIL.Image.open(path) as png:
-            id_map = rgb2id(np.asarray(png.convert("RGB")))
+            raise DatasetError(f"panoptic PNG not found: {path} (image {ann['image_id']} in {self.ann_file})")
+        id_map = read_panoptic_png(path)
         segments = list(ann.get("segments_info", []))
-        present = set(np.unique(id_map).tolist())
-        listed = {int(s["id"]) for s in segments}
-        for seg in segments:
-            if int(seg["id"]) not in present:
-                raise ValueError(f"{path}: segment id {seg['id']} of segments_info does not occur in the PNG")
-        extra = sorted(present - listed - {0})
-        if extra:
-            raise ValueError(f"{path}: segment id {extra[0]} occurs in the PNG but not in segments_info")
+        problems = segment_problems(id_map, segments, str(path))
+        raise_if_problems(problems, str(path))
         return id_map, segments
 
     def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        idx, img = self.image_source.load(idx)
         img_info = self.images[idx]
         img_path = self.img_folder / img_info["file_name"]
-        if not img_path.is_file():
-            raise ValueError(f"image file not found: {img_path} (image {img_info['id']} in {self.ann_file})")
-        img = PIL.Image.open(img_path).convert("RGB")
         w, h = img.size
         id_map, segments = self.load_segments(idx)
         if id_map.shape != (h, w):
-            raise ValueError(
+            raise DatasetError(
                 f"{self.ann_folder / self.annotations[idx]['file_name']}: PNG is {id_map.shape[1]}x{id_map.shape[0]}, "
                 f"image {img_path} is {w}x{h}"
             )
@@ -196,7 +202,7 @@ class CocoPanoptic:
                 ]
             else:
                 data = self.detection_dict()
-            self._coco = _coco_from_dict(data)
+            self._coco = coco_from_dict(data)
         return self._coco
 
     def detection_dict(self) -> dict[str, Any]:
@@ -225,6 +231,38 @@ class CocoPanoptic:
         }
 
 
+def _load_panoptic_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetError(f"panoptic annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not a valid JSON file ({e})") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: not a COCO panoptic file (top level is {type(data).__name__})")
+    missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
+    if missing:
+        raise DatasetError(f"{path}: not a COCO panoptic file, {missing} missing or not a list")
+    return data
+
+
+def segment_problems(id_map: np.ndarray, segments: list[dict[str, Any]], png: str) -> list[Problem]:
+    """Disagreements between a panoptic PNG's ids and its ``segments_info``."""
+    present = set(np.unique(id_map).tolist())
+    listed = {int(s["id"]) for s in segments}
+    problems = [
+        Problem(png, "of segments_info does not occur in the PNG", f"segment id {s['id']}")
+        for s in segments
+        if int(s["id"]) not in present
+    ]
+    problems += [
+        Problem(png, "occurs in the PNG but not in segments_info", f"segment id {i}")
+        for i in sorted(present - listed - {0})
+    ]
+    return problems
+
+
 def panoptic_paths(coco_path: str | os.PathLike[str], coco_panoptic_path: str | os.PathLike[str]) -> dict:
     """``{split: (image folder, PNG folder, panoptic json, detection json)}`` in the official layout."""
     img_root, pan_root = Path(coco_path), Path(coco_panoptic_path)
@@ -239,27 +277,66 @@ def panoptic_paths(coco_path: str | os.PathLike[str], coco_panoptic_path: str | 
     }
 
 
-def build(image_set: str, args: Any) -> CocoPanoptic:
-    """Split ``image_set`` of COCO panoptic under ``args.coco_path`` / ``args.coco_panoptic_path``
-    (``--masks`` decides whether targets carry masks; ``--train_scales`` / ``--val_size`` /
-    ``--max_size`` as for ``coco``)."""
-    coco_path = getattr(args, "coco_path", None)
-    pan_path = getattr(args, "coco_panoptic_path", None)
-    if not coco_path or not pan_path:
-        raise ValueError("dataset_file 'coco_panoptic' needs --coco_path (images) and --coco_panoptic_path")
-    paths = panoptic_paths(coco_path, pan_path)
+def _png_problems(ds: CocoPanoptic, cfg: DataConfig, infos: list[Any]) -> list[Problem]:
+    """Each panoptic PNG: present, readable, the size of its image (``infos``: the images' probes);
+    with ``--check_images full`` also its ids against ``segments_info``."""
+    if cfg.check_images == "none":
+        return []
+    problems = []
+    for img, ann, img_info in zip(ds.images, ds.annotations, infos):
+        png = ds.ann_folder / ann["file_name"]
+        where = f"image {img['id']} ({img['file_name']})"
+        info = probe_image(png, full=cfg.check_images == "full")
+        expected = (img_info.width, img_info.height) if img_info is not None and img_info.error is None else None
+        if info.error is not None:
+            what = "has no panoptic PNG" if info.error == "is not found" else f"has an unusable PNG ({info.error})"
+            problems.append(Problem(str(png), what, where))
+        elif expected is not None and (info.width, info.height) != expected:
+            what = f"has a {info.width}x{info.height} PNG but is {expected[0]}x{expected[1]}"
+            problems.append(Problem(str(png), what, where))
+        elif cfg.check_images == "full":
+            problems += segment_problems(read_panoptic_png(png), list(ann.get("segments_info", [])), str(png))
+    return problems
+
+
+def build(image_set: str, cfg: DataConfig | Any) -> CocoPanoptic:
+    """Split ``image_set`` of COCO panoptic under ``coco_path`` / ``coco_panoptic_path``, checked
+    (``cfg``: a ``DataConfig`` or the official ``args``; ``masks`` decides whether targets carry
+    masks; ``train_scales`` / ``val_size`` / ``max_size`` as for ``coco``)."""
+    cfg = as_config(cfg)
+    if not cfg.coco_path or not cfg.coco_panoptic_path:
+        raise DatasetError("dataset_file 'coco_panoptic' needs --coco_path (images) and --coco_panoptic_path")
+    paths = panoptic_paths(cfg.coco_path, cfg.coco_panoptic_path)
     if image_set not in paths:
         raise ValueError(f"unknown image_set {image_set!r}, expected one of {sorted(paths)}")
     img_folder, ann_folder, ann_file, det_file = paths[image_set]
-    transforms = transforms_from_args(image_set, args)
-    return CocoPanoptic(
+    ds = CocoPanoptic(
         img_folder,
         ann_folder,
         ann_file,
-        transforms=transforms,
-        return_masks=bool(getattr(args, "masks", False)),
+        transforms=transforms_from_config(image_set, cfg),
+        return_masks=cfg.masks,
         detection_file=det_file,
+        max_bad_images=cfg.max_bad_images,
     )
+    image_paths = ds.image_source.paths
+    if cfg.cache_mode and image_paths:
+        ds.image_source.cache = ImageCache(image_paths, cfg.rank, cfg.world_size)
+        print(f"data: {image_set}: {ds.image_source.cache.describe()}", flush=True)
+    infos = probe_images(image_paths, cfg, ds.image_source.cache, label=f"data: {image_set}: ")
+    problems, notes = image_problems(ds.images, image_paths, infos, str(ann_file))
+    problems += _png_problems(ds, cfg, infos)
+    bad_problems = finish_split(image_set, str(ann_file), problems, notes, len(image_paths), cfg)
+    num_segments = sum(len(a.get("segments_info", [])) for a in ds.annotations)
+    check_val_not_empty(image_set, str(ann_file), len(image_paths), num_segments)
+    stats = {
+        "num_annotations": num_segments,
+        "num_categories": len(ds.categories),
+        "max_category_id": ds.max_category_id,
+    }
+    report_split(image_set, str(ann_file), len(image_paths), len(bad_problems), stats)
+    ds.image_source.bad.update(unreadable_indices(image_paths, bad_problems))
+    return ds
 
 
-__all__ = ["CocoPanoptic", "build", "panoptic_paths", "rgb2id"]
+__all__ = ["CocoPanoptic", "build", "panoptic_paths", "rgb2id", "segment_problems"]

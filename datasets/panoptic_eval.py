@@ -35,27 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from util import distributed as dist_utils
+from util.panoptic import read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-exported)
 
 VOID = 0
 OFFSET = 256 * 256 * 256
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` uint8 -> ``[H, W]`` int64 ids ``R + 256 G + 256^2 B``."""
-    c = np.asarray(color)
-    if c.ndim == 3 and c.shape[-1] >= 3:
-        c = c[..., :3].astype(np.int64)
-        return c[..., 0] + 256 * c[..., 1] + 256 * 256 * c[..., 2]
-    return c.astype(np.int64)
-
-
-def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a COCO panoptic PNG as ``[H, W]`` int64 segment ids."""
-    with Image.open(path) as img:
-        return rgb2id(np.asarray(img.convert("RGB")))
 
 
 class _Stat:

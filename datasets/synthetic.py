@@ -9,14 +9,16 @@ Not part of the official DETR code. ``generate_synthetic_coco(out_dir, ...)`` wr
 so that ``main.py --coco_path out_dir`` reads it like real COCO. Each image has a dark noisy
 background and 1-4 objects of three categories that differ in both shape and colour
 (1 "red rectangle", 2 "green ellipse", 3 "blue triangle"), with sides drawn in [1/6, 1/2] of the
-image side. Objects may overlap partially (pairwise box IoU at most ``MAX_PAIR_IOU``; later objects
+image side. ``task="shapes5"`` is another task for fine-tuning experiments: five categories whose
+shape alone or colour alone does not tell the class (the three above plus 4 "yellow ellipse" and
+5 "cyan rectangle"). Objects may overlap partially (pairwise box IoU at most ``MAX_PAIR_IOU``; later objects
 are painted over earlier ones). Annotations are amodal: ``segmentation`` is the shape's polygon,
 ``bbox`` the tight box around all pixels of the shape as drawn (before occlusion), ``area`` its
 pixel count. Shapes are rasterized with numpy at pixel centres, the convention pycocotools uses,
 so decoded polygons match the drawn pixels. Each image uses its own generator seeded with
 ``(seed, index)`` (validation: ``(val_seed, index)``): the output depends only on the parameters.
 
-CLI: ``python -m datasets.synthetic --out DIR --num_train N --num_val M --size S --seed K``.
+CLI: ``python -m datasets.synthetic --out DIR --num_train N --num_val M --size S --seed K [--task shapes5]``.
 """
 
 from __future__ import annotations
@@ -36,20 +38,36 @@ MAX_PAIR_IOU = 0.3
 _PLACEMENT_TRIES = 20
 _ELLIPSE_VERTICES = 32
 
-CATEGORIES: list[dict[str, Any]] = [
-    {"id": 1, "name": "red rectangle", "supercategory": "shape"},
-    {"id": 2, "name": "green ellipse", "supercategory": "shape"},
-    {"id": 3, "name": "blue triangle", "supercategory": "shape"},
+# task -> categories: (name, shape, base RGB colour; each object gets a jittered version of it)
+TASKS: dict[str, list[tuple[str, str, tuple[int, int, int]]]] = {
+    "shapes": [
+        ("red rectangle", "rectangle", (220, 40, 40)),
+        ("green ellipse", "ellipse", (40, 200, 60)),
+        ("blue triangle", "triangle", (50, 90, 230)),
+    ],
+}
+TASKS["shapes5"] = [
+    *TASKS["shapes"],
+    ("yellow ellipse", "ellipse", (225, 205, 40)),
+    ("cyan rectangle", "rectangle", (40, 200, 210)),
 ]
-# Base RGB colour of each category; each object gets a jittered version of it.
-_COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 90, 230)}
 
 
-def _shape_polygon(category_id: int, x: float, y: float, w: float, h: float, rng: np.random.Generator) -> np.ndarray:
+def categories(task: str = "shapes") -> list[dict[str, Any]]:
+    """The COCO ``categories`` of ``task`` (ids from 1)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; known: {sorted(TASKS)}")
+    return [{"id": i, "name": name, "supercategory": "shape"} for i, (name, _, _) in enumerate(TASKS[task], 1)]
+
+
+CATEGORIES: list[dict[str, Any]] = categories("shapes")
+
+
+def _shape_polygon(shape: str, x: float, y: float, w: float, h: float, rng: np.random.Generator) -> np.ndarray:
     """Convex polygon ``[K, 2]`` of (x, y) vertices inscribed in the box (x, y, w, h)."""
-    if category_id == 1:
+    if shape == "rectangle":
         return np.array([[x, y], [x, y + h], [x + w, y + h], [x + w, y]], dtype=np.float64)
-    if category_id == 2:
+    if shape == "ellipse":
         t = np.linspace(0.0, 2.0 * math.pi, _ELLIPSE_VERTICES, endpoint=False)
         return np.stack([x + w / 2 + w / 2 * np.cos(t), y + h / 2 - h / 2 * np.sin(t)], axis=1)
     apex = x + w * rng.uniform(0.2, 0.8)
@@ -87,8 +105,9 @@ def _box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float,
     return inter / (aw * ah + bw * bh - inter)
 
 
-def _make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _make_image(rng: np.random.Generator, size: int, task: str = "shapes") -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One ``[S, S, 3]`` uint8 image and its objects ``{category_id, bbox, area, segmentation}``."""
+    kinds = TASKS[task]
     base = rng.integers(0, 50, size=3)
     image = rng.standard_normal(size=(size, size, 3), dtype=np.float32)
     image *= 10.0
@@ -106,12 +125,13 @@ def _make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[d
                 break
         else:
             continue  # no room: the image gets fewer objects (at least one is always placed)
-        category_id = int(rng.integers(1, len(CATEGORIES) + 1))
-        poly = _shape_polygon(category_id, x, y, w, h, rng)
+        category_id = int(rng.integers(1, len(kinds) + 1))
+        _, shape, base_colour = kinds[category_id - 1]
+        poly = _shape_polygon(shape, x, y, w, h, rng)
         mask = rasterize_convex_polygon(poly, size, size)
         if not mask.any():
             continue
-        colour = np.clip(np.array(_COLOURS[category_id]) + rng.integers(-25, 26, size=3), 0, 255)
+        colour = np.clip(np.array(base_colour) + rng.integers(-25, 26, size=3), 0, 255)
         image[mask] = colour + 6.0 * rng.standard_normal(size=(int(mask.sum()), 3), dtype=np.float32)
         ys, xs = np.nonzero(mask)
         bx0, by0, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
@@ -128,12 +148,14 @@ def _make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[d
     return image.astype(np.uint8), objects
 
 
-def _write_split(folder: Path, ann_file: Path, num_images: int, size: int, seed: int, split: str) -> None:
+def _write_split(
+    folder: Path, ann_file: Path, num_images: int, size: int, seed: int, split: str, task: str = "shapes"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(num_images):
         image_id = index + 1
-        pixels, objects = _make_image(np.random.default_rng([seed, index]), size)
+        pixels, objects = _make_image(np.random.default_rng([seed, index]), size, task)
         file_name = f"{image_id:012d}.png"
         PIL.Image.fromarray(pixels).save(folder / file_name, compress_level=1)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
@@ -144,7 +166,7 @@ def _write_split(folder: Path, ann_file: Path, num_images: int, size: int, seed:
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": CATEGORIES,
+        "categories": categories(task),
     }
     ann_file.parent.mkdir(parents=True, exist_ok=True)
     ann_file.write_text(json.dumps(data))
@@ -208,8 +230,10 @@ def generate_synthetic_coco(
     seed: int = 0,
     val_seed: int | None = None,
     verbose: bool = True,
+    task: str = "shapes",
 ) -> dict[str, Any]:
     """Write the synthetic data set to ``out_dir`` (COCO 2017 layout); return its ``meta.json`` dict.
+    ``task``: ``"shapes"`` (3 classes, the demo's) or ``"shapes5"`` (5 classes; see the module).
 
     ``val_seed`` defaults to ``seed + 1`` and must differ from ``seed``. If ``out_dir/meta.json``
     already records the same parameters and the annotation files exist, nothing is written
@@ -218,6 +242,9 @@ def generate_synthetic_coco(
     """
     out = Path(out_dir)
     meta = make_meta("datasets.synthetic", GENERATOR_VERSION, num_train, num_val, image_size, seed, val_seed)
+    categories(task)  # unknown task: ValueError before anything is written
+    if task != "shapes":  # the demo's data keeps the meta.json it always had
+        meta["task"] = task
     val_seed = meta["val_seed"]
     train_ann = out / "annotations" / "instances_train2017.json"
     val_ann = out / "annotations" / "instances_val2017.json"
@@ -225,8 +252,8 @@ def generate_synthetic_coco(
         return {**meta, "skipped": True}
 
     start = time.perf_counter()
-    _write_split(out / "train2017", train_ann, num_train, image_size, seed, "train")
-    _write_split(out / "val2017", val_ann, num_val, image_size, val_seed, "val")
+    _write_split(out / "train2017", train_ann, num_train, image_size, seed, "train", task)
+    _write_split(out / "val2017", val_ann, num_val, image_size, val_seed, "val", task)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if verbose:
         print(
@@ -250,8 +277,9 @@ def cli_parser(description: str, out_help: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli_parser("Generate the synthetic shapes data set in COCO layout.", "output folder (becomes --coco_path)")
+    parser.add_argument("--task", default="shapes", choices=sorted(TASKS), help="shapes (3 classes) or shapes5 (5)")
     args = parser.parse_args(argv)
-    generate_synthetic_coco(args.out, args.num_train, args.num_val, args.size, args.seed, args.val_seed)
+    generate_synthetic_coco(args.out, args.num_train, args.num_val, args.size, args.seed, args.val_seed, task=args.task)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ import PIL.Image
 from pycocotools import mask as coco_mask
 
 from datasets.synthetic import (
-    _COLOURS,
     CATEGORIES,
     MAX_PAIR_IOU,
+    TASKS,
     _box_iou,
     _shape_polygon,
     cli_parser,
@@ -46,12 +46,16 @@ from datasets.synthetic import (
     rasterize_convex_polygon,
     reuse_or_clear,
 )
+from util.panoptic import id2rgb
 
 GENERATOR_VERSION = 1
 MIN_VISIBLE = 8
 _PLACEMENT_TRIES = 20
 
-THING_CATEGORIES: list[dict[str, Any]] = [{**c, "isthing": 1, "color": list(_COLOURS[c["id"]])} for c in CATEGORIES]
+_SHAPES = TASKS["shapes"]  # (name, shape, colour) of the thing categories 1..3
+THING_CATEGORIES: list[dict[str, Any]] = [
+    {**c, "isthing": 1, "color": list(_SHAPES[c["id"] - 1][2])} for c in CATEGORIES
+]
 STUFF_CATEGORIES: list[dict[str, Any]] = [
     {"id": 4, "name": "sky", "supercategory": "background", "isthing": 0, "color": [120, 140, 165]},
     {"id": 5, "name": "grass", "supercategory": "background", "isthing": 0, "color": [70, 85, 35]},
@@ -59,12 +63,6 @@ STUFF_CATEGORIES: list[dict[str, Any]] = [
 ]
 PANOPTIC_CATEGORIES = THING_CATEGORIES + STUFF_CATEGORIES
 _COLOUR_OF = {c["id"]: np.array(c["color"]) for c in PANOPTIC_CATEGORIES}
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """``[H, W]`` ids -> ``[H, W, 3]`` uint8 colours ``(id % 256, id // 256 % 256, id // 256^2)``."""
-    id_map = np.asarray(id_map, dtype=np.int64)
-    return np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 def _stuff_map(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -97,7 +95,8 @@ def make_panoptic_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray
         else:
             continue
         category_id = int(rng.integers(1, len(THING_CATEGORIES) + 1))
-        mask = rasterize_convex_polygon(_shape_polygon(category_id, x, y, w, h, rng), size, size)
+        shape = _SHAPES[category_id - 1][1]
+        mask = rasterize_convex_polygon(_shape_polygon(shape, x, y, w, h, rng), size, size)
         if not mask.any():
             continue
         placed.append((x, y, w, h))

@@ -18,7 +18,9 @@ conversion of boxes to normalized ``(cx, cy, w, h)`` in ``Normalize``). Differen
   ``ValueError`` from ``random.randint`` when the image is smaller than ``min_size``); the crop
   side is then the whole image side, so large images behave exactly as officially;
 * ``Normalize`` defaults to the ImageNet mean/std;
-* padding masks works for bool masks (``torch.nn.functional.pad`` is avoided).
+* padding masks works for bool masks (``torch.nn.functional.pad`` is avoided);
+* ``resize`` to the image's own size returns it as it is (no resampling, no box scaling by 1.0):
+  the same values, without the cost (small data sets trained at their native size).
 """
 
 from __future__ import annotations
@@ -150,6 +152,14 @@ def resize(
     nearest neighbour and thresholded at 0.5 (they become bool); ``size`` is set to the new ``(h, w)``.
     """
     out_h, out_w = get_size(image_size(image), size, max_size)
+    if (out_w, out_h) == image_size(image):  # nothing to resample (the official code copies the image)
+        if target is None:
+            return image, None
+        target = target.copy()
+        target["size"] = torch.tensor([out_h, out_w])
+        if "masks" in target:  # bool, as after a real resize
+            target["masks"] = target["masks"] > 0.5
+        return image, target
     if isinstance(image, Tensor):
         rescaled = F.resize(image, [out_h, out_w], antialias=True)
     else:

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from torch import nn
 
 from models.backbone import BackboneConfig
+from models.criterion import LossConfig, SetCriterion
 from models.deformable_detr import DeformableDETRConfig
 from models.deformable_detr import build as build_deformable
 from models.deformable_transformer import DeformableTransformerConfig
-from models.detr import DETRConfig, LossConfig, SetCriterion
+from models.detr import DETRConfig
 from models.detr import build as build_detr
 from models.matcher import MatcherConfig
 from models.position_encoding import PositionEncodingConfig
@@ -78,7 +79,7 @@ def detr_config_from_args(args: argparse.Namespace) -> DETRConfig:
         matcher=MatcherConfig(
             set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
         ),
-        loss=LossConfig(
+        loss=LossConfig(  # loss_ce weighs 1, as officially (--cls_loss_coef is Deformable DETR's)
             bbox_loss_coef=args.bbox_loss_coef,
             giou_loss_coef=args.giou_loss_coef,
             mask_loss_coef=args.mask_loss_coef,
@@ -99,11 +100,8 @@ def deformable_config_from_args(args: argparse.Namespace) -> DeformableDETRConfi
     levels = args.num_feature_levels
     return DeformableDETRConfig(
         num_classes=args.num_classes,
-        num_queries=args.num_queries,
-        num_feature_levels=levels,
         aux_loss=args.aux_loss,
         with_box_refine=args.with_box_refine,
-        two_stage=args.two_stage,
         masks=args.masks,
         # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
         # fails with 2 levels, which here use layer3-4).
@@ -123,16 +121,14 @@ def deformable_config_from_args(args: argparse.Namespace) -> DeformableDETRConfi
             attn_impl=getattr(args, "attn_impl", "auto"),
         ),
         matcher=MatcherConfig(
-            set_cost_class=args.set_cost_class,
-            set_cost_bbox=args.set_cost_bbox,
-            set_cost_giou=args.set_cost_giou,
-            focal=True,
+            set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
+        ),
+        loss=LossConfig(
+            cls_loss_coef=args.cls_loss_coef,
+            bbox_loss_coef=args.bbox_loss_coef,
+            giou_loss_coef=args.giou_loss_coef,
             focal_alpha=args.focal_alpha,
         ),
-        cls_loss_coef=args.cls_loss_coef,
-        bbox_loss_coef=args.bbox_loss_coef,
-        giou_loss_coef=args.giou_loss_coef,
-        focal_alpha=args.focal_alpha,
     )
 
 
@@ -154,11 +150,69 @@ def build_model(args: argparse.Namespace) -> BuildResult:
     return MODEL_BUILDERS[name](args)
 
 
-def num_classes_from_state_dict(model_name: str, state: dict) -> int | None:
-    """The ``num_classes`` a checkpoint was trained with, read off its class head."""
+def num_classes_from_state_dict(state: dict) -> int | None:
+    """The ``num_classes`` a checkpoint was trained with, read off its class head (DETR, panoptic
+    DETR or Deformable DETR); None when the state dict has no class head."""
     for prefix in ("", "detr."):
         if f"{prefix}class_embed.bias" in state:  # DETR: softmax with a no-object logit
             return int(state[f"{prefix}class_embed.bias"].numel()) - 1
         if f"{prefix}class_embed.0.bias" in state:  # Deformable DETR: sigmoid logits
             return int(state[f"{prefix}class_embed.0.bias"].numel())
     return None
+
+
+_RESNET_LAYER3_BLOCKS = {("basic", 2): "resnet18", ("basic", 6): "resnet34", ("bottleneck", 6): "resnet50",
+                         ("bottleneck", 23): "resnet101", ("bottleneck", 36): "resnet152"}  # fmt: skip
+
+
+def _count_indices(state: dict, prefix: str) -> int:
+    """Number of ``prefix{i}.`` sub-modules in ``state`` (e.g. encoder layers)."""
+    found = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
+    return len([i for i in found if i.isdigit()])
+
+
+def architecture_from_state_dict(state: dict) -> dict:
+    """The command-line architecture flags that a model state dict determines by its keys and shapes.
+
+    Lets ``main.py --eval --resume`` (and the tools) rebuild a checkpoint's model when the checkpoint
+    stores no flags (bare state dicts, some official files). Returns only what the weights tell:
+    ``model``, ``num_classes``, ``num_queries``, ``hidden_dim``, ``enc_layers``, ``dec_layers``,
+    ``dim_feedforward``, ``pre_norm`` (DETR), ``masks``, ``position_embedding`` (learned or not),
+    ``backbone`` (torchvision ResNets), ``train_backbone_all`` (learning BatchNorm), and for
+    Deformable DETR ``num_feature_levels``, ``with_box_refine``, ``two_stage``. Not determined by
+    shapes: ``nheads``, ``dilation``, the number of sampling points per head.
+    """
+    masks = any(k.startswith("detr.") for k in state)
+    p = "detr." if masks else ""
+    deformable = f"{p}transformer.level_embed" in state
+    out: dict = {"model": "deformable_detr" if deformable else "detr", "masks": masks}
+    num_classes = num_classes_from_state_dict(state)
+    if num_classes is not None:
+        out["num_classes"] = num_classes
+    out["enc_layers"] = _count_indices(state, f"{p}transformer.encoder.layers.")
+    out["dec_layers"] = _count_indices(state, f"{p}transformer.decoder.layers.")
+    ffn = state.get(f"{p}transformer.encoder.layers.0.linear1.weight")
+    if ffn is None:
+        ffn = state.get(f"{p}transformer.decoder.layers.0.linear1.weight")
+    if ffn is not None:
+        out["dim_feedforward"], out["hidden_dim"] = int(ffn.shape[0]), int(ffn.shape[1])
+    if deformable:
+        out["num_feature_levels"] = int(state[f"{p}transformer.level_embed"].shape[0])
+        out["two_stage"] = f"{p}transformer.enc_output.weight" in state
+        out["with_box_refine"] = f"{p}transformer.decoder.bbox_embed.0.layers.0.weight" in state
+        query = state.get(f"{p}query_embed.weight")
+        if query is not None:
+            out["num_queries"] = int(query.shape[0])
+    else:
+        query = state.get(f"{p}query_embed.weight")
+        if query is not None:
+            out["num_queries"] = int(query.shape[0])
+        out["pre_norm"] = f"{p}transformer.encoder.norm.weight" in state
+    out["position_embedding"] = "learned" if f"{p}backbone.1.row_embed.weight" in state else "sine"
+    body = f"{p}backbone.0.body."
+    block = "bottleneck" if f"{body}layer1.0.conv3.weight" in state else "basic"
+    backbone = _RESNET_LAYER3_BLOCKS.get((block, _count_indices(state, f"{body}layer3.")))
+    if backbone is not None:
+        out["backbone"] = backbone
+        out["train_backbone_all"] = f"{body}bn1.num_batches_tracked" in state
+    return {k: v for k, v in out.items() if not (k.endswith("_layers") and v == 0)}

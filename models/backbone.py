@@ -6,11 +6,15 @@ each feature map. Differences:
 
 * ``return_layers`` names the returned stages explicitly (DETR: ``layer4`` or ``layer1-4`` for the
   mask head; Deformable DETR: ``layer2-4``), so one class serves both models.
+* ``build_backbone`` picks the family through ``BACKBONE_FAMILIES`` (a plain dict): torchvision
+  ResNets (``resnet50``, ...) or any timm model (``timm:<name>``, ``models.timm_backbone``).
 * ``train_all_layers`` trains every stage with ordinary, learning ``BatchNorm2d``: the official
   recipe assumes ImageNet weights, which cannot be had offline; from scratch, a frozen stem and
   frozen normalisation cannot learn.
 * ``weights`` chooses ImageNet weights from torchvision (download), a local file, or none. The
   official code always downloads them; a clear error replaces urllib's traceback when offline.
+* Not scriptable with ``torch.jit.script`` (the official backbone was; PyTorch deprecates
+  TorchScript): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from models.position_encoding import PositionEncodingConfig, build_position_encoding
-from util.misc import NestedTensor
+from util.misc import NestedTensor, refuse_torchscript
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -76,6 +80,8 @@ class BackboneBase(nn.Module):
     ``train_backbone`` is False. Attributes: ``num_channels`` (channels of the last returned stage,
     as officially), ``feature_channels`` and ``strides`` (one entry per returned stage).
     """
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(
         self,
@@ -194,6 +200,8 @@ class Backbone(BackboneBase):
 class Joiner(nn.Sequential):
     """``Sequential(backbone, position_encoding)``: features and their position encodings."""
 
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
+
     def __init__(self, backbone: BackboneBase, position_embedding: nn.Module) -> None:
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
@@ -220,12 +228,14 @@ class BackboneConfig:
     return_layers: tuple[str, ...] = ("layer4",)
     dilation: bool = False
     train_all_layers: bool = False
-    weights: str | None = None  # "torchvision", a path, or None (random init)
+    weights: str | None = None  # "torchvision", "timm" (timm backbones), a path, or None (random init)
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
 
 
-def build_backbone(cfg: BackboneConfig) -> Joiner:
-    backbone = Backbone(
+def _build_torchvision(cfg: BackboneConfig) -> nn.Module:
+    if cfg.weights == "timm":
+        raise ValueError(f"--backbone_weights timm needs a timm backbone (--backbone timm:<name>), not {cfg.name}")
+    return Backbone(
         cfg.name,
         cfg.train_backbone,
         return_interm_layers=len(cfg.return_layers) > 1,
@@ -234,4 +244,36 @@ def build_backbone(cfg: BackboneConfig) -> Joiner:
         train_all_layers=cfg.train_all_layers,
         weights=cfg.weights,
     )
+
+
+def _build_timm(cfg: BackboneConfig) -> nn.Module:
+    from models.timm_backbone import TimmBackbone
+
+    return TimmBackbone(
+        cfg.name,
+        cfg.train_backbone,
+        return_layers=cfg.return_layers,
+        dilation=cfg.dilation,
+        train_all_layers=cfg.train_all_layers,
+        weights=cfg.weights,
+    )
+
+
+# Backbone family (the part of --backbone before ":", "torchvision" without one) -> builder.
+BACKBONE_FAMILIES: dict[str, Callable[[BackboneConfig], nn.Module]] = {
+    "torchvision": _build_torchvision,
+    "timm": _build_timm,
+}
+
+
+def backbone_family(name: str) -> str:
+    """``"timm:convnext_tiny"`` -> ``"timm"``; ``"resnet50"`` -> ``"torchvision"``."""
+    family = name.split(":", 1)[0] if ":" in name else "torchvision"
+    if family not in BACKBONE_FAMILIES:
+        raise ValueError(f"--backbone {name}: unknown family '{family}', choose from {sorted(BACKBONE_FAMILIES)}")
+    return family
+
+
+def build_backbone(cfg: BackboneConfig) -> Joiner:
+    backbone = BACKBONE_FAMILIES[backbone_family(cfg.name)](cfg)
     return Joiner(backbone, build_position_encoding(cfg.position))

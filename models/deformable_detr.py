@@ -6,9 +6,12 @@ Same modules, parameter names (and state-dict order), initialisation and numbers
 
 * ``build`` takes a typed ``DeformableDETRConfig``; ``num_classes`` is explicit (the official
   code guesses 20 or 91 from the data set's name).
-* The criterion is the shared ``models.detr.SetCriterion`` with ``focal_alpha`` set (one
+* The criterion is the shared ``models.criterion.SetCriterion`` with ``focal_alpha`` set (one
   implementation of both losses); ``_enc`` loss weights are only added with ``two_stage``
-  (officially they are always in the weight dict, unused without two-stage).
+  (officially they are always in the weight dict, unused without two-stage). The matcher's focal
+  cost keeps the official alpha of 0.25 whatever ``--focal_alpha`` (the loss's alpha) says.
+* ``num_queries``, ``num_feature_levels`` and ``two_stage`` are set once, in the transformer's
+  config (``DeformableDETRConfig`` reads them from there), and validated there.
 * ``PostProcess`` keeps ``min(100, Q * num_classes)`` detections (the official top-100 fails
   with fewer candidates).
 * The model accepts a ``NestedTensor``, a ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images.
@@ -16,6 +19,8 @@ Same modules, parameter names (and state-dict order), initialisation and numbers
   the official code fails with 2 levels (3 backbone stages for 2 level embeddings).
 * ``--masks`` is not supported (as officially, where the segmentation variant is unfinished):
   ``NotImplementedError``.
+* TorchScript is not supported (neither was it officially for Deformable DETR; ``torch.jit.script``
+  is deprecated by PyTorch): export with ``torch.export`` or to ONNX (``tools/export.py``).
 """
 
 from __future__ import annotations
@@ -28,20 +33,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbone import BackboneConfig, build_backbone
+from models.criterion import LossConfig, SetCriterion, build_criterion
 from models.deformable_transformer import (
     DeformableTransformerConfig,
     build_deformable_transformer,
     inverse_sigmoid,
 )
-from models.detr import MLP, SetCriterion, build_weight_dict
-from models.matcher import HungarianMatcher, MatcherConfig
+from models.detr import MLP
+from models.matcher import MatcherConfig, build_matcher
 from models.transformer import get_clones
 from util import box_ops
-from util.misc import NestedTensor, to_nested_tensor
+from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
 
 
 class DeformableDETR(nn.Module):
     """Backbone (``Joiner``) + ``DeformableTransformer`` + per-decoder-layer class and box heads."""
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(
         self,
@@ -55,8 +63,6 @@ class DeformableDETR(nn.Module):
         two_stage: bool = False,
     ) -> None:
         super().__init__()
-        if num_feature_levels < 1:
-            raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
         self.num_queries = num_queries
         self.transformer = transformer
         hidden_dim = transformer.d_model
@@ -170,7 +176,6 @@ class DeformableDETR(nn.Module):
             out["enc_outputs"] = {"pred_logits": enc_outputs_class, "pred_boxes": enc_outputs_coord_unact.sigmoid()}
         return out
 
-    @torch.jit.unused
     def _set_aux_loss(self, outputs_class: Tensor, outputs_coord: Tensor) -> list[dict[str, Tensor]]:
         return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
 
@@ -207,22 +212,29 @@ class PostProcess(nn.Module):
 @dataclass
 class DeformableDETRConfig:
     """Everything ``build`` needs. ``num_classes`` is the number of sigmoid logits (max category
-    id + 1; no no-object class)."""
+    id + 1; no no-object class). ``num_queries``, ``num_feature_levels`` and ``two_stage`` are the
+    transformer's (``transformer.num_queries``, ...), readable here."""
 
     num_classes: int = 91
-    num_queries: int = 300
-    num_feature_levels: int = 4
     aux_loss: bool = True
     with_box_refine: bool = False
-    two_stage: bool = False
     masks: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     transformer: DeformableTransformerConfig = field(default_factory=DeformableTransformerConfig)
     matcher: MatcherConfig = field(default_factory=lambda: MatcherConfig(2, 5, 2))
-    cls_loss_coef: float = 2
-    bbox_loss_coef: float = 5
-    giou_loss_coef: float = 2
-    focal_alpha: float = 0.25
+    loss: LossConfig = field(default_factory=lambda: LossConfig(cls_loss_coef=2, focal_alpha=0.25))
+
+    @property
+    def num_queries(self) -> int:
+        return self.transformer.num_queries
+
+    @property
+    def num_feature_levels(self) -> int:
+        return self.transformer.num_feature_levels
+
+    @property
+    def two_stage(self) -> bool:
+        return self.transformer.two_stage
 
 
 def build(cfg: DeformableDETRConfig) -> tuple[nn.Module, SetCriterion, dict[str, nn.Module]]:
@@ -234,29 +246,20 @@ def build(cfg: DeformableDETRConfig) -> tuple[nn.Module, SetCriterion, dict[str,
         )
     if cfg.num_classes < 1:
         raise ValueError(f"--num_classes must be >= 1, got {cfg.num_classes}")
-    t = cfg.transformer
-    if t.hidden_dim % t.nheads:
-        raise ValueError(f"--hidden_dim ({t.hidden_dim}) must be divisible by --nheads ({t.nheads})")
-    if cfg.num_feature_levels < 1:
-        raise ValueError(f"--num_feature_levels must be >= 1, got {cfg.num_feature_levels}")
-    if t.hidden_dim % 32:
-        raise ValueError(f"--hidden_dim ({t.hidden_dim}) must be divisible by 32 (GroupNorm(32) input projections)")
-    if (
-        t.num_feature_levels != cfg.num_feature_levels
-        or t.num_queries != cfg.num_queries
-        or t.two_stage != cfg.two_stage
-    ):
-        t = DeformableTransformerConfig(
-            **{**t.__dict__, "num_feature_levels": cfg.num_feature_levels, "num_queries": cfg.num_queries,
-               "two_stage": cfg.two_stage}
-        )  # fmt: skip
+    if cfg.loss.focal_alpha is None:
+        raise ValueError("Deformable DETR's classification loss is the sigmoid focal loss: set LossConfig.focal_alpha")
+    cfg.transformer.validate()  # before the backbone is built (and its weights downloaded)
+    if cfg.transformer.hidden_dim % 32:
+        raise ValueError(
+            f"--hidden_dim ({cfg.transformer.hidden_dim}) must be divisible by 32 (GroupNorm(32) input projections)"
+        )
     backbone = build_backbone(cfg.backbone)
     if len(backbone.feature_channels) > cfg.num_feature_levels:
         raise ValueError(
             f"--num_feature_levels {cfg.num_feature_levels} is fewer than the backbone's "
             f"{len(backbone.feature_channels)} returned stages {cfg.backbone.return_layers}"
         )
-    transformer = build_deformable_transformer(t)
+    transformer = build_deformable_transformer(cfg.transformer)
     model = DeformableDETR(
         backbone,
         transformer,
@@ -267,15 +270,7 @@ def build(cfg: DeformableDETRConfig) -> tuple[nn.Module, SetCriterion, dict[str,
         with_box_refine=cfg.with_box_refine,
         two_stage=cfg.two_stage,
     )
-    m = cfg.matcher
-    matcher = HungarianMatcher(
-        cost_class=m.set_cost_class, cost_bbox=m.set_cost_bbox, cost_giou=m.set_cost_giou, focal=True,
-        focal_alpha=cfg.focal_alpha,
-    )  # fmt: skip
-    base = {"loss_ce": cfg.cls_loss_coef, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
-    weight_dict = build_weight_dict(base, t.dec_layers - 1 if cfg.aux_loss else 0, ("_enc",) if cfg.two_stage else ())
-    criterion = SetCriterion(
-        cfg.num_classes, matcher=matcher, weight_dict=weight_dict, eos_coef=0.1,
-        losses=["labels", "boxes", "cardinality"], focal_alpha=cfg.focal_alpha,
-    )  # fmt: skip
+    num_aux = cfg.transformer.dec_layers - 1 if cfg.aux_loss else 0
+    matcher = build_matcher(cfg.matcher, focal=True)
+    criterion = build_criterion(cfg.loss, cfg.num_classes, matcher, num_aux, two_stage=cfg.two_stage)
     return model, criterion, {"bbox": PostProcess()}

@@ -13,6 +13,11 @@ Differences:
 * ``attn_impl`` selects the deformable-attention implementation (see ``models.ops``).
 * The top-k of two-stage proposals is clamped to the number of encoder tokens.
 * ``return_intermediate_dec`` defaults to True (Deformable DETR always uses it).
+* The layers get the level sizes as a ``LevelSizes`` (a list of ``(h, w)`` holding the official
+  ``[L, 2]`` tensor too; tensors are still accepted): no device-to-host copy per layer, and sizes
+  that stay symbolic under ``torch.export``, so that exported models take any image size. For the
+  same reason the pixel grids use ``arange`` (the values of the official ``linspace``, whose step
+  count ``torch.export`` would fix to the example's size).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from models.ops import MSDeformAttn
+from models.ops.ms_deform_attn_pytorch import LevelSizes, SpatialShapes, level_sizes
 from models.transformer import get_activation_fn, get_clones
 
 
@@ -73,7 +79,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
         src: Tensor,
         pos: Tensor | None,
         reference_points: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
@@ -92,15 +98,15 @@ class DeformableTransformerEncoder(nn.Module):
         self.num_layers = num_layers
 
     @staticmethod
-    def get_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor, device: torch.device) -> Tensor:
+    def get_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor, device: torch.device) -> Tensor:
         """Pixel centres of every level, normalised by the valid (unpadded) size and then mapped
         to each level's frame: ``spatial_shapes [L, 2]``, ``valid_ratios [B, L, 2]``
         -> ``[B, S, L, 2]`` (x, y)."""
         reference_points_list = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,  # = linspace(0.5, h - 0.5, h)
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -112,7 +118,7 @@ class DeformableTransformerEncoder(nn.Module):
     def forward(
         self,
         src: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         valid_ratios: Tensor,
         pos: Tensor | None = None,
@@ -168,7 +174,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
         query_pos: Tensor | None,
         reference_points: Tensor,
         src: Tensor,
-        src_spatial_shapes: Tensor,
+        src_spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         src_padding_mask: Tensor | None = None,
     ) -> Tensor:
@@ -207,7 +213,7 @@ class DeformableTransformerDecoder(nn.Module):
         tgt: Tensor,
         reference_points: Tensor,
         src: Tensor,
-        src_spatial_shapes: Tensor,
+        src_spatial_shapes: SpatialShapes,
         src_level_start_index: Tensor,
         src_valid_ratios: Tensor,
         query_pos: Tensor | None = None,
@@ -274,10 +280,6 @@ class DeformableTransformer(nn.Module):
         attn_impl: str = "auto",
     ) -> None:
         super().__init__()
-        if d_model % nhead:
-            raise ValueError(f"hidden_dim ({d_model}) must be divisible by nheads ({nhead})")
-        if num_feature_levels < 1:
-            raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
         self.d_model = d_model
         self.nhead = nhead
         self.two_stage = two_stage
@@ -326,7 +328,7 @@ class DeformableTransformer(nn.Module):
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
     def gen_encoder_output_proposals(
-        self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor
+        self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: SpatialShapes
     ) -> tuple[Tensor, Tensor]:
         """One proposal per encoder token: its pixel centre and a size ``0.05 * 2**level``.
 
@@ -337,13 +339,13 @@ class DeformableTransformer(nn.Module):
         n, _, _ = memory.shape
         proposals = []
         cur = 0
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             mask_flatten_ = memory_padding_mask[:, cur : cur + h * w].view(n, h, w, 1)
             valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
             valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+                torch.arange(h, dtype=torch.float32, device=memory.device),  # = linspace(0, h - 1, h)
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
@@ -396,8 +398,9 @@ class DeformableTransformer(nn.Module):
         src_flatten_t = torch.cat(src_flatten, 1)
         mask_flatten_t = torch.cat(mask_flatten, 1)
         lvl_pos_embed_flatten_t = torch.cat(lvl_pos_embed_flatten, 1)
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=src_flatten_t.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        spatial_shapes = LevelSizes(spatial_shapes_list, device=src_flatten_t.device)  # a list with .tensor [L, 2]
+        sizes = spatial_shapes.tensor
+        level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
 
         memory = self.encoder(
@@ -436,7 +439,11 @@ class DeformableTransformer(nn.Module):
 
 @dataclass
 class DeformableTransformerConfig:
-    """What ``build_deformable_transformer`` needs (the official flags of the same names)."""
+    """What ``build_deformable_transformer`` needs (the official flags of the same names).
+
+    The single source of ``num_feature_levels``, ``two_stage`` and ``num_queries`` for Deformable
+    DETR (``DeformableDETRConfig`` reads them from here): ``num_queries`` is the number of decoder
+    queries, learned or, in two-stage, the number of encoder proposals kept."""
 
     hidden_dim: int = 256
     nheads: int = 8
@@ -448,11 +455,20 @@ class DeformableTransformerConfig:
     dec_n_points: int = 4
     enc_n_points: int = 4
     two_stage: bool = False
-    num_queries: int = 300  # two-stage: number of proposals kept
+    num_queries: int = 300
     attn_impl: str = "auto"
+
+    def validate(self) -> None:
+        """``ValueError`` naming the flag for values the transformer cannot be built with."""
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"--hidden_dim ({self.hidden_dim}) must be divisible by --nheads ({self.nheads})")
+        for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
 def build_deformable_transformer(cfg: DeformableTransformerConfig) -> DeformableTransformer:
+    cfg.validate()
     return DeformableTransformer(
         d_model=cfg.hidden_dim,
         nhead=cfg.nheads,

@@ -4,6 +4,12 @@ Same costs as the official matchers: softmax class probability (DETR) or the sig
 (Deformable DETR, ``focal=True``), L1 box distance in normalised cxcywh, and negative generalized
 IoU; solved per image with ``scipy.optimize.linear_sum_assignment``. The cost matrix for the whole
 batch is built once and moved to the CPU once, as officially.
+
+The focal class cost uses ``alpha = 0.25`` and ``gamma = 2`` whatever ``--focal_alpha`` says, as the
+official Deformable DETR matcher hard-codes them (``--focal_alpha`` is the loss's alpha only), so
+``MatcherConfig`` has no alpha; ``HungarianMatcher(focal_alpha=...)`` still allows another one.
+Which class cost applies follows the model's classification (softmax for DETR, sigmoid for
+Deformable DETR): ``build_matcher``'s ``focal`` argument, set by the model's builder, not a flag.
 """
 
 from __future__ import annotations
@@ -76,18 +82,15 @@ class HungarianMatcher(nn.Module):
 
 @dataclass
 class MatcherConfig:
+    """Weights of the class, L1 box and GIoU costs (``--set_cost_class/bbox/giou``)."""
+
     set_cost_class: float = 1
     set_cost_bbox: float = 5
     set_cost_giou: float = 2
-    focal: bool = False
-    focal_alpha: float = 0.25
 
 
-def build_matcher(cfg: MatcherConfig) -> HungarianMatcher:
+def build_matcher(cfg: MatcherConfig, focal: bool = False) -> HungarianMatcher:
+    """DETR's softmax class cost, or with ``focal`` Deformable DETR's (alpha 0.25, gamma 2, as officially)."""
     return HungarianMatcher(
-        cost_class=cfg.set_cost_class,
-        cost_bbox=cfg.set_cost_bbox,
-        cost_giou=cfg.set_cost_giou,
-        focal=cfg.focal,
-        focal_alpha=cfg.focal_alpha,
+        cost_class=cfg.set_cost_class, cost_bbox=cfg.set_cost_bbox, cost_giou=cfg.set_cost_giou, focal=focal
     )

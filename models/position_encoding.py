@@ -3,6 +3,9 @@
 ``PositionEmbeddingSine`` is the official DETR encoding. Deformable DETR uses the same encoding
 with the pixel coordinates shifted by ``offset=-0.5`` before normalisation; that is one argument
 here instead of a second class. Both encodings return ``[B, 2 * num_pos_feats, H, W]``.
+
+Unlike the official encodings, these are not scriptable with ``torch.jit.script`` (deprecated by
+PyTorch): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from util.misc import NestedTensor
+from util.misc import NestedTensor, refuse_torchscript
 
 
 class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of the (optionally normalised) row and column index of each
     non-padded pixel. Padding (``mask == True``) does not advance the coordinates.
     """
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(
         self,
@@ -65,6 +70,8 @@ class PositionEmbeddingSine(nn.Module):
 
 class PositionEmbeddingLearned(nn.Module):
     """Absolute learned embeddings of row and column index (up to 50 x 50 feature maps)."""
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(self, num_pos_feats: int = 256) -> None:
         super().__init__()

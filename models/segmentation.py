@@ -22,7 +22,10 @@ outputs one mask logit map per query at stride 4). Differences:
   addition: queries whose class is not in ``is_thing_map`` are dropped like "no-object" ones (the
   official code raises ``KeyError`` there, or writes a category the evaluation rejects), so a map
   derived from the data set's categories always yields evaluable output.
-* ``dice_loss`` and ``sigmoid_focal_loss`` live in ``models.losses`` and are re-exported here.
+* ``dice_loss`` and ``sigmoid_focal_loss`` live in ``models.losses``, ``rgb2id`` / ``id2rgb`` in
+  ``util.panoptic``; all are re-exported here.
+* ``DETRsegm`` is not scriptable with ``torch.jit.script`` (the official one was; PyTorch deprecates
+  TorchScript): export with ``torch.export`` or to ONNX (``tools/export.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from torch import Tensor, nn
 
 from models.losses import dice_loss, sigmoid_focal_loss  # noqa: F401  (re-exported for official imports)
 from util import box_ops
-from util.misc import NestedTensor, to_nested_tensor
+from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
+from util.panoptic import id2rgb, rgb2id  # noqa: F401  (re-exported: official names)
 
 __all__ = [
     "DETRsegm",
@@ -70,6 +74,8 @@ class DETRsegm(nn.Module):
     ``freeze_detr``: the wrapped DETR's parameters get ``requires_grad=False`` (the official second
     stage of panoptic training, where only the mask head learns).
     """
+
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
     def __init__(self, detr: nn.Module, freeze_detr: bool = False) -> None:
         super().__init__()
@@ -232,25 +238,6 @@ class PostProcessSegm(nn.Module):
             m = cur_mask[:, :img_h, :img_w].unsqueeze(1).float()
             results[i]["masks"] = F.interpolate(m, size=tuple(tt.tolist()), mode="nearest").byte()
         return results
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` uint8 panoptic PNG -> ``[H, W]`` segment ids (``R + 256 G + 256^2 B``)."""
-    color = np.asarray(color)
-    if color.ndim == 3 and color.shape[-1] == 3:
-        c = color.astype(np.int64)
-        return c[..., 0] + 256 * c[..., 1] + 256 * 256 * c[..., 2]
-    return color.astype(np.int64)
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """``[H, W]`` segment ids -> ``[H, W, 3]`` uint8 colours (inverse of ``rgb2id``)."""
-    id_map = np.asarray(id_map).astype(np.int64)
-    rgb = np.zeros((*id_map.shape, 3), dtype=np.uint8)
-    for i in range(3):
-        rgb[..., i] = id_map % 256
-        id_map = id_map // 256
-    return rgb
 
 
 def _ids_and_areas(

@@ -1,10 +1,12 @@
 """Helpers for the golden parity tests: load a fixture from ``../shared/golden`` (skip when the
-folder is absent), fill a model's weights with the fixture's rule, and build args from its config."""
+folder is absent, fail instead when ``DETR_REQUIRE_GOLDEN=1``, as CI sets it), fill a model's weights
+with the fixture's rule, and build args from its config."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -14,11 +16,20 @@ from torch import nn
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REQUIRE_GOLDEN = "DETR_REQUIRE_GOLDEN"  # set (not "0") by .ci/run: a missing fixture fails the suite
 
 
 def load_golden(name: str) -> dict:
+    """The fixture ``name`` of ``GOLDEN_DIR``; when absent, the test is skipped, or failed when the
+    environment variable ``DETR_REQUIRE_GOLDEN`` is set, so that CI cannot pass without them."""
     path = GOLDEN_DIR / name
     if not path.is_file():
+        if os.environ.get(REQUIRE_GOLDEN, "0") not in ("", "0"):
+            pytest.fail(
+                f"golden fixture {path} not present, and {REQUIRE_GOLDEN} requires the fidelity checks: "
+                f"put the official fixtures in {GOLDEN_DIR} (or unset {REQUIRE_GOLDEN} to skip them)",
+                pytrace=False,
+            )
         pytest.skip(f"golden fixture {path} not present")
     return torch.load(path, weights_only=True)
 

@@ -1,5 +1,7 @@
-"""torch.hub entry points: local load offline, official URLs and hash checking, clear offline error."""
+"""torch.hub entry points: local load offline, official URLs and hash checking, fine-tuning with another
+class count (every weight but the class head loaded from the checkpoint), clear offline error."""
 
+import tempfile
 import urllib.error
 from pathlib import Path
 
@@ -16,6 +18,7 @@ def test_local_hub_load_offline_without_download(monkeypatch):
     def no_network(*a, **k):
         raise AssertionError("pretrained=False must not download anything")
 
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     model = torch.hub.load(str(ROOT), "detr_resnet50", source="local", pretrained=False)
     assert model.class_embed.out_features == 92 and model.num_queries == 100
@@ -23,27 +26,81 @@ def test_local_hub_load_offline_without_download(monkeypatch):
     assert model.class_embed.out_features == 11 and type(post).__name__ == "PostProcess"
 
 
-def test_pretrained_uses_official_url_with_hash_check(monkeypatch):
+def fake_checkpoint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with random values: the weights of a fake official checkpoint."""
+    g = torch.Generator().manual_seed(123)
+    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+def serve_instead_of_downloads(state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every ``torch.hub`` download (into an empty temporary cache) writes ``{"model": state}``, as
+    an official checkpoint file holds; returns the requests made as ``(url, hash_prefix)``."""
     calls = []
+    monkeypatch.setenv("TORCH_HOME", tempfile.mkdtemp(prefix="torch_home_"))
 
-    def fake(url, **kw):
-        calls.append((url, kw))
-        model = hubconf._make_detr("resnet50")
-        return {"model": model.state_dict()}
+    def serve(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        torch.save({"model": dict(state)}, dst)
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
-    hubconf.detr_resnet50(pretrained=True)
-    assert calls[0][0] == "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
-    assert calls[0][1]["check_hash"] is True
-    # fine-tuning: another class count keeps all but the class head
-    model = hubconf.detr_resnet50(pretrained=True, num_classes=5)
-    assert model.class_embed.out_features == 6
+    monkeypatch.setattr(torch.hub, "download_url_to_file", serve)
+    return calls
 
 
-def test_offline_pretrained_gives_clear_error(monkeypatch):
+def assert_fine_tuned(tuned: torch.nn.Module, fresh: torch.nn.Module, state: dict, head: str) -> None:
+    """``tuned`` (pretrained, other class count) holds every checkpoint weight but the class head
+    ``head``, which is that of ``fresh`` (the same model built from the same seed without weights)."""
+    own, new = tuned.state_dict(), fresh.state_dict()
+    assert set(own) == set(state)
+    reinit = [k for k in own if k.startswith(head)]
+    assert reinit == [f"{head}weight", f"{head}bias"]
+    for k in reinit:
+        assert own[k].shape != state[k].shape and torch.equal(own[k], new[k]), k
+    kept = [k for k in own if k not in reinit]
+    assert len(kept) > 300
+    for k in kept:
+        assert torch.equal(own[k], state[k]), f"{k} was not loaded from the checkpoint"
+
+
+@pytest.fixture(scope="module")
+def r50_checkpoint() -> dict[str, torch.Tensor]:
+    return fake_checkpoint(hubconf._make_detr("resnet50"))
+
+
+def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoint):
+    state = r50_checkpoint
+    calls = serve_instead_of_downloads(state, monkeypatch)
+    model = hubconf.detr_resnet50(pretrained=True)
+    assert calls[0] == ("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", "e632da11")  # hash checked
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_finetune_accepts_hub_names(monkeypatch, r50_checkpoint):
+    """``main.py --finetune detr_resnet50``: the hub entry's official checkpoint."""
+    from main import read_checkpoint
+
+    calls = serve_instead_of_downloads(r50_checkpoint, monkeypatch)
+    ckpt = read_checkpoint("detr_resnet50")
+    assert calls == [("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", "e632da11")]
+    assert ckpt["model"].keys() == r50_checkpoint.keys()
+    assert {"detr_resnet50", "detr_resnet101_panoptic", "deformable_detr_two_stage"} <= set(hubconf.pretrained_names())
+
+
+def test_pretrained_fine_tuning_keeps_all_but_the_class_head(monkeypatch, r50_checkpoint):
+    state = r50_checkpoint
+    serve_instead_of_downloads(state, monkeypatch)
+    torch.manual_seed(0)
+    tuned = hubconf.detr_resnet50(pretrained=True, num_classes=5)
+    torch.manual_seed(0)
+    fresh = hubconf.detr_resnet50(pretrained=False, num_classes=5)
+    assert tuned.class_embed.out_features == 6
+    assert_fine_tuned(tuned, fresh, state, "class_embed.")
+
+
+def test_offline_pretrained_gives_clear_error(monkeypatch, tmp_path):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(CheckpointError, match="could not download checkpoint https://dl.fbaipublicfiles.com"):
         hubconf.detr_resnet50_dc5(pretrained=True)

@@ -1,10 +1,12 @@
 """torch.hub panoptic entry points: official signature, URLs with hash checking, the post-processor
-with the official COCO thing map, and loading of a checkpoint-shaped state dict."""
+with the official COCO thing map, loading of a checkpoint, and fine-tuning with another class count
+(every weight but the class head loaded)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from test_hubconf import assert_fine_tuned, fake_checkpoint, serve_instead_of_downloads
 
 import hubconf
 from models.segmentation import DETRsegm, PostProcessPanoptic
@@ -22,30 +24,32 @@ class _Stop(Exception):
         ("detr_resnet101_panoptic", "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth"),
     ],
 )
-def test_official_urls_with_hash_check(monkeypatch: pytest.MonkeyPatch, name: str, url: str) -> None:
+def test_official_urls_with_hash_check(monkeypatch: pytest.MonkeyPatch, tmp_path, name: str, url: str) -> None:
     calls = []
 
-    def fake(u, **kw):
-        calls.append((u, kw))
+    def fake(u, dst, hash_prefix=None, progress=True):
+        calls.append((u, hash_prefix))
         raise _Stop
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake)
     with pytest.raises(_Stop):
         getattr(hubconf, name)(pretrained=True)
-    assert calls[0][0] == url and calls[0][1]["check_hash"] is True
+    assert calls[0] == (url, url.rsplit("-", 1)[1][:8])  # downloaded with the hash in its name checked
 
 
-def test_panoptic_model_and_postprocessor(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_panoptic_model_and_postprocessor_then_fine_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
     model, post = hubconf.detr_resnet50_panoptic(threshold=0.7, return_postprocessor=True)
     assert isinstance(model, DETRsegm) and model.detr.class_embed.out_features == 251
     assert model.detr.num_queries == 100 and not model.detr.aux_loss
     assert isinstance(post, PostProcessPanoptic) and post.threshold == 0.7
     assert post.is_thing_map == {i: i <= 90 for i in range(250)}
 
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: {"model": state})
-    loaded = hubconf.detr_resnet50_panoptic(pretrained=True)
-    assert torch.equal(loaded.mask_head.out_lay.weight, state["mask_head.out_lay.weight"])
+    state = fake_checkpoint(model)
+    serve_instead_of_downloads(state, monkeypatch)
+    torch.manual_seed(0)
     tuned = hubconf.detr_resnet50_panoptic(pretrained=True, num_classes=7)
+    torch.manual_seed(0)
+    fresh = hubconf.detr_resnet50_panoptic(num_classes=7)
     assert tuned.detr.class_embed.out_features == 8
-    assert torch.equal(tuned.bbox_attention.q_linear.weight, state["bbox_attention.q_linear.weight"])
+    assert_fine_tuned(tuned, fresh, state, "detr.class_embed.")

@@ -239,7 +239,7 @@ def _state(epoch: int, iteration: int | None = None) -> dict:
 def test_resume_auto_picks_newest_and_skips_corrupt(tmp_path, capsys):
     out = tmp_path / "out"
     save_checkpoint(_state(0), out / "checkpoint.pth")
-    save_checkpoint(_state(1, 2), out / "checkpoint.pth", previous=out / "checkpoint_prev.pth")
+    save_checkpoint(_state(1, 2), out / "checkpoint.pth", keep=2)
     assert torch.load(out / "checkpoint_prev.pth", weights_only=True)["epoch"] == 0
     args = Namespace(resume="auto", output_dir=str(out))
     assert main_module.resolve_auto_resume(args) == str(out / "checkpoint.pth")

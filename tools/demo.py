@@ -1,20 +1,32 @@
-"""The demo behind ``make demo``: generate the embedded synthetic data set, train a small DETR on
-it through ``main.py`` (the real command line, progress printed as it runs), evaluate on the
-held-out split, and leave in ``outputs/demo/``: ``log.txt``, ``checkpoint.pth``, ``eval.json``,
-``curves.png`` (loss and AP per epoch) and ``predictions.png`` (validation images with predicted
-boxes, ground truth in grey).
+"""The demo behind ``make demo``: generate the embedded synthetic data set, train a small detector
+from scratch on it through ``main.py`` (the real command line), evaluate on the held-out split
+after every epoch, and leave in the output folder: ``log.txt``, ``checkpoint.pth``, ``eval.json``,
+``curves.png`` (losses and AP per epoch) and ``predictions.png`` (validation images with the
+predictions above a score threshold and the ground truth).
 
-The recipe suits 2 CPU cores and no ImageNet weights (see shared calibration): ResNet-18 trained
-from scratch with learning BatchNorm (``--train_backbone_all``), hidden 128, 1 encoder and 3
-decoder layers, 10 queries, 96 px images, batch 16, one learning rate for everything.
-``--model deformable_detr`` trains Deformable DETR instead (into ``outputs/demo_deformable``).
+While ``main.py`` runs, its output is passed through and, after each of its progress lines, a
+``[demo]`` line gives the whole run's progress and ETA (training, the evaluations and the pictures
+still to come). At the end the demo prints its wall time with a breakdown, and the held-out AP50.
+
+Recipes (``--model``), all on 2 CPU cores without ImageNet weights (a ResNet-18 trained from
+scratch with learning BatchNorm, ``--train_backbone_all``; hidden 128; 96 px images; batch 16):
+
+* ``demo`` (``make demo``): Deformable DETR, 1 encoder and 3 decoder layers, 3 feature levels,
+  30 queries, 4 epochs with the learning-rate drop after the 3rd (about 85 s per epoch here).
+  Multi-scale deformable attention converges several times faster than DETR's (AP50 0.89 after
+  3 epochs where DETR has 0.42), so it is the one that reaches a held-out AP50 above 0.9 within
+  the demo's budget of 10 minutes, set-up included.
+* ``deformable_detr`` (``make demo-deformable``): the same model for 10 epochs (drop after 8).
+* ``detr`` (``make demo-detr``): DETR, 1 encoder and 3 decoder layers, 10 queries, 10 epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,40 +36,114 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = {"num_train": 3200, "num_val": 200, "image_size": 96, "seed": 0, "val_seed": 1}
+THRESHOLD = 0.5  # predictions.png draws the predictions scoring at least this
 
 COMMON = [
     "--backbone", "resnet18", "--backbone_weights", "none", "--train_backbone_all",
     "--batch_size", "16", "--num_workers", "1", "--device", "cpu",
     "--train_scales", "96", "--val_size", "96", "--max_size", "96", "--print_freq", "25",
+    "--hidden_dim", "128", "--nheads", "8", "--enc_layers", "1", "--dec_layers", "3",
+    "--dim_feedforward", "512", "--dropout", "0.0", "--lr", "2e-4", "--lr_backbone", "2e-4",
 ]  # fmt: skip
 
+DEFORMABLE = ["--model", "deformable_detr", "--num_queries", "30", "--num_feature_levels", "3"]
+
 RECIPES = {
-    "detr": [
-        "--model", "detr", "--hidden_dim", "128", "--nheads", "8", "--enc_layers", "1", "--dec_layers", "3",
-        "--dim_feedforward", "512", "--num_queries", "10", "--dropout", "0.0",
-        "--lr", "2e-4", "--lr_backbone", "2e-4", "--epochs", "10", "--lr_drop", "8",
-    ],
-    "deformable_detr": [
-        "--model", "deformable_detr", "--hidden_dim", "128", "--nheads", "8", "--enc_layers", "1",
-        "--dec_layers", "3", "--dim_feedforward", "512", "--num_queries", "30", "--num_feature_levels", "3",
-        "--dropout", "0.0", "--lr", "2e-4", "--lr_backbone", "2e-4", "--epochs", "10", "--lr_drop", "8",
-    ],
-}  # fmt: skip
+    "demo": [*DEFORMABLE, "--epochs", "4", "--lr_drop", "3"],
+    "deformable_detr": [*DEFORMABLE, "--epochs", "10", "--lr_drop", "8"],
+    "detr": ["--model", "detr", "--num_queries", "10", "--epochs", "10", "--lr_drop", "8"],
+}
+OUT_DIRS = {"demo": "demo", "deformable_detr": "demo_deformable", "detr": "demo_detr"}
+
+_PROGRESS = re.compile(r"^Epoch: \[(\d+)\]\s+\[\s*(\d+)/(\d+)\]")
+
+
+def _flag(argv: list[str], name: str) -> str:
+    """The value of the last ``name`` flag in ``argv`` (later flags win, as with argparse)."""
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
+class Progress:
+    """The whole run's ETA from ``main.py``'s progress lines ``Epoch: [e] [i/n]``.
+
+    Training speed is measured over training time only; an evaluation (with the checkpoint
+    written before it) is the time between an epoch's last progress line and the next epoch's
+    first, and is assumed, until one has been seen, to cost as much as ``eval_guess`` iterations.
+    """
+
+    def __init__(self, epochs: int, start: float, tail_seconds: float = 10.0, eval_guess: int = 20) -> None:
+        self.epochs, self.start, self.tail = epochs, start, tail_seconds
+        self.eval_guess = eval_guess
+        self.train_seconds = 0.0
+        self.iters_done = 0
+        self.eval_seconds: list[float] = []
+        self._last: tuple[int, int, int, float] | None = None  # epoch, iteration, total, time
+
+    def update(self, line: str, now: float) -> str | None:
+        """Feed one output line; returns the ``[demo]`` progress line to print, if any."""
+        m = _PROGRESS.match(line)
+        if m is None:
+            return None
+        epoch, it, total = (int(g) for g in m.groups())
+        if self._last is not None:
+            last_epoch, last_it, last_total, last_time = self._last
+            if epoch == last_epoch:
+                self.train_seconds += now - last_time
+                self.iters_done += it - last_it
+            elif last_it == last_total - 1:  # the evaluation of last_epoch, then one iteration of this one
+                per_iter = self.train_seconds / max(self.iters_done, 1)
+                self.eval_seconds.append(max(0.0, now - last_time - per_iter * (it + 1)))
+                self.train_seconds += per_iter * (it + 1)
+                self.iters_done += it + 1
+        self._last = (epoch, it, total, now)
+        if self.iters_done == 0:
+            return f"[demo] epoch {epoch + 1}/{self.epochs}: started; the ETA follows after a few iterations"
+        per_iter = self.train_seconds / self.iters_done
+        per_eval = sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else self.eval_guess * per_iter
+        iters_left = (total - it - 1) + (self.epochs - epoch - 1) * total
+        left = iters_left * per_iter + (self.epochs - epoch) * per_eval + self.tail
+        done = 100 * (epoch * total + it + 1) / (self.epochs * total)
+        return (
+            f"[demo] epoch {epoch + 1}/{self.epochs}, {done:3.0f}% of training, {per_iter:.2f} s/iteration: "
+            f"{_duration(now - self.start)} elapsed, about {_duration(left)} left"
+        )
+
+
+def run_main(cmd: list[str], epochs: int, start: float) -> None:
+    """Run ``main.py`` with its output passed through, adding the ``[demo]`` ETA lines."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    progress = Progress(epochs, start)
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            print(line, end="", flush=True)
+            message = progress.update(line, time.time())
+            if message:
+                print(message, flush=True)
+    if p.returncode:
+        raise SystemExit(f"error: main.py failed with exit status {p.returncode}: {' '.join(cmd)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train and evaluate a small detector on the embedded data set.")
-    parser.add_argument("--model", default="detr", choices=sorted(RECIPES))
-    parser.add_argument("--out", default=None, help="default outputs/demo (DETR) or outputs/demo_deformable")
+    parser.add_argument("--model", default="demo", choices=sorted(RECIPES), help="recipe (see the module docstring)")
+    parser.add_argument("--out", default=None, help="default outputs/demo, outputs/demo_deformable, outputs/demo_detr")
     parser.add_argument("--data", default=str(ROOT / "outputs" / "data" / "synthetic"))
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (LR drop at 80%%)")
+    parser.add_argument("--started", type=float, default=None, help="Unix time the set-up began (make demo passes it)")
     a, extra = parser.parse_known_args()
-    out = Path(a.out or ROOT / "outputs" / ("demo" if a.model == "detr" else "demo_deformable"))
+    out = Path(a.out or ROOT / "outputs" / OUT_DIRS[a.model])
     start = time.time()
+    setup = start - a.started if a.started else None
 
     from datasets.synthetic import generate_synthetic_coco
 
     generate_synthetic_coco(a.data, **DATA)
+    data_done = time.time()
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("log.txt", "eval.json"):  # a fresh run, not appended to an old one
@@ -68,8 +154,8 @@ def main() -> None:
     cmd = [sys.executable, "-u", str(ROOT / "main.py"), *COMMON, *recipe,
            "--coco_path", a.data, "--output_dir", str(out), *extra]  # fmt: skip
     print("running:", " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    run_main(cmd, int(_flag(cmd, "--epochs")), a.started or start)  # elapsed: since the set-up began
+    train_done = time.time()
 
     from tools.plot_logs import plot_logs
     from tools.visualize import draw_predictions
@@ -77,14 +163,19 @@ def main() -> None:
     plot_logs([out], out / "curves.png")
     data = Path(a.data)
     draw_predictions(out / "checkpoint.pth", data / "val2017", data / "annotations" / "instances_val2017.json",
-                     out / "predictions.png", num_images=12, threshold=0.5)  # fmt: skip
+                     out / "predictions.png", num_images=12, threshold=THRESHOLD)  # fmt: skip
     summary = json.loads((out / "eval.json").read_text())
-    minutes = (time.time() - start) / 60
+    end = time.time()
+    parts = [("set-up", setup)] if setup is not None else []
+    parts += [("data", data_done - start), ("training and evaluation", train_done - data_done),
+              ("pictures", end - train_done)]  # fmt: skip
+    total = end - (a.started or start)
     print(
-        f"\nDemo finished in {minutes:.1f} min. Held-out box AP50 = {summary['AP50']:.3f}, AP = {summary['AP']:.3f}\n"
+        f"\nDemo finished in {_duration(total)} ({', '.join(f'{k} {_duration(v)}' for k, v in parts)}).\n"
+        f"Held-out box AP50 = {summary['AP50']:.3f}, AP = {summary['AP']:.3f} ({DATA['num_val']} validation images)\n"
         f"  {out}/eval.json        COCO metrics by name\n"
-        f"  {out}/curves.png       loss and AP per epoch\n"
-        f"  {out}/predictions.png  predictions on validation images (ground truth in grey)\n"
+        f"  {out}/curves.png       losses and AP per epoch\n"
+        f"  {out}/predictions.png  predictions scoring >= {THRESHOLD} on validation images, ground truth dashed\n"
         f"  {out}/log.txt, {out}/checkpoint.pth"
     )
 

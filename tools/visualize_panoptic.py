@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import io
 import json
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from PIL import Image, ImageDraw
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.panoptic_eval import rgb2id  # noqa: E402
+from util.panoptic import read_panoptic_png  # noqa: E402
 
 
 def _palette_colour(category_id: int) -> tuple[int, int, int]:
@@ -52,11 +51,7 @@ def _segment_colour(cat: dict[str, Any] | None, category_id: int, instance: int)
 
 def decode_png(png: bytes | str | Path | Image.Image) -> np.ndarray:
     """A panoptic PNG (bytes, path or image) -> ``[H, W]`` int64 segment ids."""
-    if isinstance(png, bytes):
-        png = Image.open(io.BytesIO(png))
-    elif not isinstance(png, Image.Image):
-        png = Image.open(png)
-    return rgb2id(np.asarray(png.convert("RGB")))
+    return read_panoptic_png(png)
 
 
 def panoptic_overlay(
@@ -156,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from datasets.coco_panoptic import CocoPanoptic, panoptic_paths
+    from datasets.images import decode_image
 
     img_folder, png_folder, ann_file, _ = panoptic_paths(args.coco_path, args.coco_panoptic_path)[args.split]
     raw = CocoPanoptic(img_folder, png_folder, ann_file, transforms=None)
@@ -179,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             drawn.append((raw.ids[i], id_map, segments))
     for image_id, id_map, segments in drawn:
         info = raw.images[raw.ids.index(image_id)]
-        image = Image.open(img_folder / info["file_name"]).convert("RGB")
+        image = decode_image(img_folder / info["file_name"])  # EXIF orientation, 16-bit: as in training
         scale = max(1, 256 // max(image.size))
         path = out / f"overlay_{image_id:012d}.png"
         panoptic_overlay(image, id_map, segments, categories, scale=scale).save(path)

@@ -6,9 +6,14 @@ leaves a corrupt file) and pickles ``argparse.Namespace``. Here a checkpoint is 
 temporary file in the same folder, flushed to disk and renamed over the old one, and holds only
 tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
 Official checkpoints (``{"model": ...}``, possibly with a pickled ``args``) load too.
-``save_checkpoint(..., previous=...)`` keeps the replaced checkpoint (``checkpoint_prev.pth``), and
+``save_checkpoint(..., keep=2)`` keeps the replaced checkpoint (``checkpoint_prev.pth``), and
 ``find_resume_checkpoint`` (``--resume auto``) picks the newest readable checkpoint of a folder,
 reporting and skipping truncated or corrupt ones (the official code has neither).
+
+Also here: downloads that never poison the cache (a file that fails its hash or does not load is
+deleted and reported in one line, so a retry downloads again), ``prepare_output_dir`` (a folder
+that cannot be written is refused before training, low free space is a warning, temporary files
+of interrupted saves are removed), and ``rotate_checkpoints`` behind ``--keep_checkpoints``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
+import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: TrainState (scaler, EMA, evaluation pending, best metric)
 
 # Official training checkpoints pickle their argparse.Namespace: allow it in weights_only loads.
 torch.serialization.add_safe_globals([argparse.Namespace])
@@ -38,12 +46,11 @@ def is_url(path: str) -> bool:
     return str(path).startswith(("http://", "https://"))
 
 
-def save_checkpoint(
-    state: dict[str, Any], path: str | os.PathLike[str], previous: str | os.PathLike[str] | None = None
-) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename. With ``previous``,
-    an existing ``path`` is first moved there (kept as a fallback should ``path`` become
-    unreadable); at every moment one of the two holds a complete checkpoint."""
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], keep: int = 1) -> None:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename. With ``keep > 1`` the
+    file it replaces is kept as ``checkpoint_prev.pth`` (and older ones as ``checkpoint_prev2.pth``
+    ... up to ``keep`` files, see ``rotate_checkpoints``), as fallbacks should ``path`` become
+    unreadable; at every moment one complete checkpoint exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,46 +59,92 @@ def save_checkpoint(
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
+        if keep > 1 and path.exists():
+            rotate_checkpoints(path.parent, keep)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def download_checkpoint(url: str) -> Path:
+    """Download ``url`` into the torch hub cache (``$TORCH_HOME/hub/checkpoints``) unless it is
+    there, and return the local path. When the file name carries a hash prefix (``name-<sha256
+    prefix>.pth``, as the official URLs do) the download is checked against it before it lands in
+    the cache. Raises ``CheckpointError`` in one line when the download fails."""
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if cached.is_file():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(name)
+    try:
+        torch.hub.download_url_to_file(url, str(cached), match.group(1) if match else None, progress=False)
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckpointError(
+            f"could not download checkpoint {url} ({e}). Offline? Download it elsewhere and pass its local path."
+        ) from e
+    except RuntimeError as e:  # hash mismatch: torch removed the partial file
+        raise CheckpointError(f"download of {url} is corrupt ({e}); nothing was cached, retry later") from e
+    return cached
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint from a local path or an http(s) URL (cached by ``torch.hub``,
-    ``check_hash`` on). Raises ``CheckpointError`` naming the file for a missing, unreadable or
-    truncated checkpoint, and for an URL that cannot be downloaded."""
+    """Load a checkpoint from a local path or an http(s) URL (downloaded once into the torch hub
+    cache, hash-checked when the name carries a hash). Raises ``CheckpointError`` naming the file
+    for a missing, unreadable or truncated checkpoint and for an URL that cannot be downloaded; a
+    downloaded file that does not load (an HTML error page, a truncated transfer) is deleted from
+    the cache, so that the next try downloads it again."""
     path = str(path)
     if is_url(path):
+        cached = download_checkpoint(path)
         try:
-            return torch.hub.load_state_dict_from_url(
-                path, map_location=map_location, check_hash=True, weights_only=True
-            )
-        except (urllib.error.URLError, OSError) as e:
+            return load_checkpoint(cached, map_location)
+        except CheckpointError as e:
+            cached.unlink(missing_ok=True)
             raise CheckpointError(
-                f"could not download checkpoint {path} ({e}). Offline? Download it elsewhere and pass its local path."
+                f"downloaded {path} is not a valid checkpoint; removed it from the cache ({e})"
             ) from e
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
+    # Again at every load: torch's safe_globals context manager (timm uses it) removes the globals it
+    # lists on exit, even those registered before it.
+    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, wrong format, unpicklable object...
-        raise CheckpointError(f"checkpoint {p} could not be read ({type(e).__name__}: {e})") from e
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"checkpoint {p} could not be read ({type(e).__name__}: {reason})") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {p} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt
 
 
+def rolling_names(keep: int) -> list[str]:
+    """The rolling checkpoint files of a run, newest first: ``checkpoint.pth``, then
+    ``checkpoint_prev.pth``, ``checkpoint_prev2.pth``, ... (``keep`` names in all)."""
+    return ["checkpoint.pth"] + [f"checkpoint_prev{'' if i == 1 else i}.pth" for i in range(1, keep)]
+
+
+def rotate_checkpoints(folder: str | os.PathLike[str], keep: int) -> None:
+    """Before a new ``checkpoint.pth`` is written: shift the rolling copies by one (the oldest is
+    dropped), keeping ``keep - 1`` previous checkpoints as fallbacks for a corrupt newest one."""
+    folder = Path(folder)
+    names = rolling_names(max(keep, 1))
+    for older, newer in zip(reversed(names[1:]), reversed(names[:-1])):
+        if (folder / newer).is_file():
+            os.replace(folder / newer, folder / older)
+
+
 def resume_candidates(folder: str | os.PathLike[str]) -> list[Path]:
     """The checkpoints ``--resume auto`` may use in ``folder``, newest first (by modification
-    time; on a tie ``checkpoint.pth``, then ``checkpoint_prev.pth``, then the per-epoch copies).
-    ``checkpoint_nonfinite.pth`` (weights before a NaN loss) is never picked."""
+    time; on a tie ``checkpoint.pth``, then ``checkpoint_prev*.pth``, then the per-epoch copies).
+    ``checkpoint_nonfinite.pth`` (weights before a NaN loss) and ``checkpoint_best.pth`` (weights
+    only) are never picked."""
     folder = Path(folder)
     names = ["checkpoint.pth", "checkpoint_prev.pth"]
+    names += sorted((p.name for p in folder.glob("checkpoint_prev[0-9]*.pth")), key=lambda n: int(n[15:-4]))
     paths = [folder / n for n in names if (folder / n).is_file()]
     paths += sorted(p for p in folder.glob("checkpoint[0-9]*.pth") if p.is_file())
 
@@ -100,6 +153,38 @@ def resume_candidates(folder: str | os.PathLike[str]) -> list[Path]:
         return (-p.stat().st_mtime_ns, rank)
 
     return sorted(paths, key=key)
+
+
+def prepare_output_dir(folder: str | os.PathLike[str]) -> list[str]:
+    """Make sure a run can save before it trains: create ``folder``, write and remove a test file
+    (raises ``CheckpointError`` naming the folder if that fails) and remove the temporary files
+    left by interrupted saves. Returns notes for the log."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"--output_dir {folder} cannot be written ({e.strerror or e})") from e
+    stale = sorted(folder.glob(".checkpoint*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return [f"removed {len(stale)} temporary file(s) of interrupted saves from {folder}"] if stale else []
+
+
+def check_free_space(folder: str | os.PathLike[str], checkpoint_bytes: int) -> str | None:
+    """A warning when ``folder``'s file system has room for fewer than three checkpoints."""
+    free = shutil.disk_usage(folder).free
+    if free < 3 * checkpoint_bytes:
+        return (
+            f"only {free / 2**20:.0f} MiB free in {folder}, less than three checkpoints "
+            f"(~{checkpoint_bytes / 2**20:.0f} MiB each): saving may fail"
+        )
+    return None
 
 
 def find_resume_checkpoint(
@@ -131,6 +216,11 @@ def model_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
     return state
 
 
+def key_list(items: list[str], limit: int = 8, sep: str = ", ") -> str:
+    """The first ``limit`` items joined, and how many there are in all (for error messages)."""
+    return sep.join(items[:limit]) + (f"{sep}... ({len(items)} in all)" if len(items) > limit else "")
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state, strict=True)``, with one error naming the file and listing
     the missing, unexpected and mis-shaped keys (the usual cause: another model configuration)."""
@@ -143,20 +233,67 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or mismatched:
+        parts = [f"checkpoint {source} does not fit the model"]
+        if missing:
+            parts.append(f"missing keys: {key_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {key_list(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches: {key_list(mismatched)}")
+        parts.append("(was it trained with other --backbone/--masks/--num_classes/--model flags?)")
+        raise CheckpointError("; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+# Weights that fine-tuning may re-initialise when their shapes differ: the class heads (also the
+# two-stage encoder's and the box-refinement decoder's, which share or copy them) and the queries.
+_HEAD_PATTERN = re.compile(r"(^|\.)class_embed(\.|$)|(^|\.)query_embed\.weight$")
+
+
+def load_finetune_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load ``state`` into ``model`` for fine-tuning: every weight whose name and shape fit; the
+    class heads (and ``query_embed``) keep their fresh initialisation when their shapes differ
+    (another class count or number of queries). Any other missing, unexpected or mis-shaped weight
+    is a ``CheckpointError`` listing the keys (another architecture). A box-only checkpoint loads
+    into a model with a mask head (whose weights stay fresh). Returns one note per re-initialised
+    key and a summary, for the log."""
+    own = model.state_dict()
+    if any(k.startswith("detr.") for k in own) and not any(k.startswith("detr.") for k in state):
+        state = {f"detr.{k}": v for k, v in state.items()}
+        fresh_prefixes: tuple[str, ...] = ("bbox_attention.", "mask_head.")
+    else:
+        fresh_prefixes = ()
+    notes, load, missing, unexpected, mismatched = [], {}, [], [], []
+    for k, v in own.items():
+        if k not in state:
+            if not k.startswith(fresh_prefixes):
+                missing.append(k)
+        elif state[k].shape == v.shape:
+            load[k] = state[k]
+        elif _HEAD_PATTERN.search(k):
+            notes.append(f"re-initialised {k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}")
+        else:
+            mismatched.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}")
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or mismatched:
 
         def show(items: list[str]) -> str:
             return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
 
-        parts = [f"checkpoint {source} does not fit the model"]
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {show(mismatched)}")
-        parts.append("(was it trained with other --backbone/--masks/--num_classes/--model flags?)")
+        parts = [f"--finetune {source} does not fit the model beyond its class head and queries"]
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if items:
+                parts.append(f"{label}: {show(items)}")
+        parts.append("(another --backbone, --masks, layer count or variant?)")
         raise CheckpointError("; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load, strict=False)
+    fresh = len(own) - len(load)
+    notes.append(f"loaded {len(load)} of {len(own)} weights from {source}; {fresh} keep their initialisation")
+    return notes
 
 
 def get_rng_state() -> dict[str, Any]:

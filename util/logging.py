@@ -1,7 +1,11 @@
-"""Training-progress logging: smoothed meters and a periodic console logger.
+"""Training-progress logging: smoothed meters, a periodic console logger and TensorBoard.
 
 Same interface as the official DETR ``SmoothedValue`` and ``MetricLogger`` (importable from
 ``util.misc`` as before); the logger also reports an ETA and peak CUDA memory when on GPU.
+Additions: ``MetricLogger.state_dict()`` / ``load_state_dict()`` carry an epoch's running sums
+through a mid-epoch checkpoint (the resumed epoch logs the same averages as an uninterrupted
+one), ``log_every`` can add the whole run's ETA, and ``TensorboardLogger`` (``--tensorboard``,
+an optional extra) writes per-step losses and learning rates and per-epoch metrics.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import datetime
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,8 +102,38 @@ class MetricLogger:
     def add_meter(self, name: str, meter: SmoothedValue) -> None:
         self.meters[name] = meter
 
-    def log_every(self, iterable: Iterable[Any], print_freq: int, header: str = "") -> Iterator[Any]:
-        """Yield from ``iterable``, printing meters, speed and ETA every ``print_freq`` steps."""
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The running state of every meter (total, count, window), in insertion order."""
+        return {
+            name: {
+                "total": m.total,
+                "count": m.count,
+                "window": list(m.deque),
+                "window_size": m.deque.maxlen,
+                "fmt": m.fmt,
+            }  # fmt: skip
+            for name, m in self.meters.items()
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        """Put back the meters saved by ``state_dict`` (same order, sums and windows)."""
+        self.meters.clear()
+        for name, s in state.items():
+            m = SmoothedValue(window_size=s["window_size"], fmt=s["fmt"])
+            m.deque = deque((float(v) for v in s["window"]), maxlen=s["window_size"])
+            m.total, m.count = float(s["total"]), int(s["count"])
+            self.meters[name] = m
+
+    def log_every(
+        self,
+        iterable: Iterable[Any],
+        print_freq: int,
+        header: str = "",
+        run_eta: Callable[[float], float] | None = None,
+    ) -> Iterator[Any]:
+        """Yield from ``iterable``, printing meters, speed and ETA every ``print_freq`` steps.
+        ``run_eta(seconds_left_in_this_loop)``, when given, returns the seconds left in the whole
+        run, printed as ``run eta``."""
         start = end = time.time()
         iter_time = SmoothedValue(fmt="{avg:.4f}")
         data_time = SmoothedValue(fmt="{avg:.4f}")
@@ -115,8 +150,10 @@ class MetricLogger:
             if i % print_freq == 0 or last:
                 parts = [header, f"[{i:>{width}}/{total if total is not None else '?'}]"]
                 if total is not None:
-                    eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
-                    parts.append(f"eta: {eta}")
+                    left = iter_time.global_avg * (total - i - 1)
+                    parts.append(f"eta: {datetime.timedelta(seconds=int(left))}")
+                    if run_eta is not None:
+                        parts.append(f"run eta: {datetime.timedelta(seconds=int(run_eta(left)))}")
                 parts += [str(self), f"time: {iter_time}", f"data: {data_time}"]
                 if torch.cuda.is_available():
                     parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB")
@@ -125,3 +162,24 @@ class MetricLogger:
         total_time = datetime.timedelta(seconds=int(time.time() - start))
         n = total if total is not None else 1
         print(f"{header} Total time: {total_time} ({(time.time() - start) / max(n, 1):.4f} s / it)", flush=True)
+
+
+class TensorboardLogger:
+    """``--tensorboard``: scalars for TensorBoard under ``<output_dir>/tensorboard`` (rank 0 only).
+    Needs the ``tensorboard`` package (an optional extra)."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RuntimeError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from e
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, scalars: dict[str, float], step: int, prefix: str = "") -> None:
+        for k, v in scalars.items():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(f"{prefix}{k}", v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,4 +1,5 @@
-"""Nested (padded) image batches, collation, accuracy and interpolation helpers.
+"""Nested (padded) image batches, collation, accuracy and interpolation helpers, and the one
+TorchScript refusal the models share.
 
 ``NestedTensor`` and ``nested_tensor_from_tensor_list`` behave as in the official DETR
 ``util/misc.py`` (padding to the largest image, ``True`` in the mask marks padding). The
@@ -8,7 +9,7 @@ distributed and logging helpers that the official module also held now live in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torchvision
@@ -116,3 +117,13 @@ def interpolate(
 ) -> Tensor:
     """``torch.nn.functional.interpolate`` (kept for official imports; empty batches work)."""
     return torchvision.ops.misc.interpolate(input, size, scale_factor, mode, align_corners)
+
+
+def refuse_torchscript(module: object) -> NoReturn:
+    """The models' ``__prepare_scriptable__`` (which ``torch.jit.script`` calls first): one clear
+    error instead of a failure deep in the TorchScript compiler. TorchScript is deprecated by
+    PyTorch and not supported here; ``torch.export`` and ONNX are."""
+    raise RuntimeError(
+        f"{type(module).__name__}: torch.jit.script is not supported (TorchScript is deprecated by PyTorch); "
+        "export with torch.export.export(model, ...) or to ONNX with tools/export.py"
+    )

@@ -12,8 +12,6 @@ The official DETR code has no such mechanism: under submitit, the Slurm signal m
 * The caller then saves a checkpoint and raises ``Preempted``. Handlers that were installed
   before ours (submitit's requeue handler) are not lost: ``Preempted.replay_previous_handlers``
   calls them once the checkpoint is on disk (``run_with_submitit.py`` does so on rank 0).
-* ``meters_state``/``restore_meters`` carry the running sums of an epoch's ``MetricLogger``
-  through a checkpoint, so the epoch's logged averages equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
@@ -30,7 +27,6 @@ import torch
 import torch.distributed as dist
 
 from util.distributed import is_dist_avail_and_initialized
-from util.logging import MetricLogger, SmoothedValue
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
@@ -90,12 +86,6 @@ class StopRequest:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
 
-    def __enter__(self) -> StopRequest:
-        return self.install()
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum not in self.received:
             self.received.append(signum)
@@ -128,28 +118,3 @@ class StopRequest:
         sigs = list(self.received) or [signum]
         sigs.sort(key=lambda s: s == signal.SIGUSR2)
         return [(s, self._previous.get(s)) for s in sigs]
-
-
-def meters_state(logger: MetricLogger) -> dict[str, dict[str, Any]]:
-    """The running state of every meter (total, count, window), in insertion order."""
-    return {
-        name: {
-            "total": m.total,
-            "count": m.count,
-            "window": list(m.deque),
-            "window_size": m.deque.maxlen,
-            "fmt": m.fmt,
-        }
-        for name, m in logger.meters.items()
-    }
-
-
-def restore_meters(logger: MetricLogger, state: dict[str, dict[str, Any]]) -> MetricLogger:
-    """Put back the meters saved by ``meters_state`` (same order, sums and windows)."""
-    logger.meters.clear()
-    for name, s in state.items():
-        m = SmoothedValue(window_size=s["window_size"], fmt=s["fmt"])
-        m.deque = deque((float(v) for v in s["window"]), maxlen=s["window_size"])
-        m.total, m.count = float(s["total"]), int(s["count"])
-        logger.meters[name] = m
-    return logger

@@ -12,6 +12,8 @@ load unchanged. Differences from the official ``models/ops``:
   choice is printed once per process.
 * ``im2col_step`` is kept as an attribute for compatibility but unused.
 * a bad ``d_model``/``n_heads`` combination raises ``ValueError`` naming both values.
+* ``input_spatial_shapes`` may also be a list of ``(h, w)`` or a ``LevelSizes`` (what
+  ``DeformableTransformer`` passes: no device-to-host copy, dynamic sizes under ``torch.export``).
 """
 
 from __future__ import annotations
@@ -24,20 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.ops.ms_deform_attn_pytorch import ms_deform_attn_pytorch
+from models.ops.ms_deform_attn_pytorch import SpatialShapes, ms_deform_attn_pytorch, spatial_shapes_tensor
 
 MSDeformAttnFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def _triton_impl(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
     from models.ops.ms_deform_attn_triton import ms_deform_attn_triton  # imported lazily: Triton is optional
 
+    spatial_shapes = spatial_shapes_tensor(spatial_shapes, value.device)
     return ms_deform_attn_triton(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
@@ -76,13 +79,14 @@ def resolve_impl(impl: str, device: torch.device | str | None = None) -> str:
 
 def ms_deform_attn(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
     impl: str = "auto",
 ) -> Tensor:
-    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (int64 h, w), ``level_start_index [L]``,
+    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (int64 h, w; or a list of ``(h, w)``),
+    ``level_start_index [L]``,
     ``sampling_locations [B, Q, H, L, P, 2]`` (normalised x, y), ``attention_weights [B, Q, H, L, P]``
     -> ``[B, Q, H * D]``."""
     name = resolve_impl(impl, value.device)
@@ -151,13 +155,14 @@ class MSDeformAttn(nn.Module):
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
+        input_spatial_shapes: SpatialShapes,
         input_level_start_index: Tensor,
         input_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """``query [B, Q, C]``; ``reference_points [B, Q, L, 2]`` (x, y in [0, 1], padded area
         included) or ``[B, Q, L, 4]`` (boxes: offsets scale with the box size);
-        ``input_flatten [B, S, C]``, ``input_spatial_shapes [L, 2]``, ``input_level_start_index [L]``,
+        ``input_flatten [B, S, C]``, ``input_spatial_shapes [L, 2]`` (or a list of ``(h, w)``),
+        ``input_level_start_index [L]``,
         ``input_padding_mask [B, S]`` (True = padding) -> ``[B, Q, C]``."""
         n, len_q, _ = query.shape
         _, len_in, _ = input_flatten.shape
@@ -169,7 +174,8 @@ class MSDeformAttn(nn.Module):
         attention_weights = self.attention_weights(query).view(n, len_q, self.n_heads, self.n_levels * self.n_points)
         attention_weights = F.softmax(attention_weights, -1).view(n, len_q, self.n_heads, self.n_levels, self.n_points)
         if reference_points.shape[-1] == 2:
-            offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+            shapes = spatial_shapes_tensor(input_spatial_shapes, query.device)
+            offset_normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
             sampling_locations = (
                 reference_points[:, :, None, :, None, :]
                 + sampling_offsets / offset_normalizer[None, None, None, :, None, :]

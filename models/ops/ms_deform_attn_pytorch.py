@@ -16,19 +16,56 @@ dtypes (autocast: bf16 values, fp32 locations) are computed in the promoted dtyp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SpatialShapes = Tensor | Sequence[tuple[int, int]]
+
+
+class LevelSizes(list):
+    """The feature levels' ``(h, w)``, as a list and as an ``[L, 2]`` int64 tensor (``.tensor``).
+
+    ``DeformableTransformer`` passes one to its layers in place of the official ``[L, 2]`` tensor:
+    the PyTorch op reads the Python sizes (no device-to-host copy per layer, and sizes that stay
+    symbolic under ``torch.export``, so that an exported model takes any image size); the offset
+    normalisation and the Triton kernels use the tensor, made once per forward pass."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None) -> None:
+        super().__init__((h, w) for h, w in sizes)
+        # torch.full keeps symbolic sizes symbolic under torch.export; torch.as_tensor would fix them
+        self.tensor = torch.stack(
+            [torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in hw]) for hw in self]
+        )
+
+
+def level_sizes(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
+    """``(h, w)`` of each level, from an ``[L, 2]`` tensor (read back from its device) or a list."""
+    pairs = spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes
+    return [(h, w) for h, w in pairs]
+
+
+def spatial_shapes_tensor(spatial_shapes: SpatialShapes, device: torch.device | str | None = None) -> Tensor:
+    """The ``[L, 2]`` int64 tensor of the level sizes (``LevelSizes.tensor``, the tensor itself, or
+    made from a list of pairs)."""
+    if isinstance(spatial_shapes, Tensor):
+        return spatial_shapes
+    if isinstance(spatial_shapes, LevelSizes):
+        return spatial_shapes.tensor
+    return LevelSizes(spatial_shapes, device).tensor
+
 
 def ms_deform_attn_pytorch(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (h, w per level, int64, ``S = sum h*w``),
+    """``value [B, S, H, D]``, ``spatial_shapes [L, 2]`` (h, w per level, int64, ``S = sum h*w``;
+    or a list of ``(h, w)``),
     ``level_start_index [L]`` (unused here: the split follows ``spatial_shapes``),
     ``sampling_locations [B, Q, H, L, P, 2]``, ``attention_weights [B, Q, H, L, P]``
     -> ``[B, Q, H * D]``."""
@@ -38,7 +75,7 @@ def ms_deform_attn_pytorch(
     value, sampling_locations, attention_weights = (t.to(dtype) for t in (value, sampling_locations, attention_weights))
     b, s, nh, d = value.shape
     _, q, _, nl, npts, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = level_sizes(spatial_shapes)
     if sum(h * w for h, w in shapes) != s:
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
     value_list = value.split([h * w for h, w in shapes], dim=1)

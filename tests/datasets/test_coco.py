@@ -76,8 +76,8 @@ def test_build_with_demo_resolution(synthetic_root: Path) -> None:
 
 def test_builder_registry_and_coco_api(synthetic_root: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset_file"):
-        build_dataset("train", Namespace(dataset_file="voc"))
-    assert set(DATASET_BUILDERS) >= {"coco", "coco_panoptic"}
+        build_dataset("train", Namespace(dataset_file="pascal"))
+    assert set(DATASET_BUILDERS) >= {"coco", "coco_panoptic", "voc", "yolo"}
     ds = build_dataset("val", Namespace(dataset_file="coco", coco_path=str(synthetic_root), masks=False))
     subset = torch.utils.data.Subset(torch.utils.data.Subset(ds, [0, 1, 2]), [0])
     assert get_coco_api_from_dataset(subset) is ds.coco

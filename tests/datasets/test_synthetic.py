@@ -108,3 +108,16 @@ def test_idempotent_and_safe(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         generate_synthetic_coco(foreign, num_train=1, num_val=1, image_size=32)
     with pytest.raises(ValueError, match="val_seed"):
         generate_synthetic_coco(tmp_path / "x", num_train=1, num_val=1, seed=4, val_seed=4)
+
+
+def test_shapes5_task_has_five_classes_and_leaves_the_default_alone(tmp_path):
+    meta = generate_synthetic_coco(
+        tmp_path / "s5", num_train=30, num_val=2, image_size=48, verbose=False, task="shapes5"
+    )
+    data = json.loads((tmp_path / "s5" / "annotations" / "instances_train2017.json").read_text())
+    assert [c["id"] for c in data["categories"]] == [1, 2, 3, 4, 5] and meta["task"] == "shapes5"
+    assert {a["category_id"] for a in data["annotations"]} == {1, 2, 3, 4, 5}
+    assert data["categories"][:3] == CATEGORIES  # the first three are the demo's
+    assert "task" not in generate_synthetic_coco(tmp_path / "s3", num_train=2, num_val=1, image_size=48, verbose=False)
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        generate_synthetic_coco(tmp_path / "bad", num_train=1, num_val=1, image_size=48, verbose=False, task="x")

@@ -67,6 +67,18 @@ def test_resize_scales_boxes_area_masks(size: int | tuple[int, int]) -> None:
     assert (mask_boxes(out["masks"]) - out["boxes"]).abs().max() <= max(rw, rh, 1.0) + 1e-4
 
 
+def test_resize_to_own_size_changes_nothing() -> None:
+    """The no-resampling shortcut: same pixels, boxes and areas; masks bool as after a real resize."""
+    image, target = make_sample()
+    for img in (image, torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)):
+        same, out = T.resize(img, target, H, max_size=1000)
+        assert same is img and torch.equal(out["boxes"], target["boxes"]) and torch.equal(out["area"], target["area"])
+        assert out["size"].tolist() == [H, W] and out["masks"].dtype == torch.bool
+        assert torch.equal(out["masks"], target["masks"].bool()) and target["masks"].dtype == torch.uint8
+    # Pillow's own resize to the same size is an exact copy: the official path gives the same values
+    assert np.array_equal(np.asarray(image.resize((W, H), PIL.Image.BILINEAR)), np.asarray(image))
+
+
 def test_get_size_official_rounding() -> None:
     # shorter side to `size`, longer side truncated
     assert T.get_size_with_aspect_ratio((640, 480), 800, 1333) == (800, 1066)

@@ -88,7 +88,7 @@ def test_bad_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="nheads"):
         build(cfg)
     cfg = deformable_config_from_args(_args(golden))
-    cfg.num_feature_levels = 0
+    cfg.transformer.num_feature_levels = 0
     with pytest.raises(ValueError, match="num_feature_levels"):
         build(cfg)
     cfg = deformable_config_from_args(_args(golden))

@@ -1,13 +1,15 @@
 """Golden parity of panoptic DETR (``DETRsegm``, ResNet-50, hidden 128, ``masks=True``) with the
-official implementation: state-dict keys and shapes in order, outputs including ``pred_masks``,
-matcher, every loss term (``loss_mask``, ``loss_dice``), the weighted total, gradients and the box
-post-processor; the same outputs with the inference fast paths on. Fixture: ``shared/golden/detr_panoptic_tiny.pt`` (skipped when absent)."""
+official implementation: state-dict keys and shapes in order, outputs including ``pred_masks``, and
+through the shared ``check_against_golden`` the matcher, exactly the official loss terms
+(``loss_mask``, ``loss_dice`` included), the weighted total, gradients and the box post-processor;
+the same outputs with the inference fast paths on.
+Fixture: ``shared/golden/detr_panoptic_tiny.pt`` (skipped when absent)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from golden import check_inference_fast_path, fill_golden_weights, golden_args, load_golden
+from golden import check_against_golden, check_inference_fast_path, fill_golden_weights, golden_args, load_golden
 
 from util.misc import NestedTensor
 
@@ -54,38 +56,14 @@ def test_outputs(golden: dict, run: dict) -> None:
             torch.testing.assert_close(ours[k], theirs[k], atol=2e-5, rtol=1e-4)
 
 
-def test_matcher(golden: dict, built, run: dict) -> None:
-    criterion = built[1]
-    out = {k: v for k, v in run.items() if k != "aux_outputs"}
-    indices = criterion.matcher(out, golden["targets"])
-    for (i, j), (gi, gj) in zip(indices, golden["matcher_indices"]):
-        assert i.tolist() == gi.tolist() and j.tolist() == gj.tolist()
-
-
-def test_losses_total_and_grads(golden: dict, built, run: dict) -> None:
-    model, criterion, _ = built
-    losses = criterion(run, golden["targets"])
-    assert set(golden["losses"]) <= set(losses)
-    for k, v in golden["losses"].items():
-        torch.testing.assert_close(losses[k].detach(), v, atol=1e-5, rtol=1e-4, msg=k)
-    assert criterion.weight_dict == {k: float(v) for k, v in golden["weight_dict"].items()}
-    total = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
-    torch.testing.assert_close(total.detach(), golden["total_loss"], atol=1e-5, rtol=1e-5)
-    model.zero_grad()
-    total.backward()
-    params = dict(model.named_parameters())
-    for k, g in golden["grads"].items():
-        torch.testing.assert_close(params[k].grad, g, atol=1e-6, rtol=1e-4, msg=k)
-
-
-def test_bbox_postprocess(golden: dict, built, run: dict) -> None:
-    postprocessors = built[2]
+def test_matcher_losses_grads_postprocess(golden: dict, built, run: dict) -> None:
+    """The shared golden check: matcher indices, the exact set of loss terms (masks included) and
+    each value, the weighted total, gradients and the box post-processing."""
+    model, criterion, postprocessors = built
     assert set(postprocessors) >= {"bbox", "segm"}
-    results = postprocessors["bbox"](run, golden["postprocess_target_sizes"])
-    for ours, theirs in zip(results, golden["postprocess"]):
-        assert ours["labels"].tolist() == theirs["labels"].tolist()
-        torch.testing.assert_close(ours["scores"], theirs["scores"], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=1e-3, rtol=1e-4)
+    assert criterion.weight_dict == {k: float(v) for k, v in golden["weight_dict"].items()}
+    model.zero_grad()
+    check_against_golden(golden, model, criterion, postprocessors, run)
 
 
 def test_segm_postprocess_shapes(golden: dict, built, run: dict) -> None:

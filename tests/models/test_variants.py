@@ -1,11 +1,12 @@
 """Every model variant builds from command-line flags, runs forward and backward on a tiny CPU
-config, and gives finite losses with gradients reaching the heads and the backbone."""
+config, and gives finite losses with gradients reaching the heads and the backbone; the flags that
+its weights determine are read back from its state dict (``architecture_from_state_dict``)."""
 
 import pytest
 import torch
 
 from main import get_args_parser, resolve_args
-from models import build_model
+from models import architecture_from_state_dict, build_model
 
 TINY = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
         "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "6",
@@ -41,6 +42,9 @@ def test_forward_backward(name):
     torch.manual_seed(0)
     args = resolve_args(get_args_parser().parse_args([*TINY, *VARIANTS[name]]))
     model, criterion, postprocessors = build_model(args)
+    read_back = architecture_from_state_dict(model.state_dict())
+    assert {"model", "num_classes", "hidden_dim", "enc_layers", "dec_layers", "backbone"} <= set(read_back)
+    assert {k: getattr(args, k) for k in read_back} == read_back
     model.train()
     images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64)]
     out = model(images)

@@ -36,3 +36,24 @@ def test_collate():
     samples, targets = collate_fn(batch)
     assert isinstance(samples, NestedTensor) and samples.tensors.shape == (2, 3, 4, 5)
     assert targets == ({"id": 1}, {"id": 2})
+
+
+@pytest.mark.parametrize("model", ["detr", "deformable_detr", "detr_masks"])
+def test_torchscript_refused_with_one_clear_error(model):
+    """TorchScript is not supported (deprecated by PyTorch): the model, its backbone and position
+    encoding, which the official code scripted, each say so instead of failing in the compiler."""
+    import warnings
+
+    from main import get_args_parser, resolve_args
+    from models import build_model
+
+    flags = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
+             "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "32", "--num_classes", "3"]  # fmt: skip
+    flags += ["--masks"] if model == "detr_masks" else ["--model", model, "--num_feature_levels", "1"]
+    net = build_model(resolve_args(get_args_parser().parse_args(flags)))[0]
+    joiner = (net.detr if model == "detr_masks" else net).backbone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's own deprecation notice
+        for module in (net, joiner, joiner[0], joiner[1]):
+            with pytest.raises(RuntimeError, match=r"torch.jit.script is not supported .* torch.export"):
+                torch.jit.script(module)

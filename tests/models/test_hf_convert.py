@@ -1,0 +1,193 @@
+"""Conversion to and from Hugging Face transformers, through real transformers models built from
+tiny configs with random weights (nothing downloaded): the same outputs both ways, loading with
+no missing or unexpected key, 4.x and 5.x spellings, and clear errors for what does not fit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from golden import fill_value, load_golden
+
+from models.hf_convert import (
+    ARCH_FLAGS,
+    ConversionError,
+    arch_from_checkpoint,
+    checkpoint_from_hf,
+    checkpoint_to_hf,
+    convert_from_hf,
+)
+from util.misc import NestedTensor
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("timm")
+
+DETR = {"d_model": 32, "encoder_attention_heads": 8, "decoder_attention_heads": 8, "encoder_layers": 1,
+        "decoder_layers": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 5}  # fmt: skip
+DEFORMABLE = {"d_model": 64, "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_layers": 1,
+              "decoder_layers": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 5,
+              "encoder_n_points": 2, "decoder_n_points": 2, "two_stage_num_proposals": 5}  # fmt: skip
+TIMM_R18 = {"backbone": "resnet18", "use_pretrained_backbone": False}
+HF_R18 = {"use_timm_backbone": False, "backbone_config": {"model_type": "resnet", "depths": [2, 2, 2, 2],
+          "hidden_sizes": [64, 128, 256, 512], "layer_type": "basic",
+          "out_features": ["stage1", "stage2", "stage3", "stage4"]}}  # fmt: skip
+
+CASES = {
+    "detr": ("DetrForObjectDetection", {**DETR, **TIMM_R18}, "timm"),
+    "detr_segm_hf_resnet_learned_pos": ("DetrForSegmentation", {**DETR, **HF_R18, "position_embedding_type": "learned"},
+                                        "transformers"),
+    "deformable": ("DeformableDetrForObjectDetection", {**DEFORMABLE, **TIMM_R18}, "timm"),
+    "deformable_single_scale_dc5": ("DeformableDetrForObjectDetection",
+                                    {**DEFORMABLE, **TIMM_R18, "num_feature_levels": 1, "dilation": True}, "timm"),
+    "deformable_refine_two_stage": ("DeformableDetrForObjectDetection",
+                                    {**DEFORMABLE, **TIMM_R18, "with_box_refine": True, "two_stage": True}, "timm"),
+}  # fmt: skip
+
+IMAGES = torch.rand(2, 3, 64, 96)
+PIXEL_MASK = torch.ones(2, 64, 96, dtype=torch.long)
+PIXEL_MASK[1, 48:] = 0
+PIXEL_MASK[1, :, 64:] = 0
+
+
+def _hf_model(architecture: str, kwargs: dict):
+    config_cls = transformers.DeformableDetrConfig if "Deformable" in architecture else transformers.DetrConfig
+    model = getattr(transformers, architecture)(config_cls(num_labels=4, **kwargs)).eval()
+    # Random values everywhere (the default initialisation leaves zeros that would hide a wrong mapping).
+    state = model.state_dict()
+    model.load_state_dict({k: fill_value(k, tuple(v.shape)) if v.is_floating_point() else v for k, v in state.items()})
+    return model
+
+
+def _outputs(out) -> dict[str, torch.Tensor]:
+    if isinstance(out, dict) and "pred_logits" in out:
+        return {"logits": out["pred_logits"], "pred_boxes": out["pred_boxes"], **({"pred_masks": out["pred_masks"]}
+                if "pred_masks" in out else {})}  # fmt: skip
+    return {k: getattr(out, k) for k in ("logits", "pred_boxes", "pred_masks") if getattr(out, k, None) is not None}
+
+
+def _max_diffs(a: dict, b: dict) -> dict[str, float]:
+    assert set(a) == set(b)
+    return {k: float((a[k] - b[k]).abs().max()) for k in a}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_round_trip_through_transformers(case: str, tmp_path: Path) -> None:
+    from tools.visualize import load_model_from_checkpoint
+
+    architecture, kwargs, backbone_format = CASES[case]
+    hf = _hf_model(architecture, kwargs)
+    hf.save_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        reference = _outputs(hf(pixel_values=IMAGES, pixel_mask=PIXEL_MASK))
+
+    # transformers -> ours: main.py's rebuild from the checkpoint's flags, the same numbers
+    ckpt = convert_from_hf(tmp_path / "hf", tmp_path / "ours.pth")
+    assert ckpt["id2label"] == {i: f"LABEL_{i}" for i in range(4)} and ckpt["args"]["num_classes"] == 4
+    ours, _, _ = load_model_from_checkpoint(tmp_path / "ours.pth")
+    with torch.no_grad():
+        mine = _outputs(ours(NestedTensor(IMAGES, PIXEL_MASK == 0)))
+    from_hf = _max_diffs(mine, reference)
+    assert max(from_hf.values()) < 1e-4, from_hf
+
+    # ours -> transformers: from_pretrained finds every key, and the same numbers again
+    checkpoint_to_hf(tmp_path / "ours.pth", tmp_path / "back", backbone_format=backbone_format)
+    back, info = getattr(transformers, architecture).from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    with torch.no_grad():
+        theirs = _outputs(back.eval()(pixel_values=IMAGES, pixel_mask=PIXEL_MASK))
+    to_hf = _max_diffs(theirs, mine)
+    assert max(to_hf.values()) < 1e-4, to_hf
+    print(f"{case}: max |ours - transformers| from_hf {from_hf}, to_hf {to_hf}")
+    if case == "detr":  # the processor config ships along
+        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "back")
+        assert type(processor).__name__ == "DetrImageProcessor"
+
+
+@pytest.fixture(scope="module")
+def detr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hf_detr")
+    hf = _hf_model("DetrForObjectDetection", {**DETR, **TIMM_R18})
+    hf.save_pretrained(folder)
+    torch.save(hf.state_dict(), folder / "in_memory_names.pt")  # transformers 5's own spelling
+    return folder
+
+
+def test_transformers_4_config_and_5_in_memory_names(detr_folder: Path, tmp_path: Path) -> None:
+    reference = checkpoint_from_hf(detr_folder)
+    config = json.loads((detr_folder / "config.json").read_text())
+    assert "o_proj" in " ".join(torch.load(detr_folder / "in_memory_names.pt")), "5.x renamed its modules"
+    v4 = {k: v for k, v in config.items() if k != "backbone_config"}
+    v4.update(use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=True)  # a 4.x config.json
+    (tmp_path / "config.json").write_text(json.dumps(v4))
+    shutil.copy(detr_folder / "in_memory_names.pt", tmp_path / "pytorch_model.bin")
+    converted = checkpoint_from_hf(tmp_path)
+    assert converted["args"] == reference["args"]
+    assert converted["model"].keys() == reference["model"].keys()
+    assert all(torch.equal(converted["model"][k], v) for k, v in reference["model"].items())
+
+
+def test_config_weights_mismatch_names_file_and_field(detr_folder: Path, tmp_path: Path) -> None:
+    shutil.copytree(detr_folder, tmp_path / "bad")
+    config = json.loads((tmp_path / "bad" / "config.json").read_text())
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}))
+    with pytest.raises(ConversionError, match=r"model\.safetensors does not fit .*config\.json.*fc1\.weight.*ffn_dim"):
+        checkpoint_from_hf(tmp_path / "bad")
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "decoder_layers": 1}))
+    with pytest.raises(ConversionError, match=r"not in the model .* model\.decoder\.layers\.1\..*decoder_layers"):
+        checkpoint_from_hf(tmp_path / "bad")
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "architectures": ["DetrForTextGeneration"]}))
+    with pytest.raises(ConversionError, match=r"config\.json: field 'architectures'.*not supported"):
+        checkpoint_from_hf(tmp_path / "bad")
+    (tmp_path / "bad" / "model.safetensors").unlink()
+    with pytest.raises(ConversionError, match="no weights"):
+        checkpoint_from_hf(tmp_path / "bad")
+
+
+def test_unsupported_and_never_partial(detr_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.hf_convert as hf_convert
+
+    ckpt = checkpoint_from_hf(detr_folder)
+    prenorm = {**ckpt, "model": {**ckpt["model"], "transformer.encoder.norm.weight": torch.ones(32),
+                                 "transformer.encoder.norm.bias": torch.zeros(32)}}  # fmt: skip
+    with pytest.raises(ConversionError, match="pre_norm"):
+        checkpoint_to_hf(prenorm, tmp_path / "out")
+    effnet = {**ckpt["args"], "backbone": "timm:efficientnet_b0"}
+    model = hf_convert.build_model_from_args(effnet)
+    with pytest.raises(ConversionError, match=r"timm:efficientnet_b0 has \['FrozenBatchNormAct2d'\] layers"):
+        checkpoint_to_hf({"model": model.state_dict(), "args": effnet}, tmp_path / "out")
+    with pytest.raises(ConversionError, match="args say --enc_layers 3 but the weights have 1"):
+        checkpoint_to_hf({**ckpt, "args": {**ckpt["args"], "enc_layers": 3}}, tmp_path / "out")
+
+    checkpoint_to_hf(ckpt, tmp_path / "out")  # an existing folder is replaced only by a complete one
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf_convert, "_preprocessor_config", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint_to_hf(ckpt, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("fixture", ["detr", "detr_panoptic", "deformable", "deformable_single_scale",
+                                     "deformable_refine_two_stage"])  # fmt: skip
+def test_flags_read_off_official_checkpoints(fixture: str) -> None:
+    """The official models' state-dict layouts (golden fixtures): every architecture flag the weights
+    show is read off them; only what they cannot show (backbone, heads, dropout, two-stage queries) comes from args."""
+    golden = load_golden(f"{fixture}_tiny.pt")
+    config = golden["config"]
+    state = {k: torch.zeros(shape) for k, shape in golden["state_dict_shapes"]}
+    given = {
+        k: config[k] for k in ("backbone", "nheads", "dropout", "num_queries" if config.get("two_stage") else "nheads")
+    }
+    arch = arch_from_checkpoint({"model": state, "args": given}, fixture)
+    assert set(arch) >= set(ARCH_FLAGS) and arch["num_classes"] == 20  # the official 'custom' default
+    for flag in ARCH_FLAGS:
+        if flag in config:
+            assert arch[flag] == config[flag], flag
+    assert arch["model"] == ("deformable_detr" if fixture.startswith("deformable") else "detr")

@@ -1,0 +1,130 @@
+"""Export to ONNX and torch.export, checked with onnxruntime / the loaded program against PyTorch:
+the official test_all.py ONNX procedure on small random DETR models, tools/export.py end to end for
+DETR and Deformable DETR with dynamic batch and image size, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_args, write_image
+from torch import nn
+
+from models import build_model
+from tools import export as export_tool
+from tools.inference import load_detector
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (requirements-dev.txt)")
+onnx = pytest.importorskip("onnx", reason="onnx not installed (requirements-dev.txt)")
+
+
+def _ort_outputs(path, x: torch.Tensor) -> list[torch.Tensor]:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+
+
+@pytest.mark.parametrize("variant", ["detr", "panoptic"])
+def test_model_onnx_detection(variant, tmp_path):
+    """The official ``ONNXExporterTester.test_model_onnx_detection`` (and its panoptic twin, skipped
+    there for memory), same procedure: the model without auxiliary outputs (as the hub's), run once
+    on a constant image, exported by ``torch.onnx.export`` (TorchScript exporter, constant folding)
+    on a random image of another size, run in onnxruntime and compared with PyTorch (rtol 1e-3,
+    atol 1e-5). A small random model instead of the hub's ResNet-50, and opset 14 instead of 12
+    (the attention runs through ``scaled_dot_product_attention``, which opset 12 lacks)."""
+    torch.manual_seed(123)
+    model, _, _ = build_model(tiny_args(variant))
+    model.eval()
+    getattr(model, "detr", model).aux_loss = False
+    model(torch.ones(1, 3, 80, 80) * 0.3)
+    x = torch.rand(1, 3, 75, 80)
+    names = ["pred_logits", "pred_boxes"] + (["pred_masks"] if variant == "panoptic" else [])
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=14, do_constant_folding=True,
+                          input_names=["inputs"], output_names=names)  # fmt: skip
+    with torch.no_grad():
+        expected = model(x)
+    got = _ort_outputs(path, x)
+    assert len(got) == len(names)
+    for name, value in zip(names, got):
+        torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,fmt", [("detr", "onnx"), ("deformable", "onnx"), ("deformable", "torch_export")])
+def test_export_command(variant, fmt, tiny_checkpoints, tmp_path, capsys):
+    image = write_image(tmp_path / "photo.png", 100, 70)
+    out = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt2")
+    export_tool.main(["--checkpoint", str(tiny_checkpoints[variant]), "--format", fmt, "--output", str(out),
+                      "--image", str(image)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert text.count("max abs diff vs PyTorch") == 2 and "1x3x64x91" in text and "2x3x48x68" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "photo.png"])  # no temporary file left
+    if fmt == "onnx":
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert meta["val_size"] == "64" and json.loads(meta["id2label"])["1"] == "square"
+
+    # dynamic shapes, independently of the command's own check: a batch size and an image size
+    # the model was neither exported nor checked with
+    loaded = load_detector(str(tiny_checkpoints[variant]), overrides={"attn_impl": "pytorch"})
+    wrapper = export_tool.ExportableDetector(loaded.model).eval()
+    x = torch.randn(3, 3, 72, 56)
+    with torch.no_grad():
+        expected = wrapper(x)
+    got = export_tool.run_exported(fmt, out)(x)
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4)
+
+
+class _TwoConvs(nn.Module):
+    """A stand-in detector (two convolutions) for the export machinery's failure path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pred_logits": self.a(x).flatten(2), "pred_boxes": self.b(x).flatten(2).sigmoid()}
+
+
+def test_failed_check_keeps_nothing(tmp_path):
+    wrapper = export_tool.ExportableDetector(_TwoConvs()).eval()
+    inputs = [torch.randn(1, 3, 40, 48), torch.randn(2, 3, 36, 40)]
+    out = tmp_path / "model.pt2"
+    with pytest.raises(export_tool.ExportCheckError, match="nothing written"):  # a negative tolerance cannot be met
+        export_tool.export_checked(wrapper, torch.randn(2, 3, 40, 48), inputs, "torch_export", out, {}, tolerance=-1)
+    assert not list(tmp_path.iterdir())
+    result = export_tool.export_checked(wrapper, torch.randn(2, 3, 40, 48), inputs, "torch_export", out, {"k": "v"})
+    assert out.is_file() and max(d["pred_boxes"] for d in result["diffs"]) <= 1e-6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
+
+
+def test_missing_package_is_named(tiny_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    out = tmp_path / "model.onnx"
+    with pytest.raises(SystemExit) as e:
+        export_tool.main(["--checkpoint", str(tiny_checkpoints["detr"]), "--output", str(out)])
+    assert str(e.value.code).startswith("error: --format onnx needs the package(s) onnxruntime")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_input(tiny_checkpoints, tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a checkpoint")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for argv, expected in [
+        (["--checkpoint", str(bad), "--output", str(tmp_path / "m.pt2")], str(bad)),
+        (["--checkpoint", str(tiny_checkpoints["detr"]), "--output", str(tmp_path / "m.pt2"), "--image", str(broken)],
+         str(broken)),
+        (["--checkpoint", str(bad), "--output", str(tmp_path / "missing" / "m.pt2")], "does not exist"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            export_tool.main(["--format", "torch_export", *argv])
+        assert str(e.value.code).startswith("error: ") and expected in str(e.value.code), e.value.code
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "notes.pth"]

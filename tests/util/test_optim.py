@@ -1,0 +1,69 @@
+"""The multi-tensor optimizer and clipping give the official per-tensor loop's numbers, bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from util.optim import build_optimizer, clip_grad_norm, load_optimizer_state
+
+
+def _train(model: nn.Module, make_opt, clip, steps: int = 3) -> nn.Module:
+    model = copy.deepcopy(model)
+    opt = make_opt([{"params": list(model[0].parameters()), "lr": 1e-3},
+                    {"params": list(model[2].parameters()), "lr": 1e-4}])  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(8, 3, 12, 12, generator=g)
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        clip(model.parameters())
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("sgd", [False, True])
+def test_foreach_matches_the_official_loop_exactly(sgd):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3), nn.Flatten())
+
+    def official(groups):
+        if sgd:
+            return torch.optim.SGD(groups, lr=1e-3, momentum=0.9, weight_decay=1e-4, foreach=False)
+        return torch.optim.AdamW(groups, lr=1e-3, weight_decay=1e-4, foreach=False)
+
+    ref = _train(model, official, lambda p: torch.nn.utils.clip_grad_norm_(p, 0.1, foreach=False))
+    ours = _train(model, lambda g: build_optimizer(g, 1e-3, 1e-4, sgd=sgd), lambda p: clip_grad_norm(p, 0.1))
+    opt = build_optimizer([{"params": list(model.parameters())}], 1e-3, 1e-4, sgd=sgd)
+    assert opt.defaults["foreach"] is True
+    for (name, a), b in zip(ref.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), name
+    fused = _train(
+        model, lambda g: build_optimizer(g, 1e-3, 1e-4, sgd=sgd, fused=True), lambda p: clip_grad_norm(p, 0.1)
+    )
+    for (name, a), b in zip(ref.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_clip_grad_norm_returns_the_total_norm_and_clips():
+    p = nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    q = nn.Parameter(torch.zeros(2))  # no gradient: ignored
+    norm = clip_grad_norm([p, q], max_norm=1.0)
+    assert norm.item() == pytest.approx(5.0)
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.0]), rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_an_official_optimizer_state_keeps_the_fast_kernels():
+    model = nn.Linear(3, 2)
+    official = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    official.step()
+    ours = build_optimizer([{"params": list(model.parameters())}], 1e-3, 1e-4)
+    load_optimizer_state(ours, official.state_dict())
+    assert ours.param_groups[0]["foreach"] is True and ours.param_groups[0]["weight_decay"] == 0.01
+    assert torch.equal(ours.state[model.weight]["exp_avg"], official.state[model.weight]["exp_avg"])

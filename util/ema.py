@@ -1,0 +1,62 @@
+"""Exponential moving average of a model's weights (``--ema``).
+
+Not in the official DETR or Deformable DETR code; RF-DETR, detrex and YOLO trainers keep one and
+evaluate it beside the raw weights, since it is often the better model for small data sets and
+short fine-tuning runs. After each optimizer step::
+
+    decay_t = decay * (1 - exp(-updates / tau))      # ramps up from 0: early weights are not frozen in
+    ema = decay_t * ema + (1 - decay_t) * weights    # floating-point parameters and buffers
+
+Integer buffers (BatchNorm's ``num_batches_tracked``) are copied. The averaged copy lives on the
+model's device, never requires gradients, and is saved in checkpoints (``model_ema``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ModelEma:
+    """A frozen copy of ``model`` whose weights follow an exponential moving average of its weights."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9997, tau: float = 2000.0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--ema_decay must be in (0, 1), got {decay}")
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.tau = tau
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        return self.decay * (1.0 - math.exp(-self.updates / self.tau)) if self.tau > 0 else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average one step towards ``model``'s current weights (same architecture)."""
+        self.updates += 1
+        d = self.current_decay()
+        ema_state = self.module.state_dict()
+        floats_ema, floats_new = [], []
+        for k, v in model.state_dict().items():
+            e = ema_state[k]
+            if e.is_floating_point():
+                floats_ema.append(e)
+                floats_new.append(v.detach())
+            else:
+                e.copy_(v)
+        if floats_ema:
+            torch._foreach_lerp_(floats_ema, floats_new, 1.0 - d)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay, "tau": self.tau}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"], strict=True)
+        self.updates = int(state["updates"])

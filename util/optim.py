@@ -1,0 +1,70 @@
+"""Optimizer construction and gradient clipping with PyTorch's multi-tensor kernels.
+
+The official code builds ``torch.optim.AdamW`` (or SGD) and calls ``clip_grad_norm_`` with their
+defaults, which on a CPU loop over the parameters one tensor at a time (hundreds of small kernel
+launches per step: on the demo's ResNet-18 DETR the optimizer step and the clipping took a quarter
+of each CPU iteration). Here both use the ``foreach`` (multi-tensor) implementations on every
+device, which give bit-for-bit the same weights as the per-tensor loop (tested), so the official
+numbers are unchanged. ``fused=True`` (``--fused_optimizer``) picks the single-kernel fused
+AdamW/SGD instead: faster still, but its rounding differs from the official loop (about 1e-6
+relative), so it is opt-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def build_optimizer(
+    param_groups: list[dict[str, Any]],
+    lr: float,
+    weight_decay: float,
+    sgd: bool = False,
+    fused: bool = False,
+) -> torch.optim.Optimizer:
+    """AdamW (official DETR) or SGD with momentum 0.9 (Deformable DETR's ``--sgd``) over
+    ``param_groups``; multi-tensor ``foreach`` kernels, or the fused kernel with ``fused``."""
+    impl: dict[str, bool] = {"fused": True} if fused else {"foreach": True}
+    if sgd:
+        return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, weight_decay=weight_decay, **impl)
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, **impl)
+
+
+def _foreach(tensors: list[Tensor]) -> bool | None:
+    """Multi-tensor kernels on CPU too (PyTorch enables them by default only on accelerators)."""
+    return True if tensors and all(t.device.type == "cpu" for t in tensors) else None
+
+
+def total_grad_norm(parameters: Iterable[Tensor]) -> Tensor:
+    """The 2-norm of all gradients together (a 0-d tensor), as ``clip_grad_norm_`` computes it."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads, foreach=_foreach(grads))
+
+
+def clip_grads(parameters: Iterable[Tensor], max_norm: float, total_norm: Tensor) -> None:
+    """Scale the gradients as ``clip_grad_norm_`` does, given their ``total_norm``."""
+    params = [p for p in parameters if p.grad is not None]
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm, foreach=_foreach([p.grad for p in params]))
+
+
+def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` with multi-tensor kernels on CPU too; same result as the
+    per-tensor loop. Returns the total norm before clipping (a 0-d tensor)."""
+    params = [p for p in parameters if p.grad is not None]
+    norm = total_grad_norm(params)
+    clip_grads(params, max_norm, norm)
+    return norm
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict`` keeping this run's kernel choice (``foreach`` / ``fused``):
+    PyTorch would take it from the checkpoint, so resuming an official or older checkpoint
+    (saved with ``foreach=None``) would fall back to the slow per-tensor loop."""
+    impl = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    for group, kept in zip(optimizer.param_groups, impl):
+        group.update(kept)
