@@ -343,6 +343,8 @@ RUNTIME_FLAGS: frozenset[str] = frozenset(
         "tensorboard",
         "keep_checkpoints",
         "attn_impl",
+        "eval_optimize",
+        "coco_eval_backend",
     }  # fmt: skip
 )
 

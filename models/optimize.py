@@ -330,9 +330,9 @@ def inference_model_from_args(model: nn.Module, args: Any) -> nn.Module:
     """The model ``main.py`` evaluates, from ``--eval_optimize`` (``none``: the model itself;
     ``fast``: BatchNorm folding + channels-last; ``compile``: also ``torch.compile``) and
     ``--amp`` (``bf16``/``fp16`` autocast inside the prepared model)."""
-    mode = getattr(args, "eval_optimize", "fast")
-    if mode == "none":
-        return model
-    if mode not in ("fast", "compile"):
+    mode, amp = getattr(args, "eval_optimize", "fast"), getattr(args, "amp", "none")
+    if mode not in ("none", "fast", "compile"):
         raise ValueError(f"--eval_optimize: unknown '{mode}', choose from none, fast, compile")
-    return optimize_for_inference(model, amp=getattr(args, "amp", "none"), compile=mode == "compile")
+    if mode == "none" or (amp == "fp16" and next(_unwrap(model).parameters()).device.type == "cpu"):
+        return model  # fp16 on a CPU: the training graph, under the caller's autocast (no fp16 fast path there)
+    return optimize_for_inference(model, amp=amp, compile=mode == "compile")

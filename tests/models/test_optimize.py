@@ -79,3 +79,5 @@ def test_prepared_model_refuses_training_and_main_entry_point(demo_like_model: n
         inference_model_from_args(demo_like_model, args("fastest"))
     with pytest.raises(ValueError, match="bf16"):
         optimize_for_inference(demo_like_model, amp="fp16")  # a GPU option
+    fp16 = argparse.Namespace(eval_optimize="fast", amp="fp16")  # main.py --amp fp16 on a CPU evaluates as before
+    assert inference_model_from_args(demo_like_model, fp16) is demo_like_model
