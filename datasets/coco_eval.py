@@ -385,14 +385,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def _read_json(path: str, what: str) -> Any:
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--{what}: no such file {file}")
+    """The JSON file given to ``--what``; a missing file or bad JSON is a ``ValueError`` naming both."""
+    from datasets.coco import DatasetError, load_coco_json
+
+    if not Path(path).is_file():
+        raise ValueError(f"--{what}: no such file {path}")
     try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"--{what} {file}: not a valid JSON file ({e})") from e
+        return load_coco_json(path)
+    except DatasetError as e:
+        raise ValueError(f"--{what} {e}") from e
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
