@@ -296,6 +296,7 @@ def evaluate(
     *,
     amp_dtype: torch.dtype | None = None,
     print_freq: int = 100,
+    coco_eval_backend: str = "pycocotools",
 ) -> tuple[dict[str, Any], Any]:
     """Loss terms and COCO metrics on ``data_loader``.
 
@@ -314,7 +315,7 @@ def evaluate(
     header = "Test:"
 
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
-    coco_evaluator = CocoEvaluator(base_ds, iou_types)
+    coco_evaluator = CocoEvaluator(base_ds, iou_types, backend=coco_eval_backend)
     voc_evaluator = voc_evaluator_for(data_loader.dataset)  # VOC data sets: devkit mAP@0.5 as well (else None)
     panoptic_evaluator = None
     if "panoptic" in postprocessors:

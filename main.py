@@ -21,7 +21,8 @@ evaluation, as officially), on a stop signal and on non-finite values. Additions
 flags: ``--finetune`` (weights from any checkpoint or hub name, class head and queries
 re-initialised when their sizes differ), ``--freeze_backbone``, ``--freeze_encoder``, ``--ema``,
 ``--grad_accum_steps``, ``--keep_checkpoints``, ``--tensorboard``, ``--amp``,
-``--train_backbone_all`` / ``--backbone_weights`` (no ImageNet weights), smaller-image options.
+``--train_backbone_all`` / ``--backbone_weights`` (no ImageNet weights), smaller-image options,
+``--eval_optimize`` (evaluation through ``models.optimize``), ``--coco_eval_backend``.
 
 Preemption (not in the official code): ``SIGUSR1``, ``SIGUSR2`` (submitit/Slurm) or ``SIGTERM``
 stops training after the current optimizer step (all ranks after the same one), saves a mid-epoch
@@ -58,6 +59,7 @@ from datasets.config import CHECK_IMAGES_LEVELS
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteError, evaluate, train_one_epoch
 from models import architecture_from_state_dict, build_model
+from models.optimize import inference_model_from_args
 from util.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -256,6 +258,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     parser.add_argument("--eval", action="store_true")
+    parser.add_argument(
+        "--eval_optimize",
+        default="fast",
+        choices=("none", "fast", "compile"),
+        help="inference path for evaluation (models/optimize.py): 'fast' folds BatchNorm into the convolutions and "
+        "uses channels-last (exact up to rounding); 'compile' adds torch.compile with frozen weights (pays for one "
+        "input size); 'none' evaluates the training graph. With --amp bf16/fp16 evaluation autocasts too",
+    )
+    parser.add_argument(
+        "--coco_eval_backend",
+        default="pycocotools",
+        choices=("pycocotools", "faster"),
+        help="COCO evaluation: pycocotools (the reference) or faster-coco-eval (optional extra; same 12 numbers, "
+        "several times faster on large sets)",
+    )
     parser.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
     parser.add_argument(
         "--keep_checkpoints",
@@ -326,6 +343,8 @@ RUNTIME_FLAGS: frozenset[str] = frozenset(
         "tensorboard",
         "keep_checkpoints",
         "attn_impl",
+        "eval_optimize",
+        "coco_eval_backend",
     }  # fmt: skip
 )
 
@@ -807,11 +826,13 @@ def _evaluate(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Modu
     primary metric improved); returns the stats to log (EMA ones prefixed ``ema_``)."""
     base_ds = datasets.get_coco_api_from_dataset(run.dataset_val)
     evaluate_args = (criterion, postprocessors, data_loader, base_ds, run.device, str(run.output_dir or ""))
-    stats, evaluator = evaluate(model, *evaluate_args, amp_dtype=run.amp_dtype)
+    options = {"amp_dtype": run.amp_dtype, "coco_eval_backend": run.args.coco_eval_backend}
+    # --eval_optimize: the weights as an inference model (BatchNorm folded, ...), made afresh each time
+    stats, evaluator = evaluate(inference_model_from_args(model, run.args), *evaluate_args, **options)
     results = {"model": (stats, evaluator)}
     if state.ema is not None:
         print("Evaluating the EMA weights")
-        results["ema"] = evaluate(state.ema.module, *evaluate_args, amp_dtype=run.amp_dtype)
+        results["ema"] = evaluate(inference_model_from_args(state.ema.module, run.args), *evaluate_args, **options)
     if run.writes:
         _save_eval(run.output_dir, stats, evaluator, epoch, ema=results["ema"][0] if "ema" in results else None)
         if epoch is not None:
@@ -1103,6 +1124,8 @@ def _save_eval(
         return summary
 
     summary: dict[str, Any] = {"epoch": epoch, **summary_of(test_stats)}
+    if "bbox" in summary and coco_evaluator is not None:
+        summary["per_class"] = coco_evaluator.per_class("bbox")
     if ema is not None:
         summary["ema"] = summary_of(ema)
     _write_json(output_dir / "eval.json", summary)

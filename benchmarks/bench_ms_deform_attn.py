@@ -2,25 +2,30 @@
 
 Op mode (default): times ``ms_deform_attn`` forward (no grad) and forward+backward at COCO shapes
 (4 levels of an 800x1333 image: (100,167), (50,84), (25,42), (13,21); 8 heads of 32 channels;
-4 points) for the decoder (300 queries) and the encoder (one query per token, ~22k), batch 2 and 8,
-fp32 and bf16, for each implementation in ``MS_DEFORM_ATTN_IMPLS``; reports milliseconds, the ratio
-to ``pytorch`` and the peak CUDA memory. On a CPU it times ``pytorch`` only, at a reduced shape
-(levels divided by 8, batch 1), and says so: the Triton kernels need a GPU.
+4 points) for the decoder (300 queries) and the encoder (one query per token, ~22k), for each
+implementation in ``MS_DEFORM_ATTN_IMPLS`` that runs on the device, alternately (``--repeats``
+rounds); reports median milliseconds, the speed-up over ``pytorch``, the peak memory of each call
+(``benchmarks/common.py``: CUDA allocator statistics, or the process's resident set on a Linux
+CPU) and the largest difference from the first implementation's output. GPU: batch 2 and 8, fp32
+and bf16, ``pytorch`` and ``triton``. CPU: batch 1, fp32, the PyTorch path only (the Triton kernels
+need a GPU); ``--level_scale 8`` divides the level sizes by 8 for a quick run.
+``--official DIR`` (a Deformable DETR clone) adds the official ``ms_deform_attn_core_pytorch``
+(the reference this project's PyTorch path started from) as ``official``.
 
 Model mode (``--model``): one Deformable DETR training step (forward, loss, backward, optimizer
 step) and one inference forward, per implementation (``--attn_impl``). CUDA: ResNet-50, the
 official configuration, 800x1333 images; CPU: a reduced model and image.
 
-Not a port of anything official (the official repository ships no benchmark).
+Not a port of anything official (the official repository ships no benchmark of the op).
 
-    python benchmarks/bench_ms_deform_attn.py [--batch 2 8] [--dtypes fp32 bf16] [--model]
+    python benchmarks/bench_ms_deform_attn.py [--batch 2 8] [--dtypes fp32 bf16] [--official DIR] [--model]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,37 +33,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import (  # noqa: E402
+    Alternating,
+    describe_machine,
+    max_abs_diff,
+    peak_memory_mib,
+    set_threads,
+    time_call,
+)
+from benchmarks.official import cleanup  # noqa: E402
 from models.ops import MS_DEFORM_ATTN_IMPLS, triton_available  # noqa: E402
 
 COCO_LEVELS = [(100, 167), (50, 84), (25, 42), (13, 21)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    """Median milliseconds of ``fn()`` over ``repeats`` synchronised runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median(time_call(fn, device)[0] for _ in range(repeats)) * 1e3
 
 
 def make_inputs(batch: int, levels: list[tuple[int, int]], queries: int | None, heads: int, head_dim: int,
@@ -76,69 +70,95 @@ def make_inputs(batch: int, levels: list[tuple[int, int]], queries: int | None, 
     return value, shapes, start, loc, attn
 
 
+def official_impl(src: str) -> Callable[..., torch.Tensor]:
+    """The official ``ms_deform_attn_core_pytorch`` from a Deformable DETR clone, as an op."""
+    from benchmarks.official import load_official
+
+    core = load_official(src)["models.ops.functions.ms_deform_attn_func"].ms_deform_attn_core_pytorch
+
+    def official(value, shapes, start, loc, attn):  # type: ignore[no-untyped-def]
+        return core(value, [(int(h), int(w)) for h, w in shapes.tolist()], loc, attn)
+
+    return official
+
+
 def bench_op(args: argparse.Namespace, device: torch.device) -> None:
     on_cuda = device.type == "cuda"
+    impls = {name: MS_DEFORM_ATTN_IMPLS[name] for name in args.impls}
     if on_cuda:
-        levels, batches, impls = COCO_LEVELS, args.batch, list(args.impls)
+        batches, dtypes = args.batch, args.dtypes
         if "triton" in impls and not triton_available():
             print("triton is not installed: timing pytorch only")
-            impls = [i for i in impls if i != "triton"]
-        dtypes = args.dtypes
-        cases = [("decoder", 300), ("encoder", None)]
+            impls.pop("triton")
     else:
-        levels = [(max(1, h // 8), max(1, w // 8)) for h, w in COCO_LEVELS]
-        batches, impls, dtypes = [1], ["pytorch"], ["fp32"]
-        cases = [("decoder", 100), ("encoder", None)]
-        print(
-            f"CPU: reduced shape (levels {levels}, batch 1, fp32), pytorch only; the Triton kernels need a GPU. "
-            "Run on CUDA for the COCO shapes."
-        )
+        batches, dtypes = [1], ["fp32"]
+        impls = {k: v for k, v in impls.items() if k == "pytorch"}
+        print("CPU: batch 1, fp32, the PyTorch path (the Triton kernels need a GPU)")
+    if args.official:
+        impls["official"] = official_impl(args.official)
+    scale = args.level_scale
+    levels = [(max(1, h // scale), max(1, w // scale)) for h, w in COCO_LEVELS]
+    cases = [("decoder", 300), ("encoder", None)]
     s = sum(h * w for h, w in levels)
     print(f"device {device}; levels {levels} ({s} tokens); heads {args.heads} x {args.head_dim}; points {args.points}")
-    header = f"{'case':8} {'B':>2} {'Q':>6} {'dtype':5} {'impl':8} {'fwd ms':>9} {'x':>6} {'fwd+bwd ms':>11} {'x':>6}"
-    print(header + (f" {'peak MiB':>9}" if on_cuda else ""))
+    print(
+        f"{'case':8} {'B':>2} {'Q':>6} {'dtype':5} {'impl':8} {'fwd ms':>9} {'x':>6} {'peak MiB':>9} "
+        f"{'fwd+bwd ms':>11} {'x':>6} {'peak MiB':>9} {'max|d|':>8}"
+    )
     for case, queries in cases:
         for batch in batches:
             for dname in dtypes:
-                base: dict[str, float] = {}
-                for impl in impls:
-                    fn = MS_DEFORM_ATTN_IMPLS[impl]
-                    inputs = make_inputs(batch, levels, queries, args.heads, args.head_dim, args.points,
-                                         DTYPES[dname], device)  # fmt: skip
-                    value, shapes, start, loc, attn = inputs
-                    q = loc.shape[1]
-                    leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
-                    grad = torch.randn(batch, q, args.heads * args.head_dim, device=device, dtype=value.dtype)
+                inputs = make_inputs(batch, levels, queries, args.heads, args.head_dim, args.points,
+                                     DTYPES[dname], device)  # fmt: skip
+                value, shapes, start, loc, attn = inputs
+                q = loc.shape[1]
+                leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
+                grad = torch.randn(batch, q, args.heads * args.head_dim, device=device, dtype=value.dtype)
+                fwd, fwd_bwd, outputs = {}, {}, {}
+                for name, fn in impls.items():
 
-                    def fwd(fn=fn, inputs=inputs) -> None:
+                    def forward(fn=fn, inputs=inputs) -> torch.Tensor:
                         with torch.no_grad():
-                            fn(*inputs)
+                            return fn(*inputs)
 
-                    def fwd_bwd(fn=fn, leaves=leaves, shapes=shapes, start=start, grad=grad) -> None:
+                    def forward_backward(fn=fn, leaves=leaves, shapes=shapes, start=start, grad=grad) -> None:
                         v, lo, a = leaves
-                        out = fn(v, shapes, start, lo, a)
-                        torch.autograd.grad(out, leaves, grad)
+                        torch.autograd.grad(fn(v, shapes, start, lo, a), leaves, grad)
 
+                    fwd[name], fwd_bwd[name] = forward, forward_backward
+                timings = {"f": Alternating(), "fb": Alternating()}
+                failed = set()
+                for name in impls:  # warm-up (and Triton compilation)
                     try:
-                        if on_cuda:
-                            torch.cuda.reset_peak_memory_stats(device)
-                        t_f = time_fn(fwd, device, args.warmup, args.repeats)
-                        t_fb = time_fn(fwd_bwd, device, args.warmup, args.repeats)
-                        peak = torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else 0.0
+                        for _ in range(args.warmup):
+                            outputs[name] = fwd[name]()
+                            fwd_bwd[name]()
                     except torch.cuda.OutOfMemoryError:
-                        print(f"{case:8} {batch:>2} {q:>6} {dname:5} {impl:8} out of memory")
+                        failed.add(name)
+                        print(f"{case:8} {batch:>2} {q:>6} {dname:5} {name:8} out of memory")
+                for _ in range(args.repeats):
+                    for name in impls:
+                        if name not in failed:
+                            timings["f"].add(name, time_call(fwd[name], device))
+                            timings["fb"].add(name, time_call(fwd_bwd[name], device))
+                ref = next((n for n in impls if n not in failed), None)
+                for name in impls:
+                    if name in failed or ref is None:
                         continue
-                    base.setdefault("f", t_f)
-                    base.setdefault("fb", t_fb)
-                    line = (
-                        f"{case:8} {batch:>2} {q:>6} {dname:5} {impl:8} {t_f:9.3f} {base['f'] / t_f:6.2f} "
-                        f"{t_fb:11.3f} {base['fb'] / t_fb:6.2f}"
+                    peak_f, peak_fb = peak_memory_mib(fwd[name], device), peak_memory_mib(fwd_bwd[name], device)
+                    t_f, t_fb = timings["f"].median(name) * 1e3, timings["fb"].median(name) * 1e3
+                    print(
+                        f"{case:8} {batch:>2} {q:>6} {dname:5} {name:8} {t_f:9.2f} {timings['f'].ratio(name, ref):6.2f} "
+                        f"{peak_f:9.1f} {t_fb:11.2f} {timings['fb'].ratio(name, ref):6.2f} {peak_fb:9.1f} "
+                        f"{max_abs_diff(outputs[name], outputs[ref]):8.1e}",
+                        flush=True,
                     )
-                    print(line + (f" {peak:9.1f}" if on_cuda else ""), flush=True)
-                    del inputs, leaves, grad
-                    if on_cuda:
-                        torch.cuda.empty_cache()
-    print("x = speed-up over the first implementation listed (pytorch)")
+                del inputs, leaves, grad, outputs
+                if on_cuda:
+                    torch.cuda.empty_cache()
+    print(
+        f"x = speed-up over the first implementation listed ({next(iter(impls))}); max|d| = largest difference from it"
+    )
 
 
 def bench_model(args: argparse.Namespace, device: torch.device) -> None:
@@ -217,14 +237,17 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--batch", type=int, nargs="+", default=[2, 8])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     p.add_argument("--impls", nargs="+", default=list(MS_DEFORM_ATTN_IMPLS), choices=sorted(MS_DEFORM_ATTN_IMPLS))
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head_dim", type=int, default=32)
     p.add_argument("--points", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10, help="alternating timed rounds")
+    p.add_argument("--level_scale", type=int, default=1, help="divide the COCO level sizes by this (quick runs)")
+    p.add_argument("--official", default=None, metavar="DIR", help="Deformable DETR clone: time its PyTorch core too")
     p.add_argument("--model", action="store_true", help="time a whole Deformable DETR step instead of the op")
     p.add_argument("--model_batch", type=int, default=2)
     p.add_argument("--model_repeats", type=int, default=5)
@@ -234,10 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     if "pytorch" in args.impls:  # the reference first: ratios are relative to it
         args.impls = ["pytorch", *[i for i in args.impls if i != "pytorch"]]
     device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(min(2, torch.get_num_threads()))
-    print(f"torch {torch.__version__}; " + (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"))
-    (bench_model if args.model else bench_op)(args, device)
+    set_threads(args.threads, device)
+    print(describe_machine(device))
+    try:
+        (bench_model if args.model else bench_op)(args, device)
+    finally:
+        cleanup()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training-step speed of the CPU fast paths, measured A/B in one process.
+"""Training speed: this project's CPU fast paths A/B in one process, and its main.py loop against the official one.
 
 Each variant gets its own copy of the same initial model and optimizer and trains on the same
 batches (made once by the real data set, transforms and collation); the variants alternate,
@@ -20,28 +20,50 @@ Configurations (``--config``): ``demo`` (the ``make demo-detr`` model: ResNet-18
 hidden 128, 1+3 layers, 10 queries, 96 px, batch 16; ``--model deformable_detr`` for the
 ``make demo`` one) and ``official_aug`` (ResNet-18, hidden 128, 2+2 layers, batch 4, the official
 augmentation with scales 480-800 and max size 1333; pass real images with ``--coco_path``).
-Without ``--coco_path`` the synthetic data set is generated in a temporary folder.
+Without ``--coco_path`` the synthetic data set is generated in a temporary folder. main.py
+flags after the script's own are appended to the configuration's (later ones win).
+
+Against the official code (``--official DIR``, a local clone of facebookresearch/detr, loaded as
+``benchmarks/official.py`` describes): each round runs the official ``main.main(args)`` and then
+ours, with the configuration's flags, on a training set of exactly ``--iters x batch size``
+images (one epoch of ``--iters`` iterations, then each code base's evaluation of one image,
+untimed). Each code base runs its own loop with its own data loading (``--num_workers``
+processes). While they run, ``DataLoader`` iterators record when each batch reaches the training
+loop; the seconds per iteration are the intervals between consecutive batches (step plus waiting
+for data: what a user waits for), the first ``--warmup`` dropped; medians over the rounds and the
+ratio. Flags only this project knows (``--backbone_weights``, ``--train_backbone_all``) go to ours
+only, with ``--num_classes 91`` (the official code's COCO head); ``--ours_flags`` adds more
+(``--fused_optimizer --channels_last``, ``--amp bf16``, ...).
 
     python benchmarks/bench_train_step.py --config demo --variants official default bf16
+    python benchmarks/bench_train_step.py --config official_aug --official ~/detr --iters 8 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
+import json
+import shlex
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402
 import main as main_module  # noqa: E402
+from benchmarks.common import Alternating, describe_machine  # noqa: E402
+from benchmarks.official import CodeBase, cleanup, load_official, official_args, ours  # noqa: E402
 from datasets.sampling import SeededDataset  # noqa: E402
 from engine import _float_outputs  # noqa: E402
 from models import build_model  # noqa: E402
@@ -66,6 +88,8 @@ CONFIGS = {
     ],
 }  # fmt: skip
 VARIANTS = ("official", "default", "fused", "channels_last", "bf16")
+IMAGE_SIZES = {"demo": 96, "official_aug": 640, "tiny": 64}  # side of the generated images
+OURS_ONLY = {"--backbone_weights": 1, "--train_backbone_all": 0}  # flags the official parser lacks: value count
 
 
 class Variant:
@@ -113,29 +137,163 @@ def make_batches(args: Any, count: int) -> tuple[list[Any], float]:
     return batches, (time.perf_counter() - start) / count
 
 
+def split_flags(flags: list[str]) -> tuple[list[str], list[str]]:
+    """``(flags both code bases take, flags for ours only)`` (``OURS_ONLY``)."""
+    shared, mine, i = [], [], 0
+    while i < len(flags):
+        n = OURS_ONLY.get(flags[i])
+        if n is None:
+            shared.append(flags[i])
+            i += 1
+        else:
+            mine += flags[i : i + 1 + n]
+            i += 1 + n
+    return shared, mine
+
+
+@contextlib.contextmanager
+def record_batches() -> Iterator[list[list[float]]]:
+    """While active, every ``DataLoader`` iteration appends a list of the times at which its
+    batches were handed out (``time.perf_counter``)."""
+    runs: list[list[float]] = []
+    original = DataLoader.__iter__
+
+    def timed_iter(self: DataLoader) -> Iterator[Any]:
+        stamps: list[float] = []
+        runs.append(stamps)
+        for batch in original(self):
+            stamps.append(time.perf_counter())
+            yield batch
+
+    DataLoader.__iter__ = timed_iter  # type: ignore[method-assign]
+    try:
+        yield runs
+    finally:
+        DataLoader.__iter__ = original  # type: ignore[method-assign]
+
+
+def make_coco_layout(out: Path, source: Path, num_train: int) -> Path:
+    """``out`` in the COCO 2017 layout both code bases read, from the COCO-layout folder
+    ``source``: ``train2017`` and ``val2017`` link to its training images; the training
+    annotations repeat its images (new ids) up to ``num_train``; validation has the first image."""
+    annotations = json.loads((source / "annotations" / "instances_train2017.json").read_text())
+    src_images = annotations["images"]
+    if not src_images:
+        raise ValueError(f"{source}: no training images")
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train2017", "val2017"):
+        (out / split).symlink_to((source / "train2017").resolve(), target_is_directory=True)
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for ann in annotations["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    train_images, train_anns = [], []
+    for i in range(num_train):
+        img = src_images[i % len(src_images)]
+        train_images.append({**img, "id": i + 1})
+        for ann in by_image.get(img["id"], []):
+            train_anns.append({**ann, "id": len(train_anns) + 1, "image_id": i + 1})
+    first = src_images[0]
+    val_anns = [{**a, "id": k + 1, "image_id": 1} for k, a in enumerate(by_image.get(first["id"], []))]
+    cats = annotations["categories"]
+    (out / "annotations").mkdir()
+    for split, content in (
+        ("train2017", {"images": train_images, "annotations": train_anns, "categories": cats}),
+        ("val2017", {"images": [{**first, "id": 1}], "annotations": val_anns, "categories": cats}),
+    ):
+        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
+    return out
+
+
+def run_main(codebase: CodeBase, flags: list[str], log: Path) -> list[float]:
+    """Run ``codebase``'s ``main.main`` with ``flags`` (parsed by its own parser); returns the
+    training batches' arrival times (the longest DataLoader iteration). Its output goes to ``log``."""
+    args = official_args(codebase, flags)
+    buffer = io.StringIO()
+    try:
+        with codebase.active(), record_batches() as runs, contextlib.redirect_stdout(buffer):
+            codebase["main"].main(args)
+    finally:
+        log.write_text(buffer.getvalue())
+    if not runs:
+        raise RuntimeError(f"{codebase.name}: no DataLoader was iterated (see {log})")
+    return max(runs, key=len)
+
+
+def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, work: Path) -> dict[str, float]:
+    """Whole training epochs of the official ``main.py`` and ours, alternately (``--official``)."""
+    shared, mine = split_flags([*CONFIGS[a.config], *extra])
+    batch = main_module.get_args_parser().parse_known_args(shared)[0].batch_size
+    common = [*shared, "--epochs", "1", "--device", "cpu", "--output_dir", "", "--num_workers", str(a.num_workers)]
+    data = make_coco_layout(work / "coco", coco_path, a.iters * batch)
+    common += ["--coco_path", str(data)]
+    mine += ["--model", a.model, "--num_classes", "91", *shlex.split(a.ours_flags)]
+    codebases = {"official": load_official(a.official), "ours": ours()}
+    if a.model not in codebases["official"].kinds:
+        raise ValueError(f"--model {a.model}: {a.official} is the official {'/'.join(codebases['official'].kinds)}")
+    print(describe_machine(torch.device("cpu")))
+    print(f"main.py {' '.join(common)}\n  ours also: {' '.join(mine)}\n  {a.iters * batch} training images per epoch")
+    timings = Alternating()
+    for r in range(a.repeats):
+        for name, codebase in codebases.items():
+            stamps = run_main(codebase, common + (mine if name == "ours" else []), work / f"{name}_{r}.log")
+            if len(stamps) != a.iters:
+                raise RuntimeError(f"{name}: {len(stamps)} training batches instead of {a.iters} (see {work})")
+            for t0, t1 in zip(stamps[a.warmup :], stamps[a.warmup + 1 :]):
+                timings.add(name, t1 - t0)
+            recent = timings.times[name][-(a.iters - a.warmup - 1) :]
+            print(f"round {r}: {name:8} {statistics.median(recent):.3f} s/iteration", flush=True)
+    print(f"\n{'code':8} {'s/iter':>8} {'img/s':>7} {'speed-up':>8}")
+    result = {}
+    for name in codebases:
+        result[name] = timings.median(name)
+        print(f"{name:8} {result[name]:8.3f} {batch / result[name]:7.2f} {timings.ratio(name, 'official'):7.2f}x")
+    result["speedup"] = timings.ratio("ours", "official")
+    print("seconds per iteration: median interval between training batches (step + data wait), warm-up dropped")
+    return result
+
+
 def run(argv: list[str] | None = None) -> dict[str, float]:
-    """Parse the command line, time the variants, print the table; returns seconds per step by variant."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Parse the command line, time the variants (or the two code bases' loops with ``--official``),
+    print the table; returns seconds per step (per iteration) by variant (code base)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Other flags go to main.py's parser(s), after the configuration's."
+    )
     parser.add_argument("--config", default="demo", choices=sorted(CONFIGS))
     parser.add_argument("--model", default="detr", choices=("detr", "deformable_detr"))
     parser.add_argument("--coco_path", default=None, help="COCO layout folder (default: generated synthetic data)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per repeat (distinct batches)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5; with --official 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (with --official: intervals)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
-    a = parser.parse_args(argv)
+    parser.add_argument("--official", default=None, metavar="DIR", help="official clone: time both main.py loops")
+    parser.add_argument("--iters", type=int, default=8, help="with --official: training iterations per run")
+    parser.add_argument("--num_workers", type=int, default=2, help="with --official: data loader processes")
+    parser.add_argument("--ours_flags", default="", help="with --official: more main.py flags for ours only")
+    parser.add_argument("--keep", default=None, help="with --official: keep the data layout and logs here")
+    a, extra = parser.parse_known_args(argv)  # main.py flags (after the configuration's: they win)
+    a.repeats = a.repeats or (2 if a.official else 5)
+    if a.official and a.iters <= a.warmup + 1:
+        raise SystemExit(f"error: --iters ({a.iters}) must exceed --warmup + 1 ({a.warmup + 1})")
     if a.threads:
         torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        coco_path = a.coco_path
-        if coco_path is None:
+        coco_path = Path(a.coco_path) if a.coco_path else Path(tmp) / "synthetic"
+        if a.coco_path is None:
             from datasets.synthetic import generate_synthetic_coco
 
-            size = 64 if a.config == "tiny" else 96
-            generate_synthetic_coco(tmp, num_train=64, num_val=2, image_size=size, verbose=False)
-            coco_path = tmp
-        flags = [*CONFIGS[a.config], "--model", a.model, "--coco_path", coco_path, "--device", "cpu"]
+            size = IMAGE_SIZES[a.config]
+            generate_synthetic_coco(coco_path, num_train=64, num_val=2, image_size=size, verbose=False)
+        if a.official:
+            work = Path(a.keep) if a.keep else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            try:
+                return compare_official(a, extra, coco_path, work)
+            except (FileNotFoundError, ValueError) as e:
+                raise SystemExit(f"error: {e}") from e
+            finally:
+                cleanup()
+        flags = [*CONFIGS[a.config], *extra, "--model", a.model, "--coco_path", str(coco_path), "--device", "cpu"]
         args = main_module.resolve_args(main_module.get_args_parser().parse_args(flags))
         args.num_classes = datasets.max_category_id(datasets.build_dataset("train", args)) + 1
         batches, data_seconds = make_batches(args, a.steps)

@@ -95,3 +95,36 @@ def check_against_golden(golden: dict, model: nn.Module, criterion: nn.Module, p
         assert torch.equal(ours["labels"], ref["labels"])
         torch.testing.assert_close(ours["scores"], ref["scores"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=1e-5, atol=1e-3)  # pixels
+
+
+def check_inference_fast_path(golden: dict, model: nn.Module, postprocessors: dict) -> None:
+    """``models.optimize.optimize_for_inference`` (BatchNorm folded, fused oneDNN convolutions,
+    channels-last: what ``main.py --eval`` runs on a CPU) keeps ``golden``'s outputs within the
+    golden tolerances (masks: 2e-5) and post-processing; every BatchNorm is folded and every
+    backbone convolution fused; ``model`` itself is left untouched."""
+    from models.optimize import mkldnn_fusion_available, optimize_for_inference
+    from util.misc import NestedTensor
+
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model, channels_last=True)
+    assert fast.options.folded_layers == n_bn > 0
+    assert fast.options.fuse == mkldnn_fusion_available() and fast.options.fused_convs in (0, n_bn)
+    assert not any(type(m).__name__ == "FrozenBatchNorm2d" for m in fast.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    out = fast(NestedTensor(golden["samples_tensors"], golden["samples_mask"]))
+    for k in ("pred_logits", "pred_boxes", "pred_masks"):
+        if k in golden["outputs"]:
+            atol, rtol = (2e-5, 1e-4) if k == "pred_masks" else (1e-5, 1e-5)
+            torch.testing.assert_close(out[k], golden["outputs"][k], atol=atol, rtol=rtol, msg=k)
+    for ours, ref in zip(out["aux_outputs"], golden["aux_outputs"], strict=True):
+        torch.testing.assert_close(ours["pred_boxes"], ref["pred_boxes"], atol=1e-5, rtol=1e-5)
+    if golden.get("enc_outputs"):
+        torch.testing.assert_close(
+            out["enc_outputs"]["pred_boxes"], golden["enc_outputs"]["pred_boxes"], atol=1e-5, rtol=1e-5
+        )
+    results = postprocessors["bbox"](out, golden["postprocess_target_sizes"])
+    for ours, ref in zip(results, golden["postprocess"]):
+        assert torch.equal(ours["labels"], ref["labels"])
+        torch.testing.assert_close(ours["scores"], ref["scores"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=1e-5, atol=1e-3)

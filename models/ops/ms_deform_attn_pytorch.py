@@ -5,7 +5,11 @@ query, head, level and point, bilinearly sample the head's value map at ``sampli
 (normalised ``[0, 1]`` coordinates, ``(x, y)``) with ``F.grid_sample(mode="bilinear",
 padding_mode="zeros", align_corners=False)``, i.e. pixel coordinate ``loc * size - 0.5`` and
 zero outside the map, and sum the samples weighted by ``attention_weights``. Differences: the
-sampling grids of all levels are built in one go, and the level sizes are read once to the host.
+sampling grids of all levels are built in one go, the level sizes are read once to the host, and
+without autograd (inference) each level's samples are weighted and summed as soon as they are
+taken: the official code stacks every level's samples first, a tensor ``L`` times the size of
+one level's, twice at the peak (at COCO encoder shapes on a CPU: 0.4 instead of 1.1 GB, and a
+faster forward). With autograd the official stacked order is kept (its backward is faster).
 It runs on any device and dtype and is differentiable by autograd (also in float64); mixed
 dtypes (autocast: bf16 values, fp32 locations) are computed in the promoted dtype.
 """
@@ -76,15 +80,24 @@ def ms_deform_attn_pytorch(
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
     value_list = value.split([h * w for h, w in shapes], dim=1)
     sampling_grids = 2 * sampling_locations - 1
-    sampled = []
-    for lvl, (h, w) in enumerate(shapes):
+
+    def sample(lvl: int, h: int, w: int) -> Tensor:
+        """Level ``lvl``'s bilinear samples: ``[B*H, D, Q, P]``."""
         # [B, h*w, H, D] -> [B*H, D, h, w]
         value_l = value_list[lvl].flatten(2).transpose(1, 2).reshape(b * nh, d, h, w)
         # [B, Q, H, P, 2] -> [B*H, Q, P, 2]
         grid_l = sampling_grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        # [B*H, D, Q, P]
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # [B, Q, H, L, P] -> [B*H, 1, Q, L*P]
-    weights = attention_weights.transpose(1, 2).reshape(b * nh, 1, q, nl * npts)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(b, nh * d, q)
-    return out.transpose(1, 2).contiguous()
+        return F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights)):
+        # Training: every level's samples stacked, then one weighted sum (the official order; its
+        # backward is the faster one on CPUs). [B, Q, H, L, P] -> [B*H, 1, Q, L*P]
+        weights = attention_weights.transpose(1, 2).reshape(b * nh, 1, q, nl * npts)
+        stacked = torch.stack([sample(lvl, h, w) for lvl, (h, w) in enumerate(shapes)], dim=-2)
+        out = (stacked.flatten(-2) * weights).sum(-1)
+    else:
+        # Inference: each level weighted and summed as soon as it is sampled (half the peak memory).
+        # [B, Q, H, L, P] -> L x [B*H, 1, Q, P]
+        level_weights = attention_weights.permute(3, 0, 2, 1, 4).reshape(nl, b * nh, 1, q, npts).unbind(0)
+        out = sum((sample(lvl, h, w) * level_weights[lvl]).sum(-1) for lvl, (h, w) in enumerate(shapes))
+    return out.view(b, nh * d, q).transpose(1, 2).contiguous()

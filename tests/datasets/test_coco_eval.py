@@ -1,8 +1,14 @@
-"""CocoEvaluator: perfect detections give AP 1, jittered ones less, no predictions do not crash."""
+"""CocoEvaluator: perfect detections give AP 1, jittered ones less, no predictions do not crash;
+faster-coco-eval gives pycocotools' numbers; per-category AP; the offline command line."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +16,19 @@ import torch
 from pycocotools.coco import COCO
 
 from datasets.coco import CocoDetection
-from datasets.coco_eval import COCO_STAT_NAMES, CocoEvaluator, stats_to_dict
+from datasets.coco_eval import (
+    COCO_EVAL_BACKENDS,
+    COCO_STAT_NAMES,
+    CocoEvaluator,
+    coco_eval_backend,
+    evaluate_detections,
+    format_per_class,
+    per_class_ap,
+    stats_to_dict,
+)
+from datasets.coco_eval import main as coco_eval_main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -150,3 +168,130 @@ def test_synchronize_merges_ranks(synthetic_root: Path, monkeypatch: pytest.Monk
     rank0.summarize()
     assert abs(rank0.coco_eval["bbox"].stats[0] - 1.0) < 1e-6
     assert rank0.coco_eval["bbox"].params.imgIds == ids
+
+
+# --------------------------------------------------------------------------------------------
+# Backends, per-category AP, the offline command line
+
+
+def test_faster_backend_gives_the_same_numbers(synthetic_root: Path) -> None:
+    """faster-coco-eval against pycocotools on the same detections: generated COCO-like ones
+    (80 sparse categories, crowd boxes, all sizes) and the evaluator's own boxes and masks."""
+    from benchmarks.bench_coco_eval import make_eval_set
+
+    gt, results = make_eval_set(60, 30, seed=1)
+    ref = evaluate_detections(gt, results, backend="pycocotools", verbose=False)
+    fast = evaluate_detections(gt, results, backend="faster", verbose=False)
+    assert 0.05 < ref.stats[0] < 0.9  # a non-trivial evaluation
+    np.testing.assert_allclose(fast.stats, ref.stats, rtol=0, atol=1e-6)
+    for a, b in zip(per_class_ap(fast), per_class_ap(ref), strict=True):
+        assert (a["id"], a["name"], a["num_gt"]) == (b["id"], b["name"], b["num_gt"])
+        assert [a[k] for k in ("AP", "AP50", "AP75")] == pytest.approx([b[k] for k in ("AP", "AP50", "AP75")], abs=1e-6)
+
+    coco = synthetic_coco(synthetic_root)
+    preds = ground_truth_predictions(coco, jitter=0.1, with_masks=True)
+    by_backend = {b: CocoEvaluator(coco, ["bbox", "segm"], backend=b) for b in COCO_EVAL_BACKENDS}
+    for evaluator in by_backend.values():
+        evaluator.update(preds)
+        evaluator.summarize()
+    assert 0 < by_backend["pycocotools"].coco_eval["bbox"].stats[0] < 1  # jittered boxes, exact masks
+    for iou_type in ("bbox", "segm"):
+        a, b = (by_backend[k].coco_eval[iou_type].stats for k in COCO_EVAL_BACKENDS)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+
+
+def test_missing_faster_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import fails
+    with pytest.raises(ImportError, match="pip install faster-coco-eval"):
+        coco_eval_backend("faster")
+    with pytest.raises(ValueError, match="pycocotools"):
+        coco_eval_backend("detectron")
+
+
+def _two_class_set() -> tuple[dict, list[dict]]:
+    """Category 1 'cat' found perfectly, category 2 'dog' missed, category 3 'owl' has no ground truth."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in (1, 2)]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 40, 20], "area": 800, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0},
+    ]
+    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "owl"}]
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [50, 50, 40, 20], "score": 0.8},
+        {"image_id": 2, "category_id": 2, "bbox": [60, 5, 20, 20], "score": 0.7},  # no overlap: a miss
+        {"image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10], "score": 0.5},
+    ]
+    return {"images": images, "annotations": anns, "categories": cats}, results
+
+
+@pytest.mark.parametrize("backend", COCO_EVAL_BACKENDS)
+def test_per_class_ap(backend: str) -> None:
+    gt, results = _two_class_set()
+    rows = per_class_ap(evaluate_detections(gt, results, backend=backend, verbose=False))
+    assert [(r["id"], r["name"], r["num_gt"]) for r in rows] == [(1, "cat", 2), (2, "dog", 1), (3, "owl", 0)]
+    assert rows[0]["AP"] == pytest.approx(1.0) and rows[0]["AP50"] == pytest.approx(1.0)
+    assert rows[1]["AP"] == 0.0 and rows[1]["AP75"] == 0.0
+    assert rows[2]["AP"] == -1.0  # nothing to evaluate
+    table = format_per_class(rows)
+    assert "cat" in table and "owl" in table and "    -" in table
+
+    gt, results = make_eval_set_small()
+    coco_eval = evaluate_detections(gt, results, backend=backend, verbose=False)
+    valid = [r["AP"] for r in per_class_ap(coco_eval) if r["AP"] >= 0]
+    assert np.mean(valid) == pytest.approx(coco_eval.stats[0], abs=1e-9)  # COCO AP: the mean over categories
+    with pytest.raises(ValueError, match="accumulate"):
+        per_class_ap(SimpleNamespace(eval={}))
+
+
+def make_eval_set_small() -> tuple[dict, list[dict]]:
+    from benchmarks.bench_coco_eval import make_eval_set
+
+    return make_eval_set(20, 20, seed=2)
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gt, results = _two_class_set()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dets.json").write_text(json.dumps(results))
+    out = tmp_path / "stats.json"
+    summary = coco_eval_main(["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "dets.json"),
+                              "--out", str(out), "--per_class", "--backend", "faster"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert all(f"\n{name} " in printed for name in COCO_STAT_NAMES[1:]) and printed.count("owl") == 1
+    saved = json.loads(out.read_text())
+    assert saved == summary and saved["AP"] == pytest.approx(0.5) and saved["per_class"][0]["name"] == "cat"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dets.json", "gt.json", "stats.json"]  # no temporary file
+    # as documented: python -m datasets.coco_eval, from another folder
+    proc = subprocess.run(
+        [sys.executable, "-m", "datasets.coco_eval", "--gt", "gt.json", "--results", "dets.json"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"\n{'AP':<5} 0.5000\n" in proc.stdout and f"\n{'AP50':<5} 0.5000\n" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("gt_text", "dets_text", "message"),
+    [
+        ('{"images": [', "[]", "gt.json: not a valid JSON file (Expecting value: line 1 column 13"),
+        ('{"images": []}', "[]", "missing key(s) ['annotations', 'categories']"),
+        (None, '{"annotations": []}', "dets.json: expected a JSON list of detections"),
+        (None, '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]', "detection #0 lacks ['score']"),
+        (None, '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]', "detection #0 has bbox"),
+        (None, '[{"image_id": 77, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]', "image id(s) not in"),
+    ],
+)
+def test_command_line_bad_files(tmp_path: Path, gt_text: str | None, dets_text: str, message: str) -> None:
+    gt, _ = _two_class_set()
+    (tmp_path / "gt.json").write_text(gt_text if gt_text is not None else json.dumps(gt))
+    (tmp_path / "dets.json").write_text(dets_text)
+    out = tmp_path / "stats.json"
+    with pytest.raises(SystemExit) as e:
+        coco_eval_main(["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "dets.json"), "--out", str(out)])
+    assert message in str(e.value) and str(e.value).startswith("error: ")
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="does not exist"):
+        coco_eval_main(["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "dets.json"),
+                        "--out", str(tmp_path / "missing" / "stats.json")])  # fmt: skip

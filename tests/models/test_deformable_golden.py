@@ -1,11 +1,11 @@
 """Golden parity with the official Deformable DETR (shared/golden/deformable_*.pt): state-dict keys
 and shapes (in order), outputs, aux and two-stage encoder outputs, matcher, every loss term,
 gradients and post-processing, for the multi-scale, single-scale and box-refine + two-stage
-variants. Plus the errors for a checkpoint of another variant and for bad flag combinations."""
+variants, also with the inference fast paths on. Plus the errors for a checkpoint of another variant and for bad flag combinations."""
 
 import pytest
 import torch
-from golden import check_against_golden, fill_golden_weights, golden_args, load_golden
+from golden import check_against_golden, check_inference_fast_path, fill_golden_weights, golden_args, load_golden
 
 from main import resolve_args
 from models import build_model, deformable_config_from_args
@@ -60,6 +60,11 @@ def test_outputs_losses_grads_postprocess(case):
         k: v for k, v in criterion.weight_dict.items() if k in present
     }
     check_against_golden(golden, model, criterion, postprocessors, out)
+
+
+def test_inference_fast_path_keeps_official_numbers(case):
+    golden, model, _, postprocessors = case
+    check_inference_fast_path(golden, model, postprocessors)
 
 
 def test_two_stage_checkpoint_into_single_scale_model_names_keys():

@@ -1,14 +1,15 @@
 """Golden parity of panoptic DETR (``DETRsegm``, ResNet-50, hidden 128, ``masks=True``) with the
 official implementation: state-dict keys and shapes in order, outputs including ``pred_masks``, and
 through the shared ``check_against_golden`` the matcher, exactly the official loss terms
-(``loss_mask``, ``loss_dice`` included), the weighted total, gradients and the box post-processor.
+(``loss_mask``, ``loss_dice`` included), the weighted total, gradients and the box post-processor;
+the same outputs with the inference fast paths on.
 Fixture: ``shared/golden/detr_panoptic_tiny.pt`` (skipped when absent)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from golden import check_against_golden, fill_golden_weights, golden_args, load_golden
+from golden import check_against_golden, check_inference_fast_path, fill_golden_weights, golden_args, load_golden
 
 from util.misc import NestedTensor
 
@@ -73,6 +74,10 @@ def test_segm_postprocess_shapes(golden: dict, built, run: dict) -> None:
     results = postprocessors["segm"](results, run, sizes, processed)
     for r, (h, w) in zip(results, sizes.tolist()):
         assert r["masks"].shape == (12, 1, h, w) and r["masks"].dtype == torch.uint8
+
+
+def test_inference_fast_path_keeps_official_numbers(golden: dict, built, run: dict) -> None:
+    check_inference_fast_path(golden, built[0], built[2])  # ``run`` filled the golden weights
 
 
 def test_freeze_detr_trains_only_mask_head(golden: dict) -> None:

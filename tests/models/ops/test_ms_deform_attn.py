@@ -181,3 +181,15 @@ def test_pytorch_mixed_dtypes_use_the_wider_one():
     out = ms_deform_attn_pytorch(value.bfloat16(), shapes, start, loc, attn)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ms_deform_attn_pytorch(value.bfloat16().float(), shapes, start, loc, attn))
+
+
+def test_pytorch_inference_and_training_orders_agree():
+    """Without autograd each level is summed as sampled (less memory); with it, all levels are
+    stacked first (the official order): the same numbers."""
+    inputs = make_inputs(spread=2.0)
+    with torch.no_grad():
+        inference = ms_deform_attn_pytorch(*inputs)
+    value, shapes, start, loc, attn = (t.clone().requires_grad_(t.is_floating_point()) for t in inputs)
+    training = ms_deform_attn_pytorch(value, shapes, start, loc, attn)
+    assert training.requires_grad and not inference.requires_grad
+    torch.testing.assert_close(inference, training.detach(), atol=1e-6, rtol=1e-6)

@@ -1,0 +1,338 @@
+"""Inference fast paths for DETR, panoptic DETR and Deformable DETR: ``optimize_for_inference``.
+
+The official code evaluates the training graph as it is. Here one entry point prepares a copy of
+a trained model for inference (evaluation, ``tools/``, hub models); each step can be switched off:
+
+* ``fold_bn`` (default on): the backbone's BatchNorm layers (frozen, or learning ones in eval
+  mode) are folded into the convolution before them (torchvision ResNet's ``convN``/``bnN`` and
+  ``downsample`` pairs), computed in float64: one convolution with a bias instead of a
+  convolution plus two full passes over the feature map. Exact up to float32 rounding; the
+  golden parity tests of the official numbers pass with it on.
+* ``channels_last`` (default: on for CPUs, and on GPUs with ``amp``): the backbone's
+  convolutions run on NHWC tensors, oneDNN's native layout on CPUs and the tensor cores' on
+  GPUs. Exact up to rounding.
+* ``fuse`` (default: on for CPUs with oneDNN, after folding): each ResNet block runs as oneDNN
+  convolutions with their bias, ReLU and residual addition fused in
+  (``torch.ops.mkldnn._convolution_pointwise``, the kernels ``torch.compile`` emits on CPUs) and
+  weights reordered once into oneDNN's blocked layout, instead of a convolution followed by separate
+  passes over the feature map for the bias, the ReLU and the addition. The same arithmetic: exact
+  up to rounding. On other devices the blocks fall back to the unfused operations.
+* ``amp="bf16"`` (CPUs with AVX512-BF16 / AMX, GPUs) or ``"fp16"`` (GPUs): autocast inside the
+  model, outputs returned in float32. Changes the outputs slightly (measured in docs/speed.md):
+  opt-in.
+* ``compile=True``: ``torch.compile`` with frozen weights (inductor ``freezing``: weights become
+  constants, oneDNN prepacks them, convolution + bias + ReLU/add are fused). Pays off for a fixed
+  input size (serving, benchmarks); every new input size compiles again.
+
+Attention already runs through PyTorch's fused ``scaled_dot_product_attention`` kernels
+(``need_weights=False``, ``models/transformer.py``). The returned ``InferenceModel`` is called like
+the model and returns the same outputs; it stays in eval mode and runs without autograd; its
+``state_dict`` is not a checkpoint (the BatchNorm layers are gone): save the original model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from models.backbone import FrozenBatchNorm2d
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_RESNET_PARTS = (ResNet, Bottleneck, BasicBlock, IntermediateLayerGetter)
+
+
+def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor, float] | None:
+    """``(weight, bias, running_mean, running_var, eps)`` of a foldable BatchNorm, else None."""
+    if isinstance(bn, FrozenBatchNorm2d):
+        return bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+    if isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None:
+        ones = torch.ones_like(bn.running_mean)
+        weight = bn.weight if bn.weight is not None else ones
+        bias = bn.bias if bn.bias is not None else torch.zeros_like(ones)
+        return weight, bias, bn.running_mean, bn.running_var, bn.eps
+    return None
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, bn: nn.Module) -> bool:
+    """Fold ``bn`` into ``conv`` (in float64); False when the pair cannot be folded."""
+    affine = _bn_affine(bn)
+    if not isinstance(conv, nn.Conv2d) or affine is None or conv.out_channels != affine[0].numel():
+        return False
+    weight, bias, mean, var, eps = (t.double() if isinstance(t, Tensor) else t for t in affine)
+    scale = weight * torch.rsqrt(var + eps)
+    conv_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    dtype = conv.weight.dtype
+    conv.weight = nn.Parameter((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(((conv_bias - mean) * scale + bias).to(dtype), requires_grad=False)
+    return True
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold, in place, every BatchNorm of the torchvision ResNets inside ``module`` into the
+    convolution before it (``conv1``/``bn1`` ... ``conv3``/``bn3`` of the stem and the blocks, and
+    each ``downsample`` pair); the BatchNorm becomes ``nn.Identity``. Learning ``BatchNorm2d``
+    layers are folded only in eval mode. Returns the number of folded layers.
+
+    Only these known pairs are folded: in a ResNet each ``bnN`` directly follows ``convN``.
+    """
+    count = 0
+    for parent in list(module.modules()):
+        if isinstance(parent, _RESNET_PARTS):
+            for i in (1, 2, 3):
+                conv, bn = getattr(parent, f"conv{i}", None), getattr(parent, f"bn{i}", None)
+                if conv is not None and bn is not None and _fold(conv, bn):
+                    setattr(parent, f"bn{i}", nn.Identity())
+                    count += 1
+        if isinstance(parent, (Bottleneck, BasicBlock)) and isinstance(parent.downsample, nn.Sequential):
+            ds = parent.downsample
+            if len(ds) == 2 and _fold(ds[0], ds[1]):
+                ds[1] = nn.Identity()
+                count += 1
+    return count
+
+
+def _to_channels_last(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    x = inputs[0]
+    if isinstance(x, Tensor) and x.dim() == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *inputs[1:])
+    return inputs
+
+
+def use_channels_last(module: nn.Module) -> int:
+    """Put every ResNet body inside ``module`` (and its input, by a forward pre-hook) in the
+    channels-last memory format. Returns the number of bodies converted."""
+    bodies = [m for m in module.modules() if isinstance(m, (IntermediateLayerGetter, ResNet))]
+    for body in bodies:
+        body.to(memory_format=torch.channels_last)
+        body.register_forward_pre_hook(_to_channels_last)
+    return len(bodies)
+
+
+def mkldnn_fusion_available() -> bool:
+    """Whether this PyTorch has oneDNN's fused convolution operators (CPU builds with MKLDNN)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _PackedWeights(dict):
+    """Per-dtype oneDNN-blocked weights; not copied (``deepcopy`` gives an empty cache)."""
+
+    def __deepcopy__(self, memo: dict) -> _PackedWeights:
+        return _PackedWeights()
+
+
+class FusedConv(nn.Module):
+    """A convolution with its bias, optionally a ReLU, optionally ``+ other`` then ReLU (the end of
+    a residual block), in one oneDNN call on CPUs (channels-last, weights packed once per dtype);
+    unfused operations elsewhere. Computes in the input's dtype, or the CPU autocast dtype."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, channels_last_input: bool = False) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("FusedConv: only numeric zero padding")
+        self.register_buffer("weight", conv.weight.detach().clone())
+        bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer("bias", bias.to(conv.weight.dtype))
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu = relu
+        self.channels_last_input = channels_last_input
+        self._packed = _PackedWeights()
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``x [B, C_in, H, W]`` -> ``[B, C_out, H', W']``; with ``residual`` (same shape as the
+        output): ``relu(conv(x) + residual)``."""
+        dtype = x.dtype
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+        if x.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or not mkldnn_fusion_available():
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if residual is not None:
+                return F.relu(y + residual)
+            return F.relu(y) if self.relu else y
+        if self.channels_last_input or x.dtype != dtype:
+            x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        if dtype not in self._packed:  # once per dtype: oneDNN's blocked weight layout
+            dense = self.weight.to(dtype).contiguous().to_mkldnn()
+            self._packed[dtype] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                dense, self.padding, self.stride, self.dilation, self.groups, list(x.shape)
+            )
+        weight, bias = self._packed[dtype], self.bias.to(dtype)
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if residual is not None:
+            op = torch.ops.mkldnn._convolution_pointwise.binary
+            return op(x, residual.to(dtype), weight, bias, *args, "add", None, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if self.relu else "none", [], "")
+
+
+class FusedBlock(nn.Module):
+    """A torchvision ``Bottleneck`` / ``BasicBlock`` whose BatchNorm layers were folded, as
+    ``FusedConv`` calls: conv+ReLU, (conv+ReLU,) conv + shortcut + ReLU."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        bottleneck = isinstance(block, Bottleneck)
+        self.conv1 = FusedConv(block.conv1, relu=True)
+        self.conv2 = FusedConv(block.conv2, relu=bottleneck)
+        self.conv3 = FusedConv(block.conv3, relu=False) if bottleneck else None
+        self.downsample = FusedConv(block.downsample[0], relu=False) if block.downsample is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, H, W]`` -> ``[B, C_out, H / stride, W / stride]``."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.conv1(x)
+        if self.conv3 is None:  # BasicBlock: conv2 ends the block
+            return self.conv2(out, shortcut)
+        return self.conv3(self.conv2(out), shortcut)
+
+
+def _folded(block: nn.Module) -> bool:
+    norms = [getattr(block, f"bn{i}", None) for i in (1, 2, 3)]
+    if block.downsample is not None:
+        if not isinstance(block.downsample, nn.Sequential) or len(block.downsample) != 2:
+            return False
+        norms.append(block.downsample[1])
+    return all(n is None or isinstance(n, nn.Identity) for n in norms)
+
+
+def fuse_resnet_blocks(module: nn.Module) -> int:
+    """Replace, in place, every ResNet body inside ``module`` whose BatchNorm layers are all
+    folded (``fold_batchnorm``) by ``FusedConv`` / ``FusedBlock`` layers (the stem takes the image
+    to channels-last). Returns the number of fused convolutions; 0 leaves a body as it was."""
+    count = 0
+    for body in [m for m in module.modules() if isinstance(m, (IntermediateLayerGetter, ResNet))]:
+        stages = [getattr(body, n) for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(body, n)]
+        blocks = [b for stage in stages for b in stage]
+        if not isinstance(getattr(body, "bn1", None), nn.Identity) or not all(map(_folded, blocks)):
+            continue
+        body.conv1 = FusedConv(body.conv1, relu=True, channels_last_input=True)
+        body.relu = nn.Identity()
+        count += 1
+        for stage in stages:
+            for i, block in enumerate(stage):
+                fused = FusedBlock(block)
+                count += sum(c is not None for c in (fused.conv1, fused.conv2, fused.conv3, fused.downsample))
+                stage[i] = fused
+    return count
+
+
+def cast_floating(outputs: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """Floating-point tensors in nested dicts / lists / tuples cast to ``dtype``."""
+    if isinstance(outputs, Tensor):
+        return outputs.to(dtype) if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: cast_floating(v, dtype) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(cast_floating(v, dtype) for v in outputs)
+    return outputs
+
+
+@dataclass
+class InferenceOptions:
+    """What ``optimize_for_inference`` did (``InferenceModel.options``)."""
+
+    fold_bn: bool
+    channels_last: bool
+    fuse: bool
+    amp: str
+    compile: bool
+    folded_layers: int = 0
+    fused_convs: int = 0
+
+
+class InferenceModel(nn.Module):
+    """A model prepared by ``optimize_for_inference``: ``forward`` takes what the model takes and
+    returns the same dict (float32 tensors also under autocast), without autograd. The prepared
+    model is ``.model``. Eval mode only: ``train()`` raises."""
+
+    def __init__(self, model: nn.Module, options: InferenceOptions) -> None:
+        super().__init__()
+        self.model = model
+        self.options = options
+        self._amp_dtype = AMP_DTYPES[options.amp]
+        compiled = torch.compile(model, options={"freezing": True}) if options.compile else model
+        object.__setattr__(self, "_run", compiled)  # not a submodule: the weights stay under .model
+
+    def forward(self, samples: Any) -> Any:
+        """``samples``: a ``NestedTensor``, a ``[B, 3, H, W]`` batch or a list of ``[3, H, W]`` images."""
+        device_type = next(self.model.parameters()).device.type
+        with torch.no_grad(), torch.autocast(device_type, self._amp_dtype, enabled=self._amp_dtype is not None):
+            out = self._run(samples)
+        return cast_floating(out) if self._amp_dtype is not None else out
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        if mode:
+            raise RuntimeError(
+                "an InferenceModel (optimize_for_inference) cannot be trained: its BatchNorm layers are folded "
+                "into the convolutions; train the original model"
+            )
+        return super().train(False)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel / an InferenceModel."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel, InferenceModel)):
+        model = model.module if not isinstance(model, InferenceModel) else model.model
+    return model
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool | None = None,
+    fuse: bool | None = None,
+    amp: str = "none",
+    compile: bool = False,  # noqa: A002 (torch.compile's name)
+    inplace: bool = False,
+) -> InferenceModel:
+    """Prepare ``model`` (DETR, DETRsegm or Deformable DETR; also inside DDP) for inference.
+
+    ``fold_bn``: fold BatchNorm into the backbone convolutions (exact up to rounding).
+    ``channels_last``: NHWC backbone; ``None`` chooses it on CPUs, and on GPUs with ``amp``.
+    ``fuse``: oneDNN convolutions with fused bias/ReLU/residual (needs ``fold_bn``); ``None``
+    chooses it on CPUs with oneDNN, unless compiling (inductor fuses by itself).
+    ``amp``: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast (opt-in: changes outputs slightly).
+    ``compile``: ``torch.compile`` with frozen weights (for a fixed input size).
+    ``inplace``: change ``model`` itself instead of a deep copy (it cannot be trained afterwards).
+    """
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"optimize_for_inference: amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    model = _unwrap(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("optimize_for_inference: amp='fp16' needs a GPU; on a CPU use amp='bf16'")
+    if channels_last is None:
+        channels_last = device.type == "cpu" or amp != "none"
+    if fuse is None:
+        fuse = fold_bn and device.type == "cpu" and mkldnn_fusion_available() and not compile
+    folded = fold_batchnorm(model) if fold_bn else 0
+    fused = fuse_resnet_blocks(model) if fuse else 0
+    if channels_last:
+        use_channels_last(model)
+    options = InferenceOptions(fold_bn, channels_last, fuse and fused > 0, amp, compile, folded, fused)
+    return InferenceModel(model, options)
+
+
+def inference_model_from_args(model: nn.Module, args: Any) -> nn.Module:
+    """The model ``main.py`` evaluates, from ``--eval_optimize`` (``none``: the model itself;
+    ``fast``: BatchNorm folding + channels-last; ``compile``: also ``torch.compile``) and
+    ``--amp`` (``bf16``/``fp16`` autocast inside the prepared model)."""
+    mode, amp = getattr(args, "eval_optimize", "fast"), getattr(args, "amp", "none")
+    if mode not in ("none", "fast", "compile"):
+        raise ValueError(f"--eval_optimize: unknown '{mode}', choose from none, fast, compile")
+    if mode == "none" or (amp == "fp16" and next(_unwrap(model).parameters()).device.type == "cpu"):
+        return model  # fp16 on a CPU: the training graph, under the caller's autocast (no fp16 fast path there)
+    return optimize_for_inference(model, amp=amp, compile=mode == "compile")
