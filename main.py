@@ -1033,6 +1033,7 @@ def _train(run: _Run, state: TrainState, model: nn.Module, criterion: nn.Module,
         except NonFiniteError as e:
             state.meters = train_logger.state_dict()
             _dump_nonfinite(run, state, e)
+        dist_utils.broadcast_buffers(state.model, *([state.ema.module] if state.ema is not None else []))
         if first_iter == 0:
             timing["epoch"] += time.time() - epoch_start
             timing["epochs_timed"] += 1

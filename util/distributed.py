@@ -36,6 +36,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_buffers(*modules: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers (BatchNorm running statistics) of rank ``src``.
+
+    DDP broadcasts rank 0's buffers at the start of each training forward, so after an epoch's last
+    step every rank holds its own update of them. Called after each epoch: evaluation on every rank
+    and the checkpoint rank 0 writes then use the same model."""
+    if get_world_size() == 1:
+        return
+    for module in modules:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+
+
 def all_gather(data: Any) -> list[Any]:
     """Gather any picklable object from every rank; returns a list with one entry per rank."""
     world_size = get_world_size()
