@@ -18,6 +18,7 @@ seconds of this process are the steadier measure (both backends evaluate on one 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             times[backend].append(time.perf_counter() - start)
             cpu[backend].append(time.process_time() - start_cpu)
             stats[backend] = [float(v) for v in coco_eval.stats]
+            del coco_eval  # freed here, untimed: not charged to the next backend's run
+            gc.collect()
             print(f"repeat {rep}: {backend:12} {times[backend][-1]:7.2f} s ({cpu[backend][-1]:.2f} s CPU)", flush=True)
 
     ref = args.backends[0]
