@@ -221,6 +221,18 @@ def key_list(items: list[str], limit: int = 8, sep: str = ", ") -> str:
     return sep.join(items[:limit]) + (f"{sep}... ({len(items)} in all)" if len(items) > limit else "")
 
 
+def _raise_if_misfit(header: str, missing: list[str], unexpected: list[str], mismatched: list[str], hint: str) -> None:
+    """One ``CheckpointError``: ``header``, the missing, unexpected and mis-shaped keys (those
+    there are), then ``hint``; nothing when all three lists are empty."""
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [header]
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            parts.append(f"{label}: {key_list(items)}")
+    raise CheckpointError("; ".join([*parts, hint]))
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state, strict=True)``, with one error naming the file and listing
     the missing, unexpected and mis-shaped keys (the usual cause: another model configuration)."""
@@ -232,16 +244,10 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
-    if missing or unexpected or mismatched:
-        parts = [f"checkpoint {source} does not fit the model"]
-        if missing:
-            parts.append(f"missing keys: {key_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {key_list(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {key_list(mismatched)}")
-        parts.append("(was it trained with other --backbone/--masks/--num_classes/--model flags?)")
-        raise CheckpointError("; ".join(parts))
+    _raise_if_misfit(
+        f"checkpoint {source} does not fit the model", missing, unexpected, mismatched,
+        "(was it trained with other --backbone/--masks/--num_classes/--model flags?)",
+    )  # fmt: skip
     model.load_state_dict(state, strict=True)
 
 
@@ -275,21 +281,10 @@ def load_finetune_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
         else:
             mismatched.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}")
     unexpected = [k for k in state if k not in own]
-    if missing or unexpected or mismatched:
-
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-
-        parts = [f"--finetune {source} does not fit the model beyond its class head and queries"]
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if items:
-                parts.append(f"{label}: {show(items)}")
-        parts.append("(another --backbone, --masks, layer count or variant?)")
-        raise CheckpointError("; ".join(parts))
+    _raise_if_misfit(
+        f"--finetune {source} does not fit the model beyond its class head and queries", missing, unexpected,
+        mismatched, "(another --backbone, --masks, layer count or variant?)",
+    )  # fmt: skip
     model.load_state_dict(load, strict=False)
     fresh = len(own) - len(load)
     notes.append(f"loaded {len(load)} of {len(own)} weights from {source}; {fresh} keep their initialisation")
