@@ -28,6 +28,14 @@ Attention already runs through PyTorch's fused ``scaled_dot_product_attention`` 
 (``need_weights=False``, ``models/transformer.py``). The returned ``InferenceModel`` is called like
 the model and returns the same outputs; it stays in eval mode and runs without autograd; its
 ``state_dict`` is not a checkpoint (the BatchNorm layers are gone): save the original model.
+
+Training has one fast path of its own, ``fold_frozen_batchnorm_for_training`` (``main.py
+--fold_frozen_bn``, opt-in): the official backbone follows each convolution by a frozen BatchNorm,
+two full passes over the feature map forward and one backward; folded, the frozen scale multiplies
+the (small) weight instead, ``conv(x, W * s) + b``, and autograd carries the gradient to ``W``. The
+modules, parameters and ``state_dict`` stay as they are (only the blocks' ``forward`` changes), so
+checkpoints, EMA, DDP and ``optimize_for_inference`` work unchanged. Exact up to rounding: the
+golden gradient parity tests pass with it on.
 """
 
 from __future__ import annotations
@@ -223,6 +231,113 @@ def fuse_resnet_blocks(module: nn.Module) -> int:
     return count
 
 
+def _conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor) -> Tensor:
+    """``bn(conv(x))`` as one convolution: the frozen scale folded into the weight (differentiable
+    with respect to the convolution's parameters), the frozen shift as its bias."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # as FrozenBatchNorm2d.forward
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    if conv.padding_mode != "zeros":
+        raise ValueError("fold_frozen_batchnorm_for_training: only zero-padded convolutions")
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class _FoldedBasicBlock(BasicBlock):
+    """torchvision's ``BasicBlock`` with its frozen BatchNorm layers folded at each call."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, H, W]`` -> ``[B, C_out, H / stride, W / stride]``."""
+        identity = x if self.downsample is None else _conv_frozen_bn(self.downsample[0], self.downsample[1], x)
+        out = self.relu(_conv_frozen_bn(self.conv1, self.bn1, x))
+        out = _conv_frozen_bn(self.conv2, self.bn2, out)
+        return self.relu(out + identity)
+
+
+class _FoldedBottleneck(Bottleneck):
+    """torchvision's ``Bottleneck`` with its frozen BatchNorm layers folded at each call."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, H, W]`` -> ``[B, C_out, H / stride, W / stride]``."""
+        identity = x if self.downsample is None else _conv_frozen_bn(self.downsample[0], self.downsample[1], x)
+        out = self.relu(_conv_frozen_bn(self.conv1, self.bn1, x))
+        out = self.relu(_conv_frozen_bn(self.conv2, self.bn2, out))
+        out = _conv_frozen_bn(self.conv3, self.bn3, out)
+        return self.relu(out + identity)
+
+
+class _FoldedStemBody(IntermediateLayerGetter):
+    """A backbone body (``IntermediateLayerGetter``) whose stem ``conv1``/``bn1`` runs folded."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``[B, 3, H, W]`` -> ``{name: [B, C_i, H_i, W_i]}`` for the returned stages."""
+        out: dict[str, Tensor] = {}
+        for name, module in self.items():
+            if name == "bn1":
+                continue  # applied with conv1
+            x = _conv_frozen_bn(module, self["bn1"], x) if name == "conv1" else module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+_FOLDED_CLASSES: dict[type, type] = {
+    BasicBlock: _FoldedBasicBlock,
+    Bottleneck: _FoldedBottleneck,
+    IntermediateLayerGetter: _FoldedStemBody,
+}
+_PLAIN_CLASSES = {folded: plain for plain, folded in _FOLDED_CLASSES.items()}
+
+
+def _frozen_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]] | None:
+    """The ``(conv, bn)`` pairs a folded ``module`` would apply, or None when one of its
+    normalisations is not a ``FrozenBatchNorm2d`` (learning BatchNorm, ...)."""
+    if isinstance(module, IntermediateLayerGetter):
+        pairs = [(module["conv1"], module["bn1"])] if "conv1" in module and "bn1" in module else []
+        if not pairs or list(module.keys())[:2] != ["conv1", "bn1"]:
+            return None
+    else:
+        pairs = [
+            (getattr(module, f"conv{i}"), getattr(module, f"bn{i}")) for i in (1, 2, 3) if hasattr(module, f"bn{i}")
+        ]
+        if module.downsample is not None:
+            ds = module.downsample
+            if not isinstance(ds, nn.Sequential) or len(ds) != 2:
+                return None
+            pairs.append((ds[0], ds[1]))
+    ok = all(isinstance(c, nn.Conv2d) and isinstance(b, FrozenBatchNorm2d) for c, b in pairs)
+    return pairs if ok else None
+
+
+def fold_frozen_batchnorm_for_training(model: nn.Module) -> int:
+    """Make, in place, every torchvision ResNet block (and stem) inside ``model`` whose BatchNorm
+    layers are all frozen (``FrozenBatchNorm2d``) apply them folded into its convolutions
+    (``conv(x, W * s) + b``), in training and in evaluation alike. Parameters, buffers and
+    ``state_dict`` are unchanged; blocks with learning BatchNorm keep their own forward. Returns the
+    number of folded (convolution, BatchNorm) pairs. ``unfold_frozen_batchnorm`` undoes it."""
+    count = 0
+    for module in list(model.modules()):
+        folded = _FOLDED_CLASSES.get(type(module))
+        pairs = _frozen_pairs(module) if folded is not None else None
+        if pairs:
+            module.__class__ = folded
+            count += len(pairs)
+    return count
+
+
+def unfold_frozen_batchnorm(model: nn.Module) -> int:
+    """Give every block folded by ``fold_frozen_batchnorm_for_training`` its plain forward back
+    (in place); returns how many blocks changed."""
+    count = 0
+    for module in model.modules():
+        plain = _PLAIN_CLASSES.get(type(module))
+        if plain is not None:
+            module.__class__ = plain
+            count += 1
+    return count
+
+
 def cast_floating(outputs: Any, dtype: torch.dtype = torch.float32) -> Any:
     """Floating-point tensors in nested dicts / lists / tuples cast to ``dtype``."""
     if isinstance(outputs, Tensor):
@@ -308,6 +423,7 @@ def optimize_for_inference(
     model = _unwrap(model)
     if not inplace:
         model = copy.deepcopy(model)
+    unfold_frozen_batchnorm(model)  # the layers are folded for good below
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -323,3 +323,22 @@ def test_finetuning_starts_ahead_of_training_from_scratch(tmp_path):
         losses[name] = json.loads((out / "log.txt").read_text().splitlines()[-1])["train_loss"]
     print(losses)
     assert losses["finetuned"] < 0.9 * losses["scratch"], losses
+
+
+def test_fold_frozen_bn_trains_as_the_official_arithmetic(synthetic_coco, tmp_path, capsys):
+    """``--fold_frozen_bn`` (frozen BatchNorm folded into the convolutions while training): the
+    same weights after an epoch as the official arithmetic, up to rounding, and the same
+    checkpoint keys (a run with it resumes or evaluates without it)."""
+    frozen = [a for a in TINY if a != "--train_backbone_all"]  # frozen BatchNorm, stem and layer1
+    common = [*frozen, "--coco_path", str(synthetic_coco), "--epochs", "1", "--eval_every", "5"]
+    states = {}
+    for name, extra in (("official", []), ("folded", ["--fold_frozen_bn"])):
+        main_module.main(parse([*common, "--output_dir", str(tmp_path / name), *extra]))
+        states[name] = _state_of(tmp_path / name / "checkpoint.pth")["model"]
+    assert "--fold_frozen_bn: 20 frozen BatchNorm layers folded" in capsys.readouterr().out  # ResNet-18: all
+    assert states["official"].keys() == states["folded"].keys()
+    changed = 0
+    for k, v in states["official"].items():
+        torch.testing.assert_close(states["folded"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        changed += not torch.equal(states["folded"][k], v)
+    assert changed > 0  # the backbone was trained (layer2-4), through the folded path

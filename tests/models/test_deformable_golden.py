@@ -5,7 +5,14 @@ variants, also with the inference fast paths on. Plus the errors for a checkpoin
 
 import pytest
 import torch
-from golden import check_against_golden, check_inference_fast_path, fill_golden_weights, golden_args, load_golden
+from golden import (
+    check_against_golden,
+    check_inference_fast_path,
+    check_training_fast_path,
+    fill_golden_weights,
+    golden_args,
+    load_golden,
+)
 
 from main import resolve_args
 from models import build_model, deformable_config_from_args
@@ -65,6 +72,10 @@ def test_outputs_losses_grads_postprocess(case):
 def test_inference_fast_path_keeps_official_numbers(case):
     golden, model, _, postprocessors = case
     check_inference_fast_path(golden, model, postprocessors)
+
+
+def test_training_fast_path_keeps_official_gradients(case):
+    check_training_fast_path(*case)
 
 
 def test_two_stage_checkpoint_into_single_scale_model_names_keys():

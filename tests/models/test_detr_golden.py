@@ -4,7 +4,14 @@ inference fast paths on, and bf16 autocast within its stated tolerance."""
 
 import pytest
 import torch
-from golden import check_against_golden, check_inference_fast_path, fill_golden_weights, golden_args, load_golden
+from golden import (
+    check_against_golden,
+    check_inference_fast_path,
+    check_training_fast_path,
+    fill_golden_weights,
+    golden_args,
+    load_golden,
+)
 
 from main import resolve_args
 from models import build_model
@@ -58,6 +65,10 @@ def test_model_accepts_tensor_and_list(golden, built):
 
 def test_inference_fast_path_keeps_official_numbers(golden, built):
     check_inference_fast_path(golden, built[0], built[2])
+
+
+def test_training_fast_path_keeps_official_gradients(golden, built):
+    check_training_fast_path(golden, *built)
 
 
 def test_bf16_autocast_within_tolerance(golden, built):

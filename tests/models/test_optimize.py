@@ -81,3 +81,31 @@ def test_prepared_model_refuses_training_and_main_entry_point(demo_like_model: n
         optimize_for_inference(demo_like_model, amp="fp16")  # a GPU option
     fp16 = argparse.Namespace(eval_optimize="fast", amp="fp16")  # main.py --amp fp16 on a CPU evaluates as before
     assert inference_model_from_args(demo_like_model, fp16) is demo_like_model
+
+
+def test_training_fold_leaves_learning_batchnorm_and_unfolds_for_inference(demo_like_model: nn.Module) -> None:
+    """``fold_frozen_batchnorm_for_training`` folds frozen BatchNorm only (the demo's learning one
+    stays as it is); a folded model survives ``deepcopy`` (EMA) and is prepared for inference
+    from its plain classes, the original staying folded; Bottleneck blocks (ResNet-50) fold too."""
+    from models.optimize import fold_frozen_batchnorm_for_training, unfold_frozen_batchnorm
+
+    learning = copy.deepcopy(demo_like_model)
+    assert fold_frozen_batchnorm_for_training(learning) == 0
+    config = {"backbone": "resnet50", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1}
+    torch.manual_seed(0)
+    model = build_model(resolve_args(golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32)))[0].eval()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(images)
+    folded = copy.deepcopy(model)
+    assert fold_frozen_batchnorm_for_training(folded) == 53  # ResNet-50: 1 + 16 x 3 + 4 downsample
+    ema = copy.deepcopy(folded)
+    assert type(ema.backbone[0].body.layer1[0]).__name__ == "_FoldedBottleneck"
+    with torch.no_grad():
+        for m in (folded, ema):
+            torch.testing.assert_close(m(images)["pred_boxes"], ref["pred_boxes"], atol=1e-5, rtol=1e-5)
+    fast = optimize_for_inference(folded)
+    assert fast.options.folded_layers == 53
+    torch.testing.assert_close(fast(images)["pred_boxes"], ref["pred_boxes"], atol=1e-5, rtol=1e-5)
+    assert type(folded.backbone[0].body).__name__ == "_FoldedStemBody"  # the original keeps its fold
+    assert unfold_frozen_batchnorm(folded) == 17 and fold_frozen_batchnorm_for_training(folded) == 53

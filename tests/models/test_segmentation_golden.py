@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from golden import check_against_golden, check_inference_fast_path, fill_golden_weights, golden_args, load_golden
+from golden import (
+    check_against_golden,
+    check_inference_fast_path,
+    check_training_fast_path,
+    fill_golden_weights,
+    golden_args,
+    load_golden,
+)
 
 from util.misc import NestedTensor
 
@@ -78,6 +85,10 @@ def test_segm_postprocess_shapes(golden: dict, built, run: dict) -> None:
 
 def test_inference_fast_path_keeps_official_numbers(golden: dict, built, run: dict) -> None:
     check_inference_fast_path(golden, built[0], built[2])  # ``run`` filled the golden weights
+
+
+def test_training_fast_path_keeps_official_gradients(golden: dict, built, run: dict) -> None:
+    check_training_fast_path(golden, *built)
 
 
 def test_freeze_detr_trains_only_mask_head(golden: dict) -> None:
