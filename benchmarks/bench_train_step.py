@@ -27,11 +27,14 @@ Against the official code (``--official DIR``, a local clone of facebookresearch
 ``benchmarks/official.py`` describes): each round runs the official ``main.main(args)`` and then
 ours, with the configuration's flags, on a training set of exactly ``--iters x batch size``
 images (one epoch of ``--iters`` iterations, then each code base's evaluation of one image,
-untimed). Each code base runs its own loop with its own data loading (``--num_workers``
-processes). While they run, ``DataLoader`` iterators record when each batch reaches the training
-loop; the seconds per iteration are the intervals between consecutive batches (step plus waiting
-for data: what a user waits for), the first ``--warmup`` dropped; medians over the rounds and the
-ratio. Flags only this project knows (``--backbone_weights``, ``--train_backbone_all``) go to ours
+untimed). Each run is a fresh Python process (this script again, ``--run_one``), so a process-wide
+setting of one code base (ours keeps freed memory for reuse, ``--host_allocator``) cannot help the
+other; ``--official_env "MALLOC_MMAP_MAX_=0 ..."`` gives the official process environment
+variables (for instance the same allocator setting). Each code base runs its own loop with its
+own data loading (``--num_workers`` processes). While they run, ``DataLoader`` iterators record
+when each batch reaches the training loop; the seconds per iteration are the intervals between
+consecutive batches (step plus waiting for data: what a user waits for), the first ``--warmup``
+dropped; medians over the rounds and the ratio. Flags only this project knows (``--backbone_weights``, ``--train_backbone_all``) go to ours
 only, with ``--num_classes 91`` (the official code's COCO head); ``--ours_flags`` adds more
 (``--fused_optimizer --channels_last``, ``--amp bf16``, ...).
 
@@ -46,8 +49,10 @@ import contextlib
 import copy
 import io
 import json
+import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -219,23 +224,56 @@ def run_main(codebase: CodeBase, flags: list[str], log: Path) -> list[float]:
     return max(runs, key=len)
 
 
+def run_one(a: argparse.Namespace) -> None:
+    """``--run_one official|ours``: one code base's ``main.py`` run in this fresh process; writes the
+    batches' arrival times as JSON to ``--stamps_out``."""
+    if a.run_one == "official":
+        codebase = load_official(a.official)
+        if a.model not in codebase.kinds:
+            raise ValueError(f"--model {a.model}: {a.official} is the official {'/'.join(codebase.kinds)}")
+    else:
+        codebase = ours()
+    try:
+        stamps = run_main(codebase, json.loads(a.flags_json), Path(a.stamps_out).with_suffix(".log"))
+    finally:
+        cleanup()
+    Path(a.stamps_out).write_text(json.dumps(stamps))
+
+
+def _run_in_process(a: argparse.Namespace, name: str, flags: list[str], out: Path, env: dict[str, str]) -> list[float]:
+    """``run_one`` for ``name`` in a new Python process (``env`` added to its environment)."""
+    cmd = [sys.executable, __file__, "--run_one", name, "--flags_json", json.dumps(flags), "--stamps_out", str(out),
+           "--model", a.model]  # fmt: skip
+    if a.official:
+        cmd += ["--official", a.official]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: main.py failed (exit {proc.returncode}, log {out.with_suffix('.log')}):\n"
+                           f"{proc.stderr[-3000:]}")  # fmt: skip
+    return json.loads(out.read_text())
+
+
 def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, work: Path) -> dict[str, float]:
-    """Whole training epochs of the official ``main.py`` and ours, alternately (``--official``)."""
+    """Whole training epochs of the official ``main.py`` and ours, alternately, each in a fresh
+    process (``--official``)."""
     shared, mine = split_flags([*CONFIGS[a.config], *extra])
     batch = main_module.get_args_parser().parse_known_args(shared)[0].batch_size
     common = [*shared, "--epochs", "1", "--device", "cpu", "--output_dir", "", "--num_workers", str(a.num_workers)]
     data = make_coco_layout(work / "coco", coco_path, a.iters * batch)
     common += ["--coco_path", str(data)]
     mine += ["--model", a.model, "--num_classes", "91", *shlex.split(a.ours_flags)]
-    codebases = {"official": load_official(a.official), "ours": ours()}
-    if a.model not in codebases["official"].kinds:
-        raise ValueError(f"--model {a.model}: {a.official} is the official {'/'.join(codebases['official'].kinds)}")
+    official_env = dict(item.split("=", 1) for item in shlex.split(a.official_env))
     print(describe_machine(torch.device("cpu")))
     print(f"main.py {' '.join(common)}\n  ours also: {' '.join(mine)}\n  {a.iters * batch} training images per epoch")
+    if official_env:
+        print(f"  official environment: {a.official_env}")
     timings = Alternating()
     for r in range(a.repeats):
-        for name, codebase in codebases.items():
-            stamps = run_main(codebase, common + (mine if name == "ours" else []), work / f"{name}_{r}.log")
+        for name in ("official", "ours"):
+            flags, env = (common + mine, {}) if name == "ours" else (common, official_env)
+            stamps = _run_in_process(a, name, flags, work / f"{name}_{r}.json", env)
             if len(stamps) != a.iters:
                 raise RuntimeError(f"{name}: {len(stamps)} training batches instead of {a.iters} (see {work})")
             for t0, t1 in zip(stamps[a.warmup :], stamps[a.warmup + 1 :]):
@@ -244,7 +282,7 @@ def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, w
             print(f"round {r}: {name:8} {statistics.median(recent):.3f} s/iteration", flush=True)
     print(f"\n{'code':8} {'s/iter':>8} {'img/s':>7} {'speed-up':>8}")
     result = {}
-    for name in codebases:
+    for name in ("official", "ours"):
         result[name] = timings.median(name)
         print(f"{name:8} {result[name]:8.3f} {batch / result[name]:7.2f} {timings.ratio(name, 'official'):7.2f}x")
     result["speedup"] = timings.ratio("ours", "official")
@@ -271,7 +309,16 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--num_workers", type=int, default=2, help="with --official: data loader processes")
     parser.add_argument("--ours_flags", default="", help="with --official: more main.py flags for ours only")
     parser.add_argument("--keep", default=None, help="with --official: keep the data layout and logs here")
+    parser.add_argument("--official_env", default="", help='with --official: "NAME=value ..." for the official runs')
+    parser.add_argument("--run_one", choices=("official", "ours"), help=argparse.SUPPRESS)  # a child process
+    parser.add_argument("--flags_json", help=argparse.SUPPRESS)
+    parser.add_argument("--stamps_out", help=argparse.SUPPRESS)
     a, extra = parser.parse_known_args(argv)  # main.py flags (after the configuration's: they win)
+    if a.run_one:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        run_one(a)
+        return {}
     a.repeats = a.repeats or (2 if a.official else 5)
     if a.official and a.iters <= a.warmup + 1:
         raise SystemExit(f"error: --iters ({a.iters}) must exceed --warmup + 1 ({a.warmup + 1})")

@@ -102,6 +102,18 @@ def test_benchmark_table_against_official_layout(standin: Path, capsys: pytest.C
         benchmark.main(["--compare_official", str(standin / "models"), *QUICK, *TINY])
 
 
+def test_train_step_loops_against_official_layout(standin: Path, capsys: pytest.CaptureFixture) -> None:
+    """``bench_train_step.py --official``: each code base's own main.py loop, each run in a fresh
+    process (the official one with ``--official_env``), on the tiny configuration."""
+    from benchmarks import bench_train_step
+
+    result = bench_train_step.run(["--config", "tiny", "--official", str(standin), "--iters", "3", "--repeats", "1",
+                                   "--num_workers", "0", "--threads", "2", "--official_env", "DETR_BENCH_PROBE=1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert result["official"] > 0 and result["ours"] > 0 and result["speedup"] > 0
+    assert "official environment: DETR_BENCH_PROBE=1" in printed and "round 0: ours" in printed
+
+
 @pytest.mark.parametrize(
     "clone, flags",
     [
