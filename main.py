@@ -362,6 +362,7 @@ RUNTIME_FLAGS: frozenset[str] = frozenset(
         "attn_impl",
         "eval_optimize",
         "coco_eval_backend",
+        "host_allocator",
     }  # fmt: skip
 )
 
