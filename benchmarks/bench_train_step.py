@@ -227,12 +227,7 @@ def run_main(codebase: CodeBase, flags: list[str], log: Path) -> list[float]:
 def run_one(a: argparse.Namespace) -> None:
     """``--run_one official|ours``: one code base's ``main.py`` run in this fresh process; writes the
     batches' arrival times as JSON to ``--stamps_out``."""
-    if a.run_one == "official":
-        codebase = load_official(a.official)
-        if a.model not in codebase.kinds:
-            raise ValueError(f"--model {a.model}: {a.official} is the official {'/'.join(codebase.kinds)}")
-    else:
-        codebase = ours()
+    codebase = load_official(a.official) if a.run_one == "official" else ours()
     try:
         stamps = run_main(codebase, json.loads(a.flags_json), Path(a.stamps_out).with_suffix(".log"))
     finally:
@@ -265,6 +260,11 @@ def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, w
     common += ["--coco_path", str(data)]
     mine += ["--model", a.model, "--num_classes", "91", *shlex.split(a.ours_flags)]
     official_env = dict(item.split("=", 1) for item in shlex.split(a.official_env))
+    official = load_official(a.official)  # checked here, before any run: the clone, --model, the flags
+    if a.model not in official.kinds:
+        raise ValueError(f"--model {a.model}: {a.official} is the official {'/'.join(official.kinds)}")
+    official_args(official, common)  # SystemExit naming a flag the official parser lacks
+    cleanup()
     print(describe_machine(torch.device("cpu")))
     print(f"main.py {' '.join(common)}\n  ours also: {' '.join(mine)}\n  {a.iters * batch} training images per epoch")
     if official_env:
