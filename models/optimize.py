@@ -238,8 +238,6 @@ def _conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor) -> Tensor
     bias = bn.bias - bn.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
-    if conv.padding_mode != "zeros":
-        raise ValueError("fold_frozen_batchnorm_for_training: only zero-padded convolutions")
     weight = conv.weight * scale.reshape(-1, 1, 1, 1)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
@@ -292,7 +290,8 @@ _PLAIN_CLASSES = {folded: plain for plain, folded in _FOLDED_CLASSES.items()}
 
 def _frozen_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]] | None:
     """The ``(conv, bn)`` pairs a folded ``module`` would apply, or None when one of its
-    normalisations is not a ``FrozenBatchNorm2d`` (learning BatchNorm, ...)."""
+    normalisations is not a ``FrozenBatchNorm2d`` (learning BatchNorm, ...) or a convolution pads
+    otherwise than with zeros."""
     if isinstance(module, IntermediateLayerGetter):
         pairs = [(module["conv1"], module["bn1"])] if "conv1" in module and "bn1" in module else []
         if not pairs or list(module.keys())[:2] != ["conv1", "bn1"]:
@@ -306,7 +305,9 @@ def _frozen_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]] | None
             if not isinstance(ds, nn.Sequential) or len(ds) != 2:
                 return None
             pairs.append((ds[0], ds[1]))
-    ok = all(isinstance(c, nn.Conv2d) and isinstance(b, FrozenBatchNorm2d) for c, b in pairs)
+    ok = all(
+        isinstance(c, nn.Conv2d) and c.padding_mode == "zeros" and isinstance(b, FrozenBatchNorm2d) for c, b in pairs
+    )
     return pairs if ok else None
 
 
