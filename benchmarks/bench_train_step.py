@@ -14,6 +14,8 @@ Variants:
   (bit-identical weights);
 * ``fused``: ``--fused_optimizer`` (rounding differs slightly);
 * ``channels_last``: the model in channels-last memory format (convolution rounding differs);
+* ``fold``: ``--fold_frozen_bn`` (frozen BatchNorm folded into the convolutions while training;
+  a backbone with learning BatchNorm, as the demo's, has nothing to fold);
 * ``bf16``: ``--amp bf16`` autocast (AMX / AVX512-BF16 where the CPU has them).
 
 Configurations (``--config``): ``demo`` (the ``make demo-detr`` model: ResNet-18 from scratch,
@@ -72,6 +74,8 @@ from benchmarks.official import CodeBase, cleanup, load_official, official_args,
 from datasets.sampling import SeededDataset  # noqa: E402
 from engine import _float_outputs  # noqa: E402
 from models import build_model  # noqa: E402
+from models.optimize import fold_frozen_batchnorm_for_training  # noqa: E402
+from util.host_memory import apply_host_allocator  # noqa: E402
 from util.misc import collate_fn  # noqa: E402
 from util.optim import build_optimizer, clip_grad_norm  # noqa: E402
 
@@ -92,7 +96,7 @@ CONFIGS = {
         "--batch_size", "2", "--train_scales", "64", "--val_size", "64", "--max_size", "64",
     ],
 }  # fmt: skip
-VARIANTS = ("official", "default", "fused", "channels_last", "bf16")
+VARIANTS = ("official", "default", "fused", "channels_last", "fold", "bf16")
 IMAGE_SIZES = {"demo": 96, "official_aug": 640, "tiny": 64}  # side of the generated images
 OURS_ONLY = {"--backbone_weights": 1, "--train_backbone_all": 0}  # flags the official parser lacks: value count
 
@@ -105,6 +109,8 @@ class Variant:
         self.model = copy.deepcopy(model).train()
         if name == "channels_last":
             self.model = self.model.to(memory_format=torch.channels_last)
+        if name == "fold":
+            fold_frozen_batchnorm_for_training(self.model)
         groups = main_module._param_groups(self.model, args)
         if name == "official":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -310,6 +316,12 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--ours_flags", default="", help="with --official: more main.py flags for ours only")
     parser.add_argument("--keep", default=None, help="with --official: keep the data layout and logs here")
     parser.add_argument("--official_env", default="", help='with --official: "NAME=value ..." for the official runs')
+    parser.add_argument(
+        "--host_allocator",
+        default="keep",
+        choices=("keep", "system"),
+        help="without --official: main.py's setting for this process, every variant alike (default keep)",
+    )
     parser.add_argument("--run_one", choices=("official", "ours"), help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--flags_json", help=argparse.SUPPRESS)
     parser.add_argument("--stamps_out", help=argparse.SUPPRESS)
@@ -340,6 +352,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 raise SystemExit(f"error: {e}") from e
             finally:
                 cleanup()
+        apply_host_allocator(a.host_allocator)
         flags = [*CONFIGS[a.config], *extra, "--model", a.model, "--coco_path", str(coco_path), "--device", "cpu"]
         args = main_module.resolve_args(main_module.get_args_parser().parse_args(flags))
         args.num_classes = datasets.max_category_id(datasets.build_dataset("train", args)) + 1
