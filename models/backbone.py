@@ -56,11 +56,15 @@ class FrozenBatchNorm2d(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """The layer as ``x * scale + shift``: ``(scale [C], shift [C])``."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
-        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
-        bias = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
-        return x * scale + bias
+        scale, shift = self.scale_and_shift()
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")

@@ -234,8 +234,7 @@ def fuse_resnet_blocks(module: nn.Module) -> int:
 def _conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor) -> Tensor:
     """``bn(conv(x))`` as one convolution: the frozen scale folded into the weight (differentiable
     with respect to the convolution's parameters), the frozen shift as its bias."""
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # as FrozenBatchNorm2d.forward
-    bias = bn.bias - bn.running_mean * scale
+    scale, bias = bn.scale_and_shift()
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     weight = conv.weight * scale.reshape(-1, 1, 1, 1)
@@ -293,9 +292,9 @@ def _frozen_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]] | None
     normalisations is not a ``FrozenBatchNorm2d`` (learning BatchNorm, ...) or a convolution pads
     otherwise than with zeros."""
     if isinstance(module, IntermediateLayerGetter):
-        pairs = [(module["conv1"], module["bn1"])] if "conv1" in module and "bn1" in module else []
-        if not pairs or list(module.keys())[:2] != ["conv1", "bn1"]:
+        if list(module.keys())[:2] != ["conv1", "bn1"]:
             return None
+        pairs = [(module["conv1"], module["bn1"])]
     else:
         pairs = [
             (getattr(module, f"conv{i}"), getattr(module, f"bn{i}")) for i in (1, 2, 3) if hasattr(module, f"bn{i}")
