@@ -7,13 +7,13 @@ memory one call takes above what was in use before it: on a GPU from the caching
 statistics (tensor memory); on a Linux CPU (PyTorch keeps no CPU allocator statistics) from the
 process's peak resident set size, reset before the call (``/proc/self/clear_refs``), with glibc
 told to map every block of 64 KiB or more separately so that freed tensors leave the resident set
-and to return its free blocks first (``mallopt``, ``malloc_trim``; the threshold is restored
-afterwards to keep the timing runs' allocation behaviour).
+and to return its free blocks first, so that reuse shows as growth
+(``util.host_memory.freed_memory_returned``: ``mallopt``, ``malloc_trim``; the process's
+allocator setting is restored afterwards to keep the timing runs' behaviour).
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import platform
@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from util.host_memory import freed_memory_returned  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -46,9 +48,6 @@ def time_call(fn: Callable[[], object], device: torch.device) -> tuple[float, fl
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
 def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -59,7 +58,8 @@ def _status_mib(field: str) -> float:
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory (MiB) one ``fn()`` takes above what was in use before it (NaN where it
-    cannot be measured: a CPU that is not Linux with glibc)."""
+    cannot be measured: a CPU that is not Linux with glibc). Also in a process that keeps freed
+    memory (``util.host_memory``): the setting is suspended during the call."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -68,17 +68,14 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        if not libc.mallopt(_M_MMAP_THRESHOLD, 1 << 16):
-            return math.nan
-        libc.malloc_trim(0)  # free blocks kept by glibc go back to the system: reuse shows as growth
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set size (VmHWM) to the current one
-        base = _status_mib("VmRSS:")
-        fn()
-        peak = _status_mib("VmHWM:") - base
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest dynamic threshold
-        return peak
+        with freed_memory_returned(1 << 16) as libc:
+            if libc is None:
+                return math.nan
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak resident set size (VmHWM) to the current one
+            base = _status_mib("VmRSS:")
+            fn()
+            return _status_mib("VmHWM:") - base
     except (OSError, KeyError, AttributeError):
         return math.nan
 

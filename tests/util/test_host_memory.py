@@ -32,9 +32,9 @@ def _probe(mode: str) -> tuple[bool, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_reuses_freed_memory_without_page_faults():
-    from util.host_memory import _glibc
+    from util.host_memory import glibc
 
-    if _glibc() is None:
+    if glibc() is None:
         pytest.skip("not glibc")
     applied, faults_keep = _probe("keep")
     not_applied, faults_system = _probe("system")
@@ -50,3 +50,40 @@ def test_unknown_mode_is_refused():
 
     with pytest.raises(ValueError, match="--host_allocator"):
         apply_host_allocator("jemalloc")
+
+
+SUSPEND_PROBE = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from util.host_memory import freed_memory_returned, keep_freed_memory
+
+def faults():
+    for _ in range(8):
+        torch.ones(16 * 2**20).sum()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        torch.ones(16 * 2**20).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+keep_freed_memory()
+kept = faults()
+with freed_memory_returned() as libc:
+    returned = faults()
+print(libc is not None, kept, returned, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_returned_suspends_keep_for_memory_measurements():
+    """benchmarks/common.peak_memory_mib needs freed blocks to leave the resident set, also in a
+    process that keeps freed memory: within ``freed_memory_returned`` they do, afterwards the
+    process keeps them again."""
+    from util.host_memory import glibc
+
+    if glibc() is None:
+        pytest.skip("not glibc")
+    code = SUSPEND_PROBE.format(root=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    available, kept, returned, kept_again = out[0] == "True", int(out[1]), int(out[2]), int(out[3])
+    assert available and returned > 8 * 1000
+    assert kept <= returned / 4 and kept_again <= returned / 4
