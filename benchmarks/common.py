@@ -7,9 +7,8 @@ memory one call takes above what was in use before it: on a GPU from the caching
 statistics (tensor memory); on a Linux CPU (PyTorch keeps no CPU allocator statistics) from the
 process's peak resident set size, reset before the call (``/proc/self/clear_refs``), with glibc
 told to map every block of 64 KiB or more separately so that freed tensors leave the resident set
-and to return its free blocks first, so that reuse shows as growth
-(``util.host_memory.freed_memory_returned``: ``mallopt``, ``malloc_trim``; the process's
-allocator setting is restored afterwards to keep the timing runs' behaviour).
+and to return its free blocks first (``mallopt``, ``malloc_trim``; the threshold is restored
+afterwards to keep the timing runs' allocation behaviour).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from util.host_memory import freed_memory_returned  # noqa: E402
+from util.host_memory import M_MMAP_THRESHOLD, glibc  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -58,8 +57,7 @@ def _status_mib(field: str) -> float:
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory (MiB) one ``fn()`` takes above what was in use before it (NaN where it
-    cannot be measured: a CPU that is not Linux with glibc). Also in a process that keeps freed
-    memory (``util.host_memory``): the setting is suspended during the call."""
+    cannot be measured: a CPU that is not Linux with glibc)."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -67,15 +65,20 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    libc = glibc()
+    if libc is None:
+        return math.nan
     try:
-        with freed_memory_returned(1 << 16) as libc:
-            if libc is None:
-                return math.nan
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak resident set size (VmHWM) to the current one
-            base = _status_mib("VmRSS:")
-            fn()
-            return _status_mib("VmHWM:") - base
+        if not libc.mallopt(M_MMAP_THRESHOLD, 1 << 16):
+            return math.nan
+        libc.malloc_trim(0)  # free blocks kept by glibc go back to the system: reuse shows as growth
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM) to the current one
+        base = _status_mib("VmRSS:")
+        fn()
+        peak = _status_mib("VmHWM:") - base
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest dynamic threshold
+        return peak
     except (OSError, KeyError, AttributeError):
         return math.nan
 

@@ -16,17 +16,13 @@ where memory comes from changes. Other C libraries (musl, macOS, Windows) are le
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import sys
-from collections.abc import Iterator
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-_GLIBC_MMAP_MAX = 65536  # glibc's default number of separately mapped blocks
-_GLIBC_MMAP_THRESHOLD_MAX = 32 << 20  # the largest threshold glibc's dynamic adjustment reaches
 _KEEP_UP_TO = 2**31 - 1  # bytes of free memory at the top of the heap kept before trimming (C int)
 _applied = False
 
@@ -56,29 +52,6 @@ def keep_freed_memory() -> bool:
         return False
     _applied = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, _KEEP_UP_TO) == 1
     return _applied
-
-
-@contextlib.contextmanager
-def freed_memory_returned(threshold: int = 1 << 16) -> Iterator[ctypes.CDLL | None]:
-    """Within: the free memory glibc holds goes back to the kernel first (``malloc_trim``), then
-    every block of ``threshold`` bytes or more is mapped on its own and given back when freed, so
-    that the resident set follows what is in use (memory benchmarks); this process's setting
-    (``keep_freed_memory`` or glibc's default) is restored afterwards. Yields the C library, or
-    None where this cannot be done (not glibc)."""
-    libc = glibc()
-    if libc is not None and not (
-        libc.mallopt(M_MMAP_MAX, _GLIBC_MMAP_MAX) and libc.mallopt(M_MMAP_THRESHOLD, threshold)
-    ):
-        libc = None
-    if libc is not None:
-        libc.malloc_trim(0)
-    try:
-        yield libc
-    finally:
-        if libc is not None:
-            libc.mallopt(M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)
-            if _applied:
-                libc.mallopt(M_MMAP_MAX, 0)
 
 
 def apply_host_allocator(mode: str) -> bool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,37 @@ def test_op_and_coco_eval_benchmarks(capsys: pytest.CaptureFixture) -> None:
     assert all(float(r[5]) > 0 and float(r[8]) > 0 and float(r[11]) < 1e-5 for r in rows)  # ms, ms, max|d|
     assert bench_coco_eval.main(["--images", "30", "--dets", "20", "--repeats", "1"]) == 0
     assert "within 1e-06" in capsys.readouterr().out
+
+
+PEAK_PROBE = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from benchmarks.common import peak_memory_mib
+from util.host_memory import keep_freed_memory
+
+def three_tensors():  # 64 MiB at a time
+    for _ in range(3):
+        torch.ones(16 * 2**20).sum()
+
+if {keep}:
+    keep_freed_memory()
+for _ in range(5):
+    three_tensors()  # with keep, the heap now holds a free 64 MiB block
+torch.ones(2**20)  # and something above it
+print(peak_memory_mib(three_tensors, torch.device("cpu")))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+@pytest.mark.parametrize("keep", [False, True])
+def test_cpu_peak_memory_is_measured_also_where_freed_memory_is_kept(keep: bool) -> None:
+    """``peak_memory_mib`` on a CPU: about 64 MiB for a call holding one 64 MiB tensor at a time,
+    also in a process that keeps freed memory (main.py's default, and this test suite's process
+    once bench_train_step ran): the blocks it keeps are given back first and count as growth."""
+    from util.host_memory import glibc
+
+    if glibc() is None:
+        pytest.skip("not glibc")
+    code = PEAK_PROBE.format(root=str(ROOT), keep=keep)
+    peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 56 <= peak <= 80
