@@ -326,16 +326,22 @@ def fold_frozen_batchnorm_for_training(model: nn.Module) -> int:
     return count
 
 
+def swap_module_classes(model: nn.Module, classes: dict[type[nn.Module], type[nn.Module]]) -> int:
+    """Give every module of ``model`` whose exact class is a key of ``classes`` the class it maps
+    to, in place (for classes that differ only in ``forward``); returns how many changed."""
+    count = 0
+    for module in model.modules():
+        new = classes.get(type(module))
+        if new is not None:
+            module.__class__ = new
+            count += 1
+    return count
+
+
 def unfold_frozen_batchnorm(model: nn.Module) -> int:
     """Give every block folded by ``fold_frozen_batchnorm_for_training`` its plain forward back
     (in place); returns how many blocks changed."""
-    count = 0
-    for module in model.modules():
-        plain = _PLAIN_CLASSES.get(type(module))
-        if plain is not None:
-            module.__class__ = plain
-            count += 1
-    return count
+    return swap_module_classes(model, _PLAIN_CLASSES)
 
 
 def cast_floating(outputs: Any, dtype: torch.dtype = torch.float32) -> Any:
