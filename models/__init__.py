@@ -47,6 +47,7 @@ def backbone_config_from_args(
         dilation=args.dilation,
         train_all_layers=getattr(args, "train_backbone_all", False),
         weights=_backbone_weights(args),
+        per_image=getattr(args, "backbone_per_image", False),
         position=PositionEncodingConfig(
             kind=args.position_embedding,
             hidden_dim=args.hidden_dim,

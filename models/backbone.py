@@ -13,6 +13,9 @@ each feature map. Differences:
   frozen normalisation cannot learn.
 * ``weights`` chooses ImageNet weights from torchvision (download), a local file, or none. The
   official code always downloads them; a clear error replaces urllib's traceback when offline.
+* ``per_image`` (``--backbone_per_image``, off by default) runs the backbone on each image at its
+  own size instead of the padded batch (``features_per_image``): no work on padding, and features
+  that do not depend on the other images of the batch (officially they do, near the borders).
 * Not scriptable with ``torch.jit.script`` (the official backbone was; PyTorch deprecates
   TorchScript): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
 """
@@ -20,7 +23,7 @@ each feature map. Differences:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +100,10 @@ class BackboneBase(nn.Module):
         train_all_layers: bool = False,
         stage_channels: Sequence[int] = (256, 512, 1024, 2048),
         stage_strides: Sequence[int] = (4, 8, 16, 32),
+        per_image: bool = False,
     ) -> None:
         super().__init__()
+        self.per_image = per_image  # see features_per_image
         for name, parameter in backbone.named_parameters():
             trainable_stage = train_all_layers or any(s in name for s in ("layer2", "layer3", "layer4"))
             if not train_backbone or not trainable_stage:
@@ -115,15 +120,61 @@ class BackboneBase(nn.Module):
 
     def forward(self, tensor_list: NestedTensor) -> dict[str, NestedTensor]:
         """``tensors [B, 3, H, W]``, ``mask [B, H, W]`` -> per stage ``[B, C_i, H/s_i, W/s_i]`` + mask."""
-        xs = self.body(tensor_list.tensors)
         m = tensor_list.mask
         if m is None:
             raise ValueError("Backbone needs a padding mask (use util.misc.nested_tensor_from_tensor_list)")
+        if self.per_image:
+            return features_per_image(self.body, tensor_list.tensors, m)
+        xs = self.body(tensor_list.tensors)
         out: dict[str, NestedTensor] = OrderedDict()
         for name, x in xs.items():
             mask = F.interpolate(m[None].float(), size=x.shape[-2:]).to(torch.bool)[0]
             out[name] = NestedTensor(x, mask)
         return out
+
+
+def image_sizes(mask: Tensor) -> list[tuple[int, int]]:
+    """``(height, width)`` of each image of a padded batch, from its padding mask ``[B, H, W]``
+    (True on padding; each image at the top left, as ``nested_tensor_from_tensor_list`` puts it)."""
+    valid = ~mask
+    heights = valid[:, :, 0].sum(1).tolist()
+    widths = valid[:, 0, :].sum(1).tolist()
+    return list(zip(heights, widths, strict=True))
+
+
+def features_per_image(
+    body: Callable[[Tensor], Mapping[str, Tensor]], images: Tensor, mask: Tensor
+) -> dict[str, NestedTensor]:
+    """``body`` run on each image at its own size (images of one size together), its feature maps
+    zero-padded to a batch again: ``images [B, 3, H, W]``, ``mask [B, H, W]`` -> per level
+    ``[B, C, h, w]`` and a mask that is False exactly on the features computed from an image.
+
+    The official backbone runs the padded batch: no convolution is spared on the padding, and the
+    features near an image's bottom and right borders depend on the other images of the batch
+    (the padding's activations after the first layer are not zero). Here they do not, which
+    changes those border features: an option (``--backbone_per_image``), for CPUs above all,
+    where the convolutions cost the same per pixel at any batch size. Needs BatchNorm that does not
+    learn from the batch (the official frozen one)."""
+    sizes = image_sizes(mask)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+    per_image: dict[str, list[Tensor]] = {}
+    for (h, w), indices in groups.items():
+        crops = images[indices[0] : indices[0] + 1] if len(indices) == 1 else images[indices]
+        for name, x in body(crops[:, :, :h, :w]).items():
+            level = per_image.setdefault(name, [images.new_empty(0)] * len(sizes))
+            for j, i in enumerate(indices):
+                level[i] = x[j]
+    out: dict[str, NestedTensor] = OrderedDict()
+    for name, level in per_image.items():
+        height, width = max(x.shape[-2] for x in level), max(x.shape[-1] for x in level)
+        padded = torch.stack([F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in level])
+        level_mask = torch.ones(len(level), height, width, dtype=torch.bool, device=mask.device)
+        for i, x in enumerate(level):
+            level_mask[i, : x.shape[-2], : x.shape[-1]] = False
+        out[name] = NestedTensor(padded, level_mask)
+    return out
 
 
 def _load_weights(model: nn.Module, name: str, weights: str) -> None:
@@ -178,6 +229,7 @@ class Backbone(BackboneBase):
         return_layers: Sequence[str] | None = None,
         train_all_layers: bool = False,
         weights: str | None = None,
+        per_image: bool = False,
     ) -> None:
         if name not in BACKBONES:
             raise ValueError(f"--backbone: unknown '{name}', choose from {sorted(BACKBONES)}")
@@ -198,6 +250,7 @@ class Backbone(BackboneBase):
             train_all_layers=train_all_layers,
             stage_channels=channels,
             stage_strides=strides,
+            per_image=per_image,
         )
 
 
@@ -234,6 +287,14 @@ class BackboneConfig:
     train_all_layers: bool = False
     weights: str | None = None  # "torchvision", "timm" (timm backbones), a path, or None (random init)
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
+    per_image: bool = False  # each image at its own size (features_per_image), not the padded batch
+
+    def __post_init__(self) -> None:
+        if self.per_image and self.train_all_layers:
+            raise ValueError(
+                "--backbone_per_image needs the frozen BatchNorm backbone: with --train_backbone_all BatchNorm "
+                "learns from the statistics of the batch, which one image at a time would change"
+            )
 
 
 def _build_torchvision(cfg: BackboneConfig) -> nn.Module:
@@ -247,6 +308,7 @@ def _build_torchvision(cfg: BackboneConfig) -> nn.Module:
         return_layers=cfg.return_layers,
         train_all_layers=cfg.train_all_layers,
         weights=cfg.weights,
+        per_image=cfg.per_image,
     )
 
 
@@ -260,6 +322,7 @@ def _build_timm(cfg: BackboneConfig) -> nn.Module:
         dilation=cfg.dilation,
         train_all_layers=cfg.train_all_layers,
         weights=cfg.weights,
+        per_image=cfg.per_image,
     )
 
 

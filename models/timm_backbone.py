@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbone import features_per_image
 from util.misc import NestedTensor
 
 TIMM_PREFIX = "timm:"
@@ -106,8 +107,10 @@ class TimmBackbone(nn.Module):
         dilation: bool = False,
         train_all_layers: bool = False,
         weights: str | None = None,
+        per_image: bool = False,
     ) -> None:
         super().__init__()
+        self.per_image = per_image  # models.backbone.features_per_image
         timm = import_timm()
         unknown = [s for s in return_layers if s not in _STAGE_TO_INDEX]
         if unknown:
@@ -167,6 +170,8 @@ class TimmBackbone(nn.Module):
         m = tensor_list.mask
         if m is None:
             raise ValueError("Backbone needs a padding mask (use util.misc.nested_tensor_from_tensor_list)")
+        if self.per_image:
+            return features_per_image(lambda x: {str(i): f for i, f in enumerate(self.body(x))}, tensor_list.tensors, m)
         out: dict[str, NestedTensor] = OrderedDict()
         for i, x in enumerate(self.body(tensor_list.tensors)):
             mask = F.interpolate(m[None].float(), size=x.shape[-2:]).to(torch.bool)[0]

@@ -70,3 +70,52 @@ def test_offline_download_gives_clear_error(monkeypatch):
     monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", fail)
     with pytest.raises(RuntimeError, match="--backbone_weights"):
         Backbone("resnet18", True, False, False, weights="torchvision")
+
+
+def _randomised(joiner: nn.Module) -> nn.Module:
+    """Non-trivial frozen statistics (default ones make BatchNorm almost the identity)."""
+    torch.manual_seed(0)
+    for m in joiner.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.2, 0.2)
+    return joiner
+
+
+def test_per_image_features_do_not_depend_on_the_batch():
+    """--backbone_per_image: each image's features (every returned stage, odd sizes included) are
+    those of the image alone, in any batch; the official padded batch differs near the borders;
+    images of one size in one batch give the batched result; gradients reach the trained stages."""
+    layers = ("layer2", "layer3", "layer4")
+    batched = _randomised(build_backbone(BackboneConfig(name="resnet18", return_layers=layers)))
+    per_image = build_backbone(BackboneConfig(name="resnet18", return_layers=layers, per_image=True))
+    per_image.load_state_dict(batched.state_dict())
+    torch.manual_seed(1)
+    images = [torch.rand(3, 97, 130), torch.rand(3, 160, 64), torch.rand(3, 97, 130)]
+    feats, pos = per_image(nested_tensor_from_tensor_list(images))
+    official, _ = batched(nested_tensor_from_tensor_list(images))
+    for i, image in enumerate(images):
+        alone, alone_pos = batched(nested_tensor_from_tensor_list([image]))
+        for level, (f, f_alone, p, p_alone, f_official) in enumerate(zip(feats, alone, pos, alone_pos, official)):
+            h, w = f_alone.tensors.shape[-2:]
+            assert not f.mask[i, :h, :w].any() and f.mask[i, h:].all() and f.mask[i, :, w:].all()
+            torch.testing.assert_close(f.tensors[i, :, :h, :w], f_alone.tensors[0], rtol=1e-5, atol=1e-5)
+            assert not f.tensors[i, :, h:].any() and not f.tensors[i, :, :, w:].any()  # zeros on the padding
+            torch.testing.assert_close(p[i, :, :h, :w], p_alone[0])  # the position encoding follows the mask
+            if i == 1 and level == 0:  # the official batch: the padding's activations reach the borders
+                assert (f_official.tensors[i, :, :h, :w] - f_alone.tensors[0]).abs().max() > 1e-3
+    same = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    for f, f_official in zip(
+        per_image(nested_tensor_from_tensor_list(same))[0], batched(nested_tensor_from_tensor_list(same))[0]
+    ):
+        assert torch.equal(f.tensors, f_official.tensors) and torch.equal(f.mask, f_official.mask)
+    feats[-1].tensors.sum().backward()
+    trained = [p for n, p in per_image.named_parameters() if "layer4" in n]
+    assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
+def test_per_image_refuses_learning_batchnorm():
+    with pytest.raises(ValueError, match="--backbone_per_image needs the frozen BatchNorm"):
+        BackboneConfig(name="resnet18", train_all_layers=True, per_image=True)

@@ -71,6 +71,20 @@ def test_masks_and_dilation() -> None:
     assert feats[0].mask[1, :8, :12].logical_not().all() and feats[0].mask[1, 8:].all()
 
 
+def test_per_image() -> None:
+    """--backbone_per_image with a timm backbone: each image's features are those of the image alone."""
+    torch.manual_seed(0)
+    layers = ("layer2", "layer4")
+    per_image = build_backbone(BackboneConfig(name="timm:resnet18", return_layers=layers, per_image=True)).eval()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 32, 48)]
+    feats, _ = per_image(nested_tensor_from_tensor_list(images))
+    alone, _ = per_image(nested_tensor_from_tensor_list(images[1:]))
+    for f, f_alone in zip(feats, alone, strict=True):
+        h, w = f_alone.tensors.shape[-2:]
+        torch.testing.assert_close(f.tensors[1, :, :h, :w], f_alone.tensors[0], rtol=1e-5, atol=1e-5)
+        assert not f.mask[1, :h, :w].any() and f.mask[1, h:].all() and not f.tensors[1, :, h:].any()
+
+
 def test_weights_from_files(tmp_path) -> None:
     full = timm.create_model("resnet18", pretrained=False)
     torch.save(full.state_dict(), tmp_path / "r18.pth")
