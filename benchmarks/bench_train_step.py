@@ -16,6 +16,9 @@ Variants:
 * ``channels_last``: the model in channels-last memory format (convolution rounding differs);
 * ``fold``: ``--fold_frozen_bn`` (frozen BatchNorm folded into the convolutions while training;
   a backbone with learning BatchNorm, as the demo's, has nothing to fold);
+* ``fast_dropout``: ``--fast_dropout`` (16-bit dropout masks; another random stream);
+* ``per_image``: ``--backbone_per_image`` (the backbone on each image at its own size; border
+  features change; needs the frozen BatchNorm backbone: not ``--config demo``);
 * ``bf16``: ``--amp bf16`` autocast (AMX / AVX512-BF16 where the CPU has them).
 
 Configurations (``--config``): ``demo`` (the ``make demo-detr`` model: ResNet-18 from scratch,
@@ -74,6 +77,7 @@ from benchmarks.official import CodeBase, cleanup, load_official, official_args,
 from datasets.sampling import SeededDataset  # noqa: E402
 from engine import _float_outputs  # noqa: E402
 from models import build_model  # noqa: E402
+from models.fast_dropout import use_fast_dropout  # noqa: E402
 from models.optimize import fold_frozen_batchnorm_for_training  # noqa: E402
 from util.host_memory import apply_host_allocator  # noqa: E402
 from util.misc import collate_fn  # noqa: E402
@@ -91,12 +95,12 @@ CONFIGS = {
         "--dec_layers", "2", "--batch_size", "4",
     ],
     "tiny": [  # for the test suite: runs in seconds
-        "--backbone", "resnet18", "--backbone_weights", "none", "--train_backbone_all", "--hidden_dim", "32",
+        "--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32",
         "--nheads", "2", "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "32", "--num_queries", "4",
         "--batch_size", "2", "--train_scales", "64", "--val_size", "64", "--max_size", "64",
     ],
 }  # fmt: skip
-VARIANTS = ("official", "default", "fused", "channels_last", "fold", "bf16")
+VARIANTS = ("official", "default", "fused", "channels_last", "fold", "fast_dropout", "per_image", "bf16")
 IMAGE_SIZES = {"demo": 96, "official_aug": 640, "tiny": 64}  # side of the generated images
 OURS_ONLY = {"--backbone_weights": 1, "--train_backbone_all": 0}  # flags the official parser lacks: value count
 
@@ -111,6 +115,12 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         if name == "fold":
             fold_frozen_batchnorm_for_training(self.model)
+        if name == "fast_dropout":
+            use_fast_dropout(self.model)
+        if name == "per_image":
+            if any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules()):
+                raise SystemExit("variant per_image needs the frozen BatchNorm backbone (not --train_backbone_all)")
+            self.model.backbone[0].per_image = True  # what --backbone_per_image builds
         groups = main_module._param_groups(self.model, args)
         if name == "official":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -305,7 +315,13 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--config", default="demo", choices=sorted(CONFIGS))
     parser.add_argument("--model", default="detr", choices=("detr", "deformable_detr"))
     parser.add_argument("--coco_path", default=None, help="COCO layout folder (default: generated synthetic data)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=VARIANTS,
+        help="default: all (per_image only with the frozen BatchNorm backbone)",
+    )
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per repeat (distinct batches)")
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5; with --official 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (with --official: intervals)")
@@ -359,6 +375,9 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         batches, data_seconds = make_batches(args, a.steps)
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
+    if a.variants is None:
+        learning_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        a.variants = [v for v in VARIANTS if not (v == "per_image" and learning_bn)]
     variants = [Variant(name, model, criterion, args) for name in a.variants]
     for v in variants:  # warm-up: allocator, oneDNN primitives
         for _ in range(a.warmup):

@@ -92,17 +92,27 @@ def _state_of(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
-def test_resume_is_exact(synthetic_coco, tmp_path, amp):
+@pytest.mark.parametrize("case", ["none", "bf16", "fp16", "cpu_opt_ins"])
+def test_resume_is_exact(synthetic_coco, tmp_path, capsys, case):
     """2 epochs in one go == 1 epoch + resume for 1 more (weights, optimizer, scheduler, RNG; the
-    fp16 loss scaler), in fp32 and with mixed precision."""
-    common = [*TINY, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5", "--amp", amp]
-    main_module.main(parse([*common, "--epochs", "2", "--output_dir", str(tmp_path / "full")]))
-    main_module.main(parse([*common, "--epochs", "1", "--output_dir", str(tmp_path / "part")]))
+    fp16 loss scaler), in fp32 and with mixed precision. ``cpu_opt_ins``: the CPU training options
+    that change the recipe (``--fast_dropout``'s random stream, ``--backbone_per_image``; with
+    ``--fold_frozen_bn``) given to the first runs only: the resumed run takes them from the checkpoint."""
+    amp = case if case in ("bf16", "fp16") else "none"
+    base, opt_ins = TINY, []
+    if case == "cpu_opt_ins":  # the official frozen BatchNorm backbone, which --backbone_per_image needs
+        base = [a for a in TINY if a != "--train_backbone_all"]
+        opt_ins = ["--fast_dropout", "--backbone_per_image", "--fold_frozen_bn"]
+    common = [*base, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5", "--amp", amp]
+    main_module.main(parse([*common, *opt_ins, "--epochs", "2", "--output_dir", str(tmp_path / "full")]))
+    main_module.main(parse([*common, *opt_ins, "--epochs", "1", "--output_dir", str(tmp_path / "part")]))
+    capsys.readouterr()
     main_module.main(
         parse([*common, "--epochs", "2", "--output_dir", str(tmp_path / "part"),
                "--resume", str(tmp_path / "part" / "checkpoint.pth")])
     )  # fmt: skip
+    if opt_ins:
+        assert "--fast_dropout: 16 dropout and attention modules switched" in capsys.readouterr().out
     full, part = _state_of(tmp_path / "full" / "checkpoint.pth"), _state_of(tmp_path / "part" / "checkpoint.pth")
     assert full["epoch"] == part["epoch"] == 1
     for k, v in full["model"].items():
@@ -113,6 +123,7 @@ def test_resume_is_exact(synthetic_coco, tmp_path, amp):
     assert full.get("scaler") == part.get("scaler") and ("scaler" in full) == (amp == "fp16")
     logs = [(tmp_path / d / "log.txt").read_text().splitlines() for d in ("full", "part")]
     assert json.loads(logs[0][1])["train_loss"] == json.loads(logs[1][1])["train_loss"]
+    assert all(part["args"][flag.lstrip("-")] for flag in opt_ins)
 
 
 def _expect_exit(argv: list[str], *patterns: str) -> str:
