@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from util.host_memory import M_MMAP_THRESHOLD, glibc  # noqa: E402
+from util.host_memory import M_MMAP_MAX, M_MMAP_THRESHOLD, glibc, keeps_freed_memory  # noqa: E402
+
+_GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX (DEFAULT_MMAP_MAX)
 
 
 def synchronize(device: torch.device) -> None:
@@ -69,18 +71,22 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     if libc is None:
         return math.nan
     try:
-        if not libc.mallopt(M_MMAP_THRESHOLD, 1 << 16):
+        # blocks over 64 KiB mapped afresh for the call (also where the process keeps freed memory,
+        # which forbids mmap): freed-and-reused heap blocks cannot then hide or double-count growth
+        if not (libc.mallopt(M_MMAP_MAX, _GLIBC_MMAP_MAX) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)):
             return math.nan
         libc.malloc_trim(0)  # free blocks kept by glibc go back to the system: reuse shows as growth
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak resident set size (VmHWM) to the current one
         base = _status_mib("VmRSS:")
         fn()
-        peak = _status_mib("VmHWM:") - base
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest dynamic threshold
-        return peak
+        return _status_mib("VmHWM:") - base
     except (OSError, KeyError, AttributeError):
         return math.nan
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest dynamic threshold
+        if keeps_freed_memory():
+            libc.mallopt(M_MMAP_MAX, 0)  # back to main.py's --host_allocator keep
 
 
 class Alternating:

@@ -54,6 +54,11 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def keeps_freed_memory() -> bool:
+    """Whether ``keep_freed_memory`` applies to this process."""
+    return _applied
+
+
 def apply_host_allocator(mode: str) -> bool:
     """``main.py --host_allocator``: ``keep`` calls ``keep_freed_memory``; ``system`` leaves the C
     library's defaults. Returns whether freed memory is kept."""

@@ -232,7 +232,8 @@ print(peak_memory_mib(three_tensors, torch.device("cpu")))
 def test_cpu_peak_memory_is_measured_also_where_freed_memory_is_kept(keep: bool) -> None:
     """``peak_memory_mib`` on a CPU: about 64 MiB for a call holding one 64 MiB tensor at a time,
     also in a process that keeps freed memory (main.py's default, and this test suite's process
-    once bench_train_step ran): the blocks it keeps are given back first and count as growth."""
+    once bench_train_step ran): mmap is allowed again for the call (keeping forbids it; a reused,
+    split heap block then measured 128 MiB in one run of six)."""
     from util.host_memory import glibc
 
     if glibc() is None:
@@ -240,3 +241,30 @@ def test_cpu_peak_memory_is_measured_also_where_freed_memory_is_kept(keep: bool)
     code = PEAK_PROBE.format(root=str(ROOT), keep=keep)
     peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 56 <= peak <= 80
+
+
+def test_cpu_peak_memory_gives_the_keep_setting_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After measuring, a process that keeps freed memory forbids mmap again (and one that does
+    not is left with glibc's default): the C library's calls, recorded."""
+    from benchmarks import common
+    from util.host_memory import M_MMAP_MAX
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+        def mallopt(self, *a: int) -> int:
+            self.calls.append(("mallopt", a))
+            return 1
+
+        def malloc_trim(self, *a: int) -> int:
+            self.calls.append(("malloc_trim", a))
+            return 1
+
+    for keeping in (True, False):
+        libc = Recorder()
+        monkeypatch.setattr(common, "glibc", lambda libc=libc: libc)
+        monkeypatch.setattr(common, "keeps_freed_memory", lambda keeping=keeping: keeping)
+        common.peak_memory_mib(lambda: torch.ones(1), torch.device("cpu"))
+        mmap_max = [a[1] for name, a in libc.calls if name == "mallopt" and a[0] == M_MMAP_MAX]
+        assert mmap_max == ([65536, 0] if keeping else [65536])
