@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -180,3 +180,35 @@ def check_training_fast_path(golden: dict, model: nn.Module, criterion: nn.Modul
     out = folded(NestedTensor(golden["samples_tensors"], golden["samples_mask"]))
     check_outputs(golden, out)
     check_against_golden(golden, folded, criterion, postprocessors, out, grad_scale_tolerance={"input_proj.": 1e-3})
+    check_per_image_backbone(golden, model)
+
+
+def check_per_image_backbone(golden: dict, model: nn.Module) -> None:
+    """``--backbone_per_image`` (``models.backbone.features_per_image``) on a copy of ``model``. The
+    fixture's first image fills the padded batch, so its features and every output of it (main,
+    auxiliary, two-stage, masks) keep the official numbers; the second image, padded, now goes
+    through the backbone alone, and its outputs move: officially they depend on the padding."""
+    import copy
+
+    from models.backbone import BackboneBase
+    from util.misc import NestedTensor
+
+    assert not golden["samples_mask"][0].any() and golden["samples_mask"][1].any()
+    per_image = copy.deepcopy(model).eval()
+    backbones = [m for m in per_image.modules() if isinstance(m, BackboneBase)]
+    assert len(backbones) == 1
+    backbones[0].per_image = True  # what BackboneConfig(per_image=True) builds
+    with torch.no_grad():
+        out = per_image(NestedTensor(golden["samples_tensors"], golden["samples_mask"]))
+    first = {k: v[:1] for k, v in out.items() if isinstance(v, Tensor)}
+    first["aux_outputs"] = [{k: v[:1] for k, v in aux.items()} for aux in out["aux_outputs"]]
+    if out.get("enc_outputs"):
+        first["enc_outputs"] = {k: v[:1] for k, v in out["enc_outputs"].items()}
+    reference = {
+        "outputs": {k: v[:1] for k, v in golden["outputs"].items()},
+        "aux_outputs": [{k: v[:1] for k, v in aux.items()} for aux in golden["aux_outputs"]],
+        "enc_outputs": {k: v[:1] for k, v in golden["enc_outputs"].items()} if golden.get("enc_outputs") else None,
+    }
+    check_outputs(reference, first)
+    moved = (out["pred_boxes"][1] - golden["outputs"]["pred_boxes"][1]).abs().max().item()
+    assert moved > 1e-4, moved
