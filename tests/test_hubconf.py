@@ -1,7 +1,6 @@
 """torch.hub entry points: local load offline, official URLs and hash checking, fine-tuning with another
 class count (every weight but the class head loaded from the checkpoint), clear offline error."""
 
-import tempfile
 import urllib.error
 from pathlib import Path
 
@@ -32,11 +31,12 @@ def fake_checkpoint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in model.state_dict().items()}
 
 
-def serve_instead_of_downloads(state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every ``torch.hub`` download (into an empty temporary cache) writes ``{"model": state}``, as
-    an official checkpoint file holds; returns the requests made as ``(url, hash_prefix)``."""
+def serve_instead_of_downloads(state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch, cache: Path) -> list:
+    """Every ``torch.hub`` download (into the empty cache folder ``cache``, a test's ``tmp_path``:
+    removed after it) writes ``{"model": state}``, as an official checkpoint file holds; returns
+    the requests made as ``(url, hash_prefix)``."""
     calls = []
-    monkeypatch.setenv("TORCH_HOME", tempfile.mkdtemp(prefix="torch_home_"))
+    monkeypatch.setenv("TORCH_HOME", str(cache))
 
     def serve(url, dst, hash_prefix=None, progress=True):
         calls.append((url, hash_prefix))
@@ -66,28 +66,28 @@ def r50_checkpoint() -> dict[str, torch.Tensor]:
     return fake_checkpoint(hubconf._make_detr("resnet50"))
 
 
-def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoint):
+def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoint, tmp_path):
     state = r50_checkpoint
-    calls = serve_instead_of_downloads(state, monkeypatch)
+    calls = serve_instead_of_downloads(state, monkeypatch, tmp_path)
     model = hubconf.detr_resnet50(pretrained=True)
     assert calls[0] == ("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", "e632da11")  # hash checked
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_finetune_accepts_hub_names(monkeypatch, r50_checkpoint):
+def test_finetune_accepts_hub_names(monkeypatch, r50_checkpoint, tmp_path):
     """``main.py --finetune detr_resnet50``: the hub entry's official checkpoint."""
     from main import read_checkpoint
 
-    calls = serve_instead_of_downloads(r50_checkpoint, monkeypatch)
+    calls = serve_instead_of_downloads(r50_checkpoint, monkeypatch, tmp_path)
     ckpt = read_checkpoint("detr_resnet50")
     assert calls == [("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", "e632da11")]
     assert ckpt["model"].keys() == r50_checkpoint.keys()
     assert {"detr_resnet50", "detr_resnet101_panoptic", "deformable_detr_two_stage"} <= set(hubconf.pretrained_names())
 
 
-def test_pretrained_fine_tuning_keeps_all_but_the_class_head(monkeypatch, r50_checkpoint):
+def test_pretrained_fine_tuning_keeps_all_but_the_class_head(monkeypatch, r50_checkpoint, tmp_path):
     state = r50_checkpoint
-    serve_instead_of_downloads(state, monkeypatch)
+    serve_instead_of_downloads(state, monkeypatch, tmp_path)
     torch.manual_seed(0)
     tuned = hubconf.detr_resnet50(pretrained=True, num_classes=5)
     torch.manual_seed(0)

@@ -4,6 +4,8 @@ with the official COCO thing map, loading of a checkpoint, and fine-tuning with 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_hubconf import assert_fine_tuned, fake_checkpoint, serve_instead_of_downloads
@@ -38,7 +40,7 @@ def test_official_urls_with_hash_check(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert calls[0] == (url, url.rsplit("-", 1)[1][:8])  # downloaded with the hash in its name checked
 
 
-def test_panoptic_model_and_postprocessor_then_fine_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_panoptic_model_and_postprocessor_then_fine_tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     model, post = hubconf.detr_resnet50_panoptic(threshold=0.7, return_postprocessor=True)
     assert isinstance(model, DETRsegm) and model.detr.class_embed.out_features == 251
     assert model.detr.num_queries == 100 and not model.detr.aux_loss
@@ -46,7 +48,7 @@ def test_panoptic_model_and_postprocessor_then_fine_tuning(monkeypatch: pytest.M
     assert post.is_thing_map == {i: i <= 90 for i in range(250)}
 
     state = fake_checkpoint(model)
-    serve_instead_of_downloads(state, monkeypatch)
+    serve_instead_of_downloads(state, monkeypatch, tmp_path)
     torch.manual_seed(0)
     tuned = hubconf.detr_resnet50_panoptic(pretrained=True, num_classes=7)
     torch.manual_seed(0)
