@@ -119,3 +119,28 @@ def test_per_image_features_do_not_depend_on_the_batch():
 def test_per_image_refuses_learning_batchnorm():
     with pytest.raises(ValueError, match="--backbone_per_image needs the frozen BatchNorm"):
         BackboneConfig(name="resnet18", train_all_layers=True, per_image=True)
+
+
+def test_per_image_detr_outputs_do_not_depend_on_the_batch():
+    """With --backbone_per_image DETR's outputs for an image are those of the image alone (up to
+    rounding), whatever the batch pads it to; without, they are not. (Deformable DETR's input
+    projections normalise over the padded map, GroupNorm, as officially: its outputs still depend
+    on the padding.)"""
+    from golden import golden_args
+
+    from main import resolve_args
+    from models import build_model
+
+    config = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1}
+    args = golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32)
+    torch.manual_seed(0)
+    model = _randomised(build_model(resolve_args(args))[0]).eval()
+    torch.manual_seed(1)
+    small, large = torch.rand(3, 70, 90), torch.rand(3, 128, 160)
+    moved = {}
+    for per_image in (False, True):
+        model.backbone[0].per_image = per_image
+        with torch.no_grad():
+            alone, batched = model([small]), model([large, small])
+        moved[per_image] = max((batched[k][1] - alone[k][0]).abs().max().item() for k in ("pred_logits", "pred_boxes"))
+    assert moved[True] < 1e-4 < moved[False], moved
