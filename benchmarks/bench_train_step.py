@@ -118,7 +118,7 @@ class Variant:
         if name == "fast_dropout":
             use_fast_dropout(self.model)
         if name == "per_image":
-            if any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules()):
+            if args.train_backbone_all:  # as BackboneConfig refuses it
                 raise SystemExit("variant per_image needs the frozen BatchNorm backbone (not --train_backbone_all)")
             self.model.backbone[0].per_image = True  # what --backbone_per_image builds
         groups = main_module._param_groups(self.model, args)
@@ -376,8 +376,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     model, criterion, _ = build_model(args)
     if a.variants is None:
-        learning_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-        a.variants = [v for v in VARIANTS if not (v == "per_image" and learning_bn)]
+        a.variants = [v for v in VARIANTS if not (v == "per_image" and args.train_backbone_all)]
     variants = [Variant(name, model, criterion, args) for name in a.variants]
     for v in variants:  # warm-up: allocator, oneDNN primitives
         for _ in range(a.warmup):

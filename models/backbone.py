@@ -163,8 +163,7 @@ def features_per_image(
         groups.setdefault(size, []).append(i)
     per_image: dict[str, list[Tensor]] = {}
     for (h, w), indices in groups.items():
-        crops = images[indices[0] : indices[0] + 1] if len(indices) == 1 else images[indices]
-        for name, x in body(crops[:, :, :h, :w]).items():
+        for name, x in body(images[indices, :, :h, :w]).items():  # copies the crops only
             level = per_image.setdefault(name, [images.new_empty(0)] * len(sizes))
             for j, i in enumerate(indices):
                 level[i] = x[j]
