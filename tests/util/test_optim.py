@@ -30,7 +30,9 @@ def _train(model: nn.Module, make_opt, clip, steps: int = 3) -> nn.Module:
 @pytest.mark.parametrize("sgd", [False, True])
 def test_foreach_matches_the_official_loop_exactly(sgd):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3), nn.Flatten())
+    # No bias before the BatchNorm (as in ResNets): BatchNorm removes it, so its gradient would be zero
+    # up to rounding, and Adam turns such noise into full steps of random sign.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3), nn.Flatten())
 
     def official(groups):
         if sgd:
@@ -50,12 +52,11 @@ def test_foreach_matches_the_official_loop_exactly(sgd):
 
 
 def _assert_close_to_the_steps_taken(start: nn.Module, ref: nn.Module, other: nn.Module, steps: int) -> None:
-    """The fused kernel rounds differently, and how much that moves a weight depends on the CPU's
-    vector instructions and on the gradient: Adam's step ``m / (sqrt(v) + eps)`` is about +-lr
-    whatever the gradient's size, so a gradient near zero whose rounding differs can take a step
-    of another size or direction. So the difference is measured against the steps themselves:
-    no weight further than one step (``lr``) from the reference, and the difference of each
-    tensor a small fraction of how far the reference moved it."""
+    """The fused kernel rounds differently, by an amount that depends on the CPU's vector
+    instructions, and Adam's step ``m / (sqrt(v) + eps)`` is about +-lr whatever the gradient's
+    size: the difference is measured against the steps, not the weights. No weight is further
+    than 1% of one step (``lr``) from the reference, and each tensor's difference is under 0.1% of
+    how far the reference moved it (about 4e-5 and 1e-6 on the machines measured)."""
     lrs = {"0.": 1e-3, "2.": 1e-4}  # the learning rates of ``_train``'s two groups
     initial, ours = start.state_dict(), other.state_dict()
     for name, a in ref.state_dict().items():
@@ -66,8 +67,8 @@ def _assert_close_to_the_steps_taken(start: nn.Module, ref: nn.Module, other: nn
             continue
         moved, diff = (a - initial[name]).norm(), (b - a)
         assert moved > 0, name
-        assert diff.abs().max() <= lr, f"{name}: {diff.abs().max():.3g} from the reference, more than one step {lr}"
-        assert diff.norm() <= 0.05 * moved, f"{name}: {diff.norm():.3g} from the reference, moved {moved:.3g}"
+        assert diff.abs().max() <= 0.01 * lr, f"{name}: {diff.abs().max():.3g} from the reference (step size {lr})"
+        assert diff.norm() <= 1e-3 * moved, f"{name}: {diff.norm():.3g} from the reference, which moved {moved:.3g}"
 
 
 def test_clip_grad_norm_returns_the_total_norm_and_clips():
