@@ -25,16 +25,19 @@ Differences in ``train_one_epoch``:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from util.distributed import all_gather, reduce_dict
-from util.logging import MetricLogger, SmoothedValue
+from util.logging import MetricLogger, SmoothedValue, write_text_atomic
 from util.optim import clip_grads, total_grad_norm
+from util.train_state import TrainState
 
 
 class NonFiniteError(FloatingPointError):
@@ -191,31 +194,29 @@ def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
     data_loader: Iterable,
-    optimizer: torch.optim.Optimizer,
+    state: TrainState,
     device: torch.device,
     epoch: int,
     max_norm: float = 0,
     *,
     amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
+    grad_accum_steps: int = 1,
     print_freq: int = 10,
     start_iter: int = 0,
-    on_step: Callable[[int], None] | None = None,
     metric_logger: MetricLogger | None = None,
-    grad_accum_steps: int = 1,
-    ema: Any = None,
-    log_scalars: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
     run_eta: Callable[[float], float] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``data_loader``; returns the epoch's averaged (over ranks) loss terms.
+    """One pass over ``data_loader`` with ``state``'s optimizer (and its fp16 loss scaler and EMA,
+    when set); returns the epoch's averaged (over ranks) loss terms.
 
     ``start_iter``: loader batches of this epoch already done (mid-epoch resume: the loader must
-    then yield only the remaining ones); ``on_step(i)`` runs after each optimizer step, ``i`` being
-    the index of the step's last loader batch. ``metric_logger``: the logger to update (a resumed
-    epoch passes the one restored from its checkpoint); a new one by default. ``ema.update(model)``
-    follows each optimizer step; ``log_scalars`` receives each step's losses and learning rates.
-    Raises ``NonFiniteError`` (see the module docstring).
+    then yield only the remaining ones). ``on_step(i, scalars)`` runs after each optimizer step,
+    ``i`` being the index of the step's last loader batch, ``scalars`` its losses and learning
+    rates. ``metric_logger``: the logger to update (a resumed epoch passes the one restored from
+    its checkpoint); a new one by default. Raises ``NonFiniteError`` (see the module docstring).
     """
+    optimizer, scaler, ema = state.optimizer, state.scaler, state.ema
     model.train()
     criterion.train()
     if metric_logger is None:
@@ -273,11 +274,9 @@ def train_one_epoch(
         metric_logger.update(loss=sum(scaled.values()), **scaled, **unscaled)
         metric_logger.update(class_error=terms.get("class_error", 0.0))
         metric_logger.update(lr=optimizer.param_groups[0]["lr"])
-        if log_scalars is not None:
-            lrs = {f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
-            log_scalars({"loss": sum(scaled.values()), **scaled, **lrs})
         if on_step is not None:
-            on_step(it)
+            lrs = {f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+            on_step(it, {"loss": sum(scaled.values()), **scaled, **lrs})
 
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger)
@@ -385,3 +384,58 @@ def evaluate(
         stats["PQ_th"] = panoptic_res["Things"]
         stats["PQ_st"] = panoptic_res["Stuff"]
     return stats, coco_evaluator
+
+
+def primary_metric(stats: dict[str, Any]) -> tuple[str, float] | None:
+    """The validation number ``checkpoint_best.pth`` is kept by: PQ for panoptic runs, the devkit's
+    mAP@0.5 for PASCAL VOC, else COCO box AP; ``None`` without any."""
+    if "PQ_all" in stats:
+        return "PQ", float(stats["PQ_all"]["pq"])
+    if "voc_mAP50" in stats:
+        return "VOC mAP50", float(stats["voc_mAP50"])
+    if "coco_eval_bbox" in stats:
+        return "AP", float(stats["coco_eval_bbox"][0])
+    return None
+
+
+def metrics_by_name(stats: dict[str, Any]) -> dict[str, float]:
+    """The scalars of ``evaluate``'s stats, COCO numbers by name (for TensorBoard)."""
+    from datasets.coco_eval import stats_to_dict
+
+    out = {k: v for k, v in stats.items() if isinstance(v, float)}
+    if "coco_eval_bbox" in stats:
+        out.update({f"bbox_{k}": v for k, v in stats_to_dict(stats["coco_eval_bbox"]).items()})
+    if "PQ_all" in stats:
+        out["PQ"] = float(stats["PQ_all"]["pq"])
+    return out
+
+
+def save_eval(output_dir: Path, stats: dict[str, Any], coco_evaluator: Any, epoch: int | None,
+              ema: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """``eval.json`` (COCO stats by name, PQ and VOC mAP when computed, the EMA's under ``ema``) and,
+    as officially, the raw COCO evaluation as ``eval/latest.pth`` (every 50 epochs also ``eval/NNN.pth``)."""
+    from datasets.coco_eval import stats_to_dict
+
+    def summary_of(stats: dict[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if "coco_eval_bbox" in stats:
+            summary["bbox"] = stats_to_dict(stats["coco_eval_bbox"])
+            summary.update(summary["bbox"])
+        if "coco_eval_masks" in stats:
+            summary["segm"] = stats_to_dict(stats["coco_eval_masks"])
+        for k in ("PQ_all", "PQ_th", "PQ_st", "voc_mAP50", "voc_per_class_AP"):
+            if k in stats:
+                summary[k] = stats[k]
+        return summary
+
+    summary: dict[str, Any] = {"epoch": epoch, **summary_of(stats)}
+    if "bbox" in summary and coco_evaluator is not None:
+        summary["per_class"] = coco_evaluator.per_class("bbox")
+    if ema is not None:
+        summary["ema"] = summary_of(ema)
+    write_text_atomic(output_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
+    if coco_evaluator is not None and "bbox" in coco_evaluator.coco_eval:
+        (output_dir / "eval").mkdir(exist_ok=True)
+        names = ["latest.pth"] + ([f"{epoch:03}.pth"] if epoch is not None and epoch % 50 == 0 else [])
+        for name in names:
+            torch.save(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval" / name)

@@ -153,7 +153,7 @@ class Trainer:
     def checkpoint(self) -> Any:
         submitit = _submitit()
         args = copy.deepcopy(self.args)
-        old = str(getattr(args, "dist_url", ""))
+        old = str(args.dist_url)
         if old.startswith("file://"):
             Path(old[len("file://") :]).unlink(missing_ok=True)
         args.dist_url = _init_file(Path(args.job_dir)).as_uri()

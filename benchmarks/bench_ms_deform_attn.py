@@ -162,8 +162,8 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def bench_model(args: argparse.Namespace, device: torch.device) -> None:
-    from main import get_args_parser, resolve_args
     from models import build_model
+    from util.config import get_args_parser, resolve
 
     on_cuda = device.type == "cuda"
     if on_cuda:
@@ -194,7 +194,7 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> None:
                 ["--model", "deformable_detr", "--backbone_weights", "none", "--num_classes", "91",
                  "--attn_impl", impl, *extra]
             )  # fmt: skip
-            margs = resolve_args(margs)
+            margs = resolve(margs)
             torch.manual_seed(0)
             model, criterion, _ = build_model(margs)
             model.to(device)

@@ -71,7 +71,6 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402
-import main as main_module  # noqa: E402
 from benchmarks.common import Alternating, describe_machine  # noqa: E402
 from benchmarks.official import CodeBase, cleanup, load_official, official_args, ours  # noqa: E402
 from datasets.sampling import SeededDataset  # noqa: E402
@@ -79,9 +78,10 @@ from engine import _float_outputs  # noqa: E402
 from models import build_model  # noqa: E402
 from models.fast_dropout import use_fast_dropout  # noqa: E402
 from models.optimize import fold_frozen_batchnorm_for_training  # noqa: E402
+from util.config import get_args_parser, resolve  # noqa: E402
 from util.host_memory import apply_host_allocator  # noqa: E402
 from util.misc import collate_fn  # noqa: E402
-from util.optim import build_optimizer, clip_grad_norm  # noqa: E402
+from util.optim import build_optimizer, clip_grad_norm, param_groups  # noqa: E402
 
 CONFIGS = {
     "demo": [
@@ -121,7 +121,7 @@ class Variant:
             if args.train_backbone_all:  # as BackboneConfig refuses it
                 raise SystemExit("variant per_image needs the frozen BatchNorm backbone (not --train_backbone_all)")
             self.model.backbone[0].per_image = True  # what --backbone_per_image builds
-        groups = main_module._param_groups(self.model, args)
+        groups = param_groups(self.model, args)
         if name == "official":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
                 groups, lr=args.lr, weight_decay=args.weight_decay
@@ -232,7 +232,7 @@ def run_main(codebase: CodeBase, flags: list[str], log: Path) -> list[float]:
     buffer = io.StringIO()
     try:
         with codebase.active(), record_batches() as runs, contextlib.redirect_stdout(buffer):
-            codebase["main"].main(args)
+            codebase.main_script().main(args)
     finally:
         log.write_text(buffer.getvalue())
     if not runs:
@@ -270,7 +270,7 @@ def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, w
     """Whole training epochs of the official ``main.py`` and ours, alternately, each in a fresh
     process (``--official``)."""
     shared, mine = split_flags([*CONFIGS[a.config], *extra])
-    batch = main_module.get_args_parser().parse_known_args(shared)[0].batch_size
+    batch = get_args_parser().parse_known_args(shared)[0].batch_size
     common = [*shared, "--epochs", "1", "--device", "cpu", "--output_dir", "", "--num_workers", str(a.num_workers)]
     data = make_coco_layout(work / "coco", coco_path, a.iters * batch)
     common += ["--coco_path", str(data)]
@@ -370,7 +370,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 cleanup()
         apply_host_allocator(a.host_allocator)
         flags = [*CONFIGS[a.config], *extra, "--model", a.model, "--coco_path", str(coco_path), "--device", "cpu"]
-        args = main_module.resolve_args(main_module.get_args_parser().parse_args(flags))
+        args = resolve(get_args_parser().parse_args(flags))
         args.num_classes = datasets.max_category_id(datasets.build_dataset("train", args)) + 1
         batches, data_seconds = make_batches(args, a.steps)
     torch.manual_seed(0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import runpy
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,6 +69,14 @@ class CodeBase:
                 importlib.import_module(module_name)
         return self.modules[module_name]
 
+    def main_script(self) -> Any:
+        """The code base's ``main.py``: the official one as its module ``main``; ours run as a script
+        file (this project's ``main`` is imported by nothing but ``run_with_submitit.py``)."""
+        if self.name != "ours":
+            return self["main"]
+        with self.active():
+            return types.SimpleNamespace(**runpy.run_path(str(self.root / "main.py"), run_name="detr_main"))
+
     def _owns(self, module: types.ModuleType) -> bool:
         file = getattr(module, "__file__", None)
         return file is not None and Path(file).resolve().is_relative_to(self.root)
@@ -93,7 +103,7 @@ def ours() -> CodeBase:
     """This project, with the modules already imported (more are imported on demand)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    for name in ("main", "engine", "models", "util.misc", "datasets"):
+    for name in ("engine", "models", "util.config", "util.misc", "datasets"):
         importlib.import_module(name)
     modules = {k: m for k, m in sys.modules.items() if k.split(".")[0] in OUR_TOP_LEVEL}
     return CodeBase("ours", ROOT, OUR_TOP_LEVEL, modules)
@@ -202,7 +212,7 @@ def cleanup() -> None:
 def official_args(official: CodeBase, flags: list[str]) -> argparse.Namespace:
     """The official ``main.get_args_parser()`` applied to ``flags``; a flag it does not know is
     an error naming it (the official parser would exit with its usage)."""
-    parser = official["main"].get_args_parser()
+    parser = official.main_script().get_args_parser()
     args, unknown = parser.parse_known_args(flags)
     if unknown:
         raise ValueError(f"the official code ({official.root}) does not accept {unknown}")
@@ -212,9 +222,9 @@ def official_args(official: CodeBase, flags: list[str]) -> argparse.Namespace:
 def build_ours(model_name: str, flags: list[str], device: torch.device | str, num_classes: int = 91) -> tuple:
     """``(model, criterion, postprocessors, args)`` of this project from main.py flags (no
     ImageNet download: weights are random or copied in), on ``device``."""
-    main = ours()["main"]
+    config = ours()["util.config"]
     argv = ["--model", model_name, "--backbone_weights", "none", "--num_classes", str(num_classes)]
-    args = main.resolve_args(main.get_args_parser().parse_args([*argv, *flags, "--device", str(device)]))
+    args = config.resolve(config.get_args_parser().parse_args([*argv, *flags, "--device", str(device)]))
     model, criterion, postprocessors = ours()["models"].build_model(args)
     return model.to(device), criterion.to(device), postprocessors, args
 

@@ -109,3 +109,16 @@ __all__ = [
     "get_coco_api_from_dataset",
     "max_category_id",
 ]
+
+
+def resolve_num_classes(num_classes: int | None, source: str, splits: dict[str, Any]) -> tuple[int, str]:
+    """``num_classes`` (which came from ``source``), else the training split's (without one: the
+    validation split's) max category id + 1; then checked against every split (``{name: data
+    set}``), so that a category only the validation set uses stops the run before training.
+    Returns ``(num_classes, where it came from)``; raises ``DatasetError``."""
+    if num_classes is None:
+        name = "train" if "train" in splits else "val"
+        num_classes = max_category_id(splits[name]) + 1
+        source = f"max category id of {getattr(splits[name], 'ann_file', name)}"
+    check_num_classes(num_classes, source, splits)
+    return num_classes, source

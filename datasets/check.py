@@ -100,7 +100,7 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
 
 def main(argv: list[str] | None = None) -> int:
     from datasets import build_dataset
-    from main import get_args_parser
+    from util.config import get_args_parser
 
     parser = argparse.ArgumentParser(
         "python -m datasets.check",

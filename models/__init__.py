@@ -1,8 +1,9 @@
-"""Model construction. ``build_model(args)`` is the official entry point and the one place where
-command-line flags become the typed configs the builders take.
+"""Model construction: ``build_model(args)`` returns ``(model, criterion, postprocessors)``.
 
-``args.model`` picks the detector through ``MODEL_BUILDERS`` (a plain dict). ``args.num_classes``
-must be resolved before (``main.py`` does it from the flag, the checkpoint or the data set).
+``args`` is ``main.get_args_parser()``'s namespace (the official call) or a ``util.config.ModelConfig``;
+``MODEL_BUILDERS`` (a plain dict) maps ``--model`` to the builder, and ``detr_config`` /
+``deformable_config`` map the settings to each builder's typed arguments. ``num_classes`` must be
+set (``main.py`` takes it from the flag, the checkpoint or the data set).
 """
 
 from __future__ import annotations
@@ -22,133 +23,118 @@ from models.detr import build as build_detr
 from models.matcher import MatcherConfig
 from models.position_encoding import PositionEncodingConfig
 from models.transformer import TransformerConfig
+from util.config import ModelConfig
 
 BuildResult = tuple[nn.Module, SetCriterion, dict[str, nn.Module]]
 
 DETR_RETURN_LAYERS_MASKS = ("layer1", "layer2", "layer3", "layer4")
 
 
-def _backbone_weights(args: argparse.Namespace) -> str | None:
-    """ImageNet weights to start from; none when a checkpoint will overwrite every weight anyway
-    (``--resume``, ``--frozen_weights``), so that evaluating a checkpoint needs no download."""
-    weights = getattr(args, "backbone_weights", "torchvision")
-    if weights in (None, "none", "") or getattr(args, "resume", "") or getattr(args, "frozen_weights", None):
-        return None
-    return weights
-
-
-def backbone_config_from_args(
-    args: argparse.Namespace, return_layers: tuple[str, ...], offset: float = 0.0
-) -> BackboneConfig:
+def backbone_config(cfg: ModelConfig, return_layers: tuple[str, ...], offset: float = 0.0) -> BackboneConfig:
+    """The backbone's arguments. No ImageNet weights when a checkpoint will replace them all."""
+    weights = cfg.backbone_weights if cfg.load_backbone_weights and cfg.backbone_weights != "none" else None
     return BackboneConfig(
-        name=args.backbone,
-        train_backbone=args.lr_backbone > 0,
+        name=cfg.backbone,
+        train_backbone=cfg.train_backbone,
         return_layers=return_layers,
-        dilation=args.dilation,
-        train_all_layers=getattr(args, "train_backbone_all", False),
-        weights=_backbone_weights(args),
-        per_image=getattr(args, "backbone_per_image", False),
+        dilation=cfg.dilation,
+        train_all_layers=cfg.train_backbone_all,
+        weights=weights or None,
+        per_image=cfg.backbone_per_image,
         position=PositionEncodingConfig(
-            kind=args.position_embedding,
-            hidden_dim=args.hidden_dim,
-            scale=getattr(args, "position_embedding_scale", 6.283185307179586),
-            offset=offset,
+            kind=cfg.position_embedding, hidden_dim=cfg.hidden_dim, scale=cfg.position_embedding_scale, offset=offset
         ),
     )
 
 
-def detr_config_from_args(args: argparse.Namespace) -> DETRConfig:
-    if getattr(args, "num_classes", None) is None:
-        raise ValueError("args.num_classes is not set: pass --num_classes (max category id + 1)")
+def _matcher_config(cfg: ModelConfig) -> MatcherConfig:
+    return MatcherConfig(
+        set_cost_class=cfg.set_cost_class, set_cost_bbox=cfg.set_cost_bbox, set_cost_giou=cfg.set_cost_giou
+    )
+
+
+def _check_num_classes(cfg: ModelConfig) -> int:
+    if cfg.num_classes is None:
+        raise ValueError("num_classes is not set: pass --num_classes (max category id + 1)")
+    return cfg.num_classes
+
+
+def detr_config(cfg: ModelConfig) -> DETRConfig:
+    """DETR's (and panoptic DETR's) arguments."""
     return DETRConfig(
-        num_classes=args.num_classes,
-        num_queries=args.num_queries,
-        aux_loss=args.aux_loss,
-        masks=args.masks,
-        freeze_detr=args.frozen_weights is not None,
-        panoptic_is_thing_map=getattr(args, "panoptic_is_thing_map", None),
-        backbone=backbone_config_from_args(args, DETR_RETURN_LAYERS_MASKS if args.masks else ("layer4",)),
+        num_classes=_check_num_classes(cfg),
+        num_queries=cfg.num_queries,
+        aux_loss=cfg.aux_loss,
+        masks=cfg.masks,
+        freeze_detr=cfg.frozen_weights is not None,
+        panoptic_is_thing_map=cfg.panoptic_is_thing_map,
+        backbone=backbone_config(cfg, DETR_RETURN_LAYERS_MASKS if cfg.masks else ("layer4",)),
         transformer=TransformerConfig(
-            hidden_dim=args.hidden_dim,
-            nheads=args.nheads,
-            enc_layers=args.enc_layers,
-            dec_layers=args.dec_layers,
-            dim_feedforward=args.dim_feedforward,
-            dropout=args.dropout,
-            pre_norm=args.pre_norm,
+            hidden_dim=cfg.hidden_dim,
+            nheads=cfg.nheads,
+            enc_layers=cfg.enc_layers,
+            dec_layers=cfg.dec_layers,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.dropout,
+            pre_norm=cfg.pre_norm,
         ),
-        matcher=MatcherConfig(
-            set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
-        ),
+        matcher=_matcher_config(cfg),
         loss=LossConfig(  # loss_ce weighs 1, as officially (--cls_loss_coef is Deformable DETR's)
-            bbox_loss_coef=args.bbox_loss_coef,
-            giou_loss_coef=args.giou_loss_coef,
-            mask_loss_coef=args.mask_loss_coef,
-            dice_loss_coef=args.dice_loss_coef,
-            eos_coef=args.eos_coef,
+            bbox_loss_coef=cfg.bbox_loss_coef,
+            giou_loss_coef=cfg.giou_loss_coef,
+            mask_loss_coef=cfg.mask_loss_coef,
+            dice_loss_coef=cfg.dice_loss_coef,
+            eos_coef=cfg.eos_coef,
         ),
     )
 
 
-def _build_detr_from_args(args: argparse.Namespace) -> BuildResult:
-    return build_detr(detr_config_from_args(args))
-
-
-def deformable_config_from_args(args: argparse.Namespace) -> DeformableDETRConfig:
-    """Deformable DETR's typed config from the official flags (``--attn_impl`` included)."""
-    if getattr(args, "num_classes", None) is None:
-        raise ValueError("args.num_classes is not set: pass --num_classes (max category id + 1)")
-    levels = args.num_feature_levels
+def deformable_config(cfg: ModelConfig) -> DeformableDETRConfig:
+    """Deformable DETR's arguments."""
+    levels = cfg.num_feature_levels
     return DeformableDETRConfig(
-        num_classes=args.num_classes,
-        aux_loss=args.aux_loss,
-        with_box_refine=args.with_box_refine,
-        masks=args.masks,
+        num_classes=_check_num_classes(cfg),
+        aux_loss=cfg.aux_loss,
+        with_box_refine=cfg.with_box_refine,
+        masks=cfg.masks,
         # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
         # fails with 2 levels, which here use layer3-4).
-        backbone=backbone_config_from_args(args, ("layer2", "layer3", "layer4")[-min(levels, 3) :], offset=-0.5),
+        backbone=backbone_config(cfg, ("layer2", "layer3", "layer4")[-min(levels, 3) :], offset=-0.5),
         transformer=DeformableTransformerConfig(
-            hidden_dim=args.hidden_dim,
-            nheads=args.nheads,
-            enc_layers=args.enc_layers,
-            dec_layers=args.dec_layers,
-            dim_feedforward=args.dim_feedforward,
-            dropout=args.dropout,
+            hidden_dim=cfg.hidden_dim,
+            nheads=cfg.nheads,
+            enc_layers=cfg.enc_layers,
+            dec_layers=cfg.dec_layers,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.dropout,
             num_feature_levels=levels,
-            dec_n_points=args.dec_n_points,
-            enc_n_points=args.enc_n_points,
-            two_stage=args.two_stage,
-            num_queries=args.num_queries,
-            attn_impl=getattr(args, "attn_impl", "auto"),
+            dec_n_points=cfg.dec_n_points,
+            enc_n_points=cfg.enc_n_points,
+            two_stage=cfg.two_stage,
+            num_queries=cfg.num_queries,
+            attn_impl=cfg.attn_impl,
         ),
-        matcher=MatcherConfig(
-            set_cost_class=args.set_cost_class, set_cost_bbox=args.set_cost_bbox, set_cost_giou=args.set_cost_giou
-        ),
+        matcher=_matcher_config(cfg),
         loss=LossConfig(
-            cls_loss_coef=args.cls_loss_coef,
-            bbox_loss_coef=args.bbox_loss_coef,
-            giou_loss_coef=args.giou_loss_coef,
-            focal_alpha=args.focal_alpha,
+            cls_loss_coef=cfg.cls_loss_coef,
+            bbox_loss_coef=cfg.bbox_loss_coef,
+            giou_loss_coef=cfg.giou_loss_coef,
+            focal_alpha=cfg.focal_alpha,
         ),
     )
 
 
-def _build_deformable_from_args(args: argparse.Namespace) -> BuildResult:
-    return build_deformable(deformable_config_from_args(args))
-
-
-MODEL_BUILDERS: dict[str, Callable[[argparse.Namespace], BuildResult]] = {
-    "detr": _build_detr_from_args,
-    "deformable_detr": _build_deformable_from_args,
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig], BuildResult]] = {
+    "detr": lambda cfg: build_detr(detr_config(cfg)),
+    "deformable_detr": lambda cfg: build_deformable(deformable_config(cfg)),
 }
 
 
-def build_model(args: argparse.Namespace) -> BuildResult:
-    """Returns ``(model, criterion, postprocessors)`` for ``args.model`` (default ``detr``)."""
-    name = getattr(args, "model", "detr")
-    if name not in MODEL_BUILDERS:
-        raise ValueError(f"--model: unknown '{name}', choose from {sorted(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[name](args)
+def build_model(args: argparse.Namespace | ModelConfig) -> BuildResult:
+    """``(model, criterion, postprocessors)`` for ``args.model``. ``args``: the namespace of
+    ``main.get_args_parser()`` (``--model`` presets filled where ``None``) or a ``ModelConfig``."""
+    cfg = args if isinstance(args, ModelConfig) else ModelConfig.from_args(args)
+    return MODEL_BUILDERS[cfg.model](cfg)
 
 
 def num_classes_from_state_dict(state: dict) -> int | None:

@@ -55,7 +55,7 @@ def fill_golden_weights(model: nn.Module) -> None:
 
 def golden_args(config: dict, **overrides: object) -> argparse.Namespace:
     """The project's default arguments, updated with the fixture's official config."""
-    from main import get_args_parser
+    from util.config import get_args_parser
 
     args = get_args_parser().parse_args([])
     for k, v in {**config, **overrides}.items():

@@ -45,7 +45,7 @@ def test_both_directions(ours: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert back["model"].keys() == original["model"].keys()
     assert all(torch.equal(back["model"][k], v) for k, v in original["model"].items())
     # a transformers folder is a checkpoint for main.py (--eval --resume, --finetune) and the tools too
-    from main import build_model_from_checkpoint
+    from models.loading import build_model_from_checkpoint
 
     loaded = build_model_from_checkpoint(tmp_path / "hf")
     assert loaded.id2label == original["id2label"] and loaded.args.hidden_dim == 32

@@ -10,6 +10,7 @@ from engine import NonFiniteError, train_one_epoch
 from models.detr import SetCriterion
 from models.matcher import HungarianMatcher
 from util.misc import nested_tensor_from_tensor_list
+from util.train_state import TrainState
 
 
 class TinyDetector(nn.Module):
@@ -56,11 +57,13 @@ def test_nan_gradient_stops_before_the_step_and_names_the_parameter():
     model.head.weight.register_hook(poison)
     before = {}
 
-    def remember(it):
+    def remember(it, scalars):
         before.update({k: v.clone() for k, v in model.state_dict().items()})
 
     with pytest.raises(NonFiniteError) as e:
-        train_one_epoch(model, _criterion(), _loader(), optimizer, torch.device("cpu"), 0, 0.1, on_step=remember)
+        train_one_epoch(
+            model, _criterion(), _loader(), TrainState(model, optimizer), torch.device("cpu"), 0, 0.1, on_step=remember
+        )
     assert "iteration 1: gradients of head.weight" in str(e.value)
     for k, v in model.state_dict().items():  # weights and BatchNorm statistics of after step 0
         assert torch.equal(v, before[k]), k
@@ -72,7 +75,7 @@ def test_nan_loss_term_is_named_with_the_images():
     real = criterion.forward
     criterion.forward = lambda o, t, **k: {**real(o, t, **k), "loss_giou": torch.tensor(float("nan"))}
     with pytest.raises(NonFiniteError) as e:
-        train_one_epoch(model, criterion, _loader(1), torch.optim.SGD(model.parameters(), lr=0.1),
+        train_one_epoch(model, criterion, _loader(1), TrainState(model, torch.optim.SGD(model.parameters(), lr=0.1)),
                         torch.device("cpu"), 3)  # fmt: skip
     assert str(e.value).startswith("non-finite values at epoch 3, iteration 0: loss term(s) loss_giou; images [0, 1]")
 
@@ -95,7 +98,7 @@ def test_gradient_accumulation_equals_a_larger_batch(focal):
         batches = [
             (nested_tensor_from_tensor_list(images[i : i + size]), targets[i : i + size]) for i in range(0, 4, size)
         ]
-        stats = train_one_epoch(model, criterion, batches, torch.optim.SGD(model.parameters(), lr=1.0),
+        stats = train_one_epoch(model, criterion, batches, TrainState(model, torch.optim.SGD(model.parameters(), lr=1.0)),
                                 torch.device("cpu"), 0, grad_accum_steps=accum)  # fmt: skip
         results.append((model.state_dict(), stats["loss"]))
     (ref, ref_loss), *others = results

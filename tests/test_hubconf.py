@@ -76,7 +76,7 @@ def test_pretrained_uses_official_url_with_hash_check(monkeypatch, r50_checkpoin
 
 def test_finetune_accepts_hub_names(monkeypatch, r50_checkpoint, tmp_path):
     """``main.py --finetune detr_resnet50``: the hub entry's official checkpoint."""
-    from main import read_checkpoint
+    from models.loading import read_checkpoint
 
     calls = serve_instead_of_downloads(r50_checkpoint, monkeypatch, tmp_path)
     ckpt = read_checkpoint("detr_resnet50")
@@ -110,14 +110,12 @@ def test_fork_snippet_loads_a_voc_checkpoint_of_main(tmp_path):
     """The VOC fork's way of using a fine-tuned model (hub model with the class count, then the
     checkpoint's ``model``) works on a checkpoint that ``main.py`` writes for VOC with the default
     DETR-R50 architecture: ``num_classes`` 20 here (the fork's 22 came from its one-based ids)."""
-    import main as main_module
     from models import build_model
     from util.checkpoint import save_checkpoint
+    from util.config import get_args_parser, resolve
 
-    args = main_module.resolve_args(
-        main_module.get_args_parser().parse_args(
-            ["--num_classes", "20", "--device", "cpu", "--backbone_weights", "none"]
-        )
+    args = resolve(
+        get_args_parser().parse_args(["--num_classes", "20", "--device", "cpu", "--backbone_weights", "none"])
     )
     ours = build_model(args)[0]
     save_checkpoint({"model": ours.state_dict(), "args": vars(args)}, tmp_path / "checkpoint.pth")

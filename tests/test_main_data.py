@@ -29,6 +29,7 @@ from test_main import TINY, _expect_exit, parse
 import main as main_module
 from models import build_model
 from util.checkpoint import save_checkpoint
+from util.config import resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -101,7 +102,7 @@ def test_messy_data_trains_and_evaluates(coco: Path, tmp_path: Path, capsys: pyt
 def test_validation_only_category_stops_before_training(coco: Path, tmp_path: Path) -> None:
     """num_classes from a checkpoint (4, as the training file's ids 1..3 give); the validation file
     alone uses id 4. The official code trains an epoch, then fails in the evaluation's loss."""
-    model = build_model(main_module.resolve_args(parse([*TINY, "--num_classes", "4"])))[0]
+    model = build_model(resolve(parse([*TINY, "--num_classes", "4"])))[0]
     ckpt = tmp_path / "four_classes.pth"
     save_checkpoint({"model": model.state_dict(), "epoch": 0}, ckpt)
     val = read_json(coco / VAL)
@@ -149,7 +150,7 @@ def test_voc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if not (VOCDEVKIT / "VOC2007" / "Annotations").is_dir():
         pytest.skip(f"VOC sample not found under {VOCDEVKIT}")
     # fine-tuned from a COCO-like checkpoint (91 classes, 10 queries): head and queries re-initialised
-    coco_like = build_model(main_module.resolve_args(parse([*TINY, "--num_classes", "91", "--num_queries", "10"])))[0]
+    coco_like = build_model(resolve(parse([*TINY, "--num_classes", "91", "--num_queries", "10"])))[0]
     save_checkpoint({"model": coco_like.state_dict()}, tmp_path / "coco_like.pth")
     main_module.main(parse([*TINY, *VOC_FLAGS, "--output_dir", str(tmp_path / "voc"), "--finetune",
                             str(tmp_path / "coco_like.pth")]))  # fmt: skip

@@ -21,7 +21,7 @@ import torch
 from test_main import TINY
 
 import main as main_module
-from util.checkpoint import save_checkpoint
+from util.checkpoint import CheckpointSaver, save_checkpoint
 from util.preemption import Preempted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +72,10 @@ def _interrupt_at(monkeypatch, epoch: int, iteration: int, sig: int) -> None:
         ep = a[5]
         on_step = k["on_step"]
 
-        def on_step_with_signal(it: int) -> None:
+        def on_step_with_signal(it: int, scalars: dict) -> None:
             if (ep, it) == (epoch, iteration):
                 os.kill(os.getpid(), sig)
-            on_step(it)
+            on_step(it, scalars)
 
         return real(*a, **{**k, "on_step": on_step_with_signal})
 
@@ -242,27 +242,27 @@ def test_resume_auto_picks_newest_and_skips_corrupt(tmp_path, capsys):
     save_checkpoint(_state(1, 2), out / "checkpoint.pth", keep=2)
     assert torch.load(out / "checkpoint_prev.pth", weights_only=True)["epoch"] == 0
     args = Namespace(resume="auto", output_dir=str(out))
-    assert main_module.resolve_auto_resume(args) == str(out / "checkpoint.pth")
+    assert CheckpointSaver(args.output_dir).find_recovery() == str(out / "checkpoint.pth")
 
     # the newest one truncated (e.g. a disk filled up): reported, the previous one is used
     data = (out / "checkpoint.pth").read_bytes()
     (out / "checkpoint.pth").write_bytes(data[: len(data) // 2])
-    assert main_module.resolve_auto_resume(args) == str(out / "checkpoint_prev.pth")
+    assert CheckpointSaver(args.output_dir).find_recovery() == str(out / "checkpoint_prev.pth")
     text = capsys.readouterr().out
     assert "skipping checkpoint" in text and "checkpoint.pth could not be read" in text
 
     # nothing usable: stop, never start from scratch silently
     (out / "checkpoint_prev.pth").write_bytes(b"garbage")
     with pytest.raises(SystemExit) as e:
-        main_module.resolve_auto_resume(args)
+        CheckpointSaver(args.output_dir).find_recovery()
     assert "no usable checkpoint" in str(e.value.code) and "--resume PATH" in str(e.value.code)
 
 
 def test_resume_auto_without_checkpoint_or_output_dir(tmp_path, capsys):
-    assert main_module.resolve_auto_resume(Namespace(resume="auto", output_dir=str(tmp_path / "new"))) == ""
+    assert CheckpointSaver(str(tmp_path / "new")).find_recovery() == ""
     assert "starting from scratch" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        main_module.resolve_auto_resume(Namespace(resume="auto", output_dir=""))
+        CheckpointSaver("").find_recovery()
     assert "--output_dir" in str(e.value.code)
 
 

@@ -112,34 +112,35 @@ def load_detector(
     device: str = "cpu",
     overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """A ``main.LoadedModel`` (model in eval mode, post-processors, flags, class names) from
-    ``checkpoint`` (this project's or an official one, rebuilt by ``main.build_model_from_checkpoint``)
+    """A ``models.loading.LoadedModel`` (model in eval mode, post-processors, settings, class names)
+    from ``checkpoint`` (any checkpoint ``models.loading.build_model_from_checkpoint`` reads)
     or from the ``hubconf`` entry ``hub`` (random weights unless ``pretrained``). ``overrides``
     (flag -> value, e.g. ``val_size``) win over the checkpoint's flags. Raises ``CheckpointError``
     naming the file, or ``ValueError`` for an unknown hub entry."""
-    import main as main_module
+    from models.loading import LoadedModel, build_model_from_checkpoint
+    from util import config
 
     if (checkpoint is None) == (hub is None):
         raise ValueError("pass exactly one of checkpoint or hub")
     if checkpoint is not None:
-        return main_module.build_model_from_checkpoint(checkpoint, overrides=overrides, device=device)
+        return build_model_from_checkpoint(checkpoint, overrides=overrides, device=device)
     entries = hub_entries()
     if hub not in entries:
         raise ValueError(f"--hub: unknown entry '{hub}'; hubconf has {', '.join(sorted(entries))}")
     model = entries[hub](pretrained=pretrained)
     model = model[0] if isinstance(model, tuple) else model
-    args = main_module.get_args_parser().parse_args([])
+    args = config.get_args_parser().parse_args([])
     for k, v in (overrides or {}).items():
         setattr(args, k, v)
     args.model = "deformable_detr" if is_deformable(model) else "detr"
     args.masks = hasattr(model, "mask_head")
     args.num_classes = num_classes_of(model)
     args.device = device
-    main_module.resolve_args(args)
+    args = config.resolve(args)
     postprocessors = hub_postprocessors(model)
     args.panoptic_is_thing_map = getattr(postprocessors.get("panoptic"), "is_thing_map", None)
     source = f"hub:{hub}" + (" (pretrained)" if pretrained else " (random weights)")
-    return main_module.LoadedModel(model.to(device).eval(), postprocessors, args, {}, source)
+    return LoadedModel(model.to(device).eval(), postprocessors, args, {}, source)
 
 
 def num_classes_of(model: nn.Module) -> int:

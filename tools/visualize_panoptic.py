@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from util.panoptic import read_panoptic_png  # noqa: E402
 
 if TYPE_CHECKING:
-    from main import LoadedModel
+    from models.loading import LoadedModel
 
 
 def _palette_colour(category_id: int) -> tuple[int, int, int]:
@@ -124,7 +124,7 @@ def write_coco_panoptic(
 def predict_panoptic(
     checkpoint: str | Path | LoadedModel, dataset: Any, threshold: float = 0.85, num_images: int = 8
 ) -> list[dict]:
-    """Run the model of ``checkpoint`` (a path, or a ``main.LoadedModel`` from
+    """Run the model of ``checkpoint`` (a path, or a ``models.loading.LoadedModel`` from
     ``tools.inference.load_detector``; trained with ``--masks``) on the first ``num_images`` of
     ``dataset`` (a ``CocoPanoptic`` with the validation transforms); ``PostProcessPanoptic`` outputs
     at the original image size, with ``image_id`` and ``file_name``."""

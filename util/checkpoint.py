@@ -309,3 +309,91 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointSaver:
+    """Owns a run's checkpoint files in ``output_dir`` (``None``: nothing is saved): the rolling
+    ``checkpoint.pth`` (``keep`` files), per-epoch copies, ``checkpoint_best.pth``, mid-epoch saves
+    on a stop signal, ``checkpoint_nonfinite.pth`` and ``--resume auto``'s choice. Saving is
+    collective: every rank calls it, rank 0 writes, no rank goes on before the file is on disk.
+    ``state`` is a ``util.train_state.TrainState``."""
+
+    def __init__(self, output_dir: str | os.PathLike[str] | None, keep: int = 2) -> None:
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.keep = keep
+
+    def _write(self, payload: dict[str, Any], name: str, keep: int = 1) -> str | None:
+        from util import distributed as dist_utils
+
+        path = None
+        if self.output_dir is not None:
+            path = self.output_dir / name
+            if dist_utils.is_main_process():
+                save_checkpoint(payload, path, keep=keep)
+        dist_utils.barrier()
+        return str(path) if path is not None else None
+
+    def save(self, state: Any, epoch_copy: bool = False) -> str | None:
+        """``checkpoint.pth`` (rotating ``keep`` files), plus ``checkpointNNNN.pth`` with ``epoch_copy``."""
+        payload = state.state_dict()
+        path = self._write(payload, "checkpoint.pth", keep=self.keep)
+        if epoch_copy:
+            self._write(payload, f"checkpoint{state.epoch:04}.pth")
+        return path
+
+    def save_recovery(self, state: Any, epoch: int, iteration: int) -> str | None:
+        """A mid-epoch save before stopping on a signal; says where, or that nothing was saved."""
+        path = self.save(state)
+        if path is None:
+            print("warning: no --output_dir: the interrupted run's state is not saved", flush=True)
+        else:
+            print(f"saved epoch {epoch}, iteration {iteration} to {path}; continue with --resume auto", flush=True)
+        return path
+
+    def save_nonfinite(self, state: Any) -> str:
+        """The last good state (weights before a non-finite step); returns where it is, for the message."""
+        path = self._write(state.state_dict(), "checkpoint_nonfinite.pth")
+        if path is None:
+            return "no --output_dir: not saved"
+        return f"the last good state (weights before that step) is in {path}"
+
+    def save_best(self, state: Any, scores: dict[str, tuple[str, float]], epoch: int) -> None:
+        """``checkpoint_best.pth``: the weights (``"model"`` or ``"ema"``, whichever scored higher in
+        ``scores``: name -> (metric, value)) when they beat ``state.best``; no optimizer state.
+        Called by the writing rank only."""
+        if not scores:
+            return
+        which = max(scores, key=lambda k: scores[k][1])
+        metric, value = scores[which]
+        if state.best is not None and value <= state.best["value"]:
+            return
+        state.best = {"metric": metric, "value": value, "epoch": epoch, "weights": which}
+        weights = state.model if which == "model" else state.ema.module
+        best = {"version": CHECKPOINT_VERSION, "model": weights.state_dict(), "args": state.args, "best": state.best,
+                "epoch": epoch}  # fmt: skip
+        for key in ("id2label", "is_thing_map"):
+            if getattr(state, key) is not None:
+                best[key] = getattr(state, key)
+        save_checkpoint(best, self.output_dir / "checkpoint_best.pth")  # not collective: rank 0 calls it
+        print(f"checkpoint_best.pth: {metric} {value:.4f} at epoch {epoch} ({which} weights)")
+
+    def find_recovery(self) -> str:
+        """``--resume auto``: the newest readable checkpoint (unreadable newer ones are reported and
+        skipped), or ``""`` (start from scratch, said so) when there is none at all. Stops with a
+        message when the folder holds checkpoints but none is usable."""
+        if self.output_dir is None:
+            raise SystemExit("error: --resume auto looks for checkpoints in --output_dir: pass --output_dir")
+        folder = self.output_dir
+        path, problems = find_resume_checkpoint(folder) if folder.is_dir() else (None, [])
+        for p in problems:
+            print(f"warning: --resume auto: skipping {p}", flush=True)
+        if path is None and problems:
+            raise SystemExit(
+                f"error: --resume auto: no usable checkpoint in {folder} ({len(problems)} unreadable). "
+                "Remove them to start from scratch, or pass --resume PATH."
+            )
+        if path is None:
+            print(f"--resume auto: no checkpoint in {folder}: starting from scratch", flush=True)
+            return ""
+        print(f"--resume auto: using {path}", flush=True)
+        return str(path)

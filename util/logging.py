@@ -11,6 +11,7 @@ an optional extra) writes per-step losses and learning rates and per-epoch metri
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -183,3 +184,21 @@ class TensorboardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The epochs of a run's ``log.txt`` (one JSON object a line, as officially); [] when absent."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def write_log_line(path: Path, stats: dict[str, Any]) -> None:
+    """Append the epoch's line to ``log.txt`` (replacing a line of the same epoch written before a
+    crash, so that a redone evaluation is never logged twice)."""
+    lines = [e for e in read_log(path) if e.get("epoch") != stats["epoch"]]
+    write_text_atomic(path, "".join(json.dumps(e) + "\n" for e in [*lines, stats]))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

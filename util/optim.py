@@ -68,3 +68,49 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str,
     optimizer.load_state_dict(state_dict)
     for group, kept in zip(optimizer.param_groups, impl):
         group.update(kept)
+
+
+def param_groups(model: torch.nn.Module, args: Any) -> list[dict[str, Any]]:
+    """Three learning rates as officially: transformer and heads (``lr``), parameters named by
+    ``lr_backbone_names`` (``lr_backbone``), by ``lr_linear_proj_names`` (``lr * lr_linear_proj_mult``)."""
+
+    def match(name: str, keywords: list[str]) -> bool:
+        return any(k in name for k in keywords)
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for n, p in named if match(n, args.lr_backbone_names)]
+    proj = [p for n, p in named if not match(n, args.lr_backbone_names) and match(n, args.lr_linear_proj_names)]
+    rest = [p for n, p in named if not match(n, args.lr_backbone_names) and not match(n, args.lr_linear_proj_names)]
+    groups = [{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}]
+    if proj:
+        groups.append({"params": proj, "lr": args.lr * args.lr_linear_proj_mult})
+    return groups
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: Any) -> Any:
+    """The official step schedule: ``lr_drop_epochs`` when given, else a drop every ``lr_drop`` epochs."""
+    if args.lr_drop_epochs:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_drop_epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+
+
+def apply_schedule_changes(state: Any, args: Any, changed: set[str]) -> None:
+    """After resuming ``state`` (a ``TrainState``): apply the schedule settings ``changed`` from
+    the checkpoint's. Learning rates and drops are recomputed in closed form for the resumed position."""
+    optimizer, scheduler = state.optimizer, state.lr_scheduler
+    if "weight_decay" in changed:
+        for g in optimizer.param_groups:
+            g["weight_decay"] = args.weight_decay
+    if changed & {"lr", "lr_backbone", "lr_linear_proj_mult", "lr_drop", "lr_drop_epochs"}:
+        last_epoch = scheduler.last_epoch
+        group_lrs = [args.lr, args.lr_backbone, args.lr * args.lr_linear_proj_mult]
+        for g, lr in zip(optimizer.param_groups, group_lrs):
+            g["initial_lr"] = lr
+        scheduler = build_scheduler(optimizer, args)
+        scheduler.last_epoch = last_epoch
+        lrs = scheduler._get_closed_form_lr()
+        for g, lr in zip(optimizer.param_groups, lrs):
+            g["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        state.lr_scheduler = scheduler
+        print(f"resume: learning rates now {[f'{lr:.3g}' for lr in lrs]} (base {scheduler.base_lrs})")

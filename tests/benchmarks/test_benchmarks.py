@@ -36,11 +36,11 @@ _build_model_of_this_project = build_model
 
 def build_model(args):
     """Stand-in for the official build: COCO's 91 classes, no ImageNet download."""
-    from main import resolve_args
+    from util.config import resolve
 
     args.backbone_weights = "none"
     args.num_classes = getattr(args, "num_classes", None) or 91
-    return _build_model_of_this_project(resolve_args(args))
+    return _build_model_of_this_project(resolve(args))
 '''
 
 

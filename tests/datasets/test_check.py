@@ -12,13 +12,13 @@ import pytest
 import torch
 from data_faults import copy_coco, exif_rotated_jpeg, noise_image, read_json, save_jpeg, truncate, write_json
 
-import main as main_module
 from datasets import DataConfig, DatasetError, build_dataset, build_datasets, check_num_classes, data_config_from_args
 from datasets import check as check_module
 from datasets.coco_eval import CocoEvaluator
 from datasets.coco_panoptic import CocoPanoptic
 from datasets.coco_panoptic import build as build_panoptic
 from datasets.synthetic_panoptic import generate_synthetic_panoptic
+from util.config import get_args_parser
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -166,7 +166,7 @@ def test_custom_paths_and_sparse_ids(tmp_path: Path, synthetic_root: Path) -> No
 
 
 def test_config_from_flags_is_the_one_boundary(tmp_path: Path) -> None:
-    args = main_module.get_args_parser().parse_args(
+    args = get_args_parser().parse_args(
         ["--dataset_file", "voc", "--voc_path", "V", "--voc_years", "2007, 2012", "--val_split", "test",
          "--remove_difficult", "--cache_mode", "--check_images", "full", "--max_bad_images", "0.01",
          "--train_scales", "96", "128", "--max_size", "200"]
@@ -176,7 +176,7 @@ def test_config_from_flags_is_the_one_boundary(tmp_path: Path) -> None:
     assert cfg.val_split == "test" and cfg.train_split is None and cfg.remove_difficult and cfg.cache_mode
     assert cfg.check_images == "full" and cfg.max_bad_images == 0.01
     assert cfg.train_scales == (96, 128) and cfg.max_size == 200 and cfg.val_size == 800
-    default = data_config_from_args(main_module.get_args_parser().parse_args([]))
+    default = data_config_from_args(get_args_parser().parse_args([]))
     assert default == DataConfig()  # the parser's unset flags take DataConfig's defaults
     with pytest.raises(ValueError, match="max_bad_images"):
         DataConfig(max_bad_images=5)

@@ -128,13 +128,13 @@ def test_per_image_detr_outputs_do_not_depend_on_the_batch():
     on the padding.)"""
     from golden import golden_args
 
-    from main import resolve_args
     from models import build_model
+    from util.config import resolve
 
     config = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1}
     args = golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32)
     torch.manual_seed(0)
-    model = _randomised(build_model(resolve_args(args))[0]).eval()
+    model = _randomised(build_model(resolve(args))[0]).eval()
     torch.manual_seed(1)
     small, large = torch.rand(3, 70, 90), torch.rand(3, 128, 160)
     moved = {}

@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from main import get_args_parser, resolve_args
-from models import build_model, deformable_config_from_args, num_classes_from_state_dict
+from models import build_model, deformable_config, num_classes_from_state_dict
 from models.criterion import LossConfig, SetCriterion, build_criterion
 from models.deformable_detr import build as build_deformable
 from models.detr import DETRConfig
 from models.detr import build as build_detr
 from models.matcher import HungarianMatcher, MatcherConfig, build_matcher
+from util.config import ModelConfig, get_args_parser, resolve
 
 TINY = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
         "--enc_layers", "1", "--dec_layers", "3", "--dim_feedforward", "64", "--num_classes", "5",
@@ -21,7 +21,7 @@ TINY = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", 
 
 
 def _args(*extra: str):
-    return resolve_args(get_args_parser().parse_args([*TINY, *extra]))
+    return resolve(get_args_parser().parse_args([*TINY, *extra]))
 
 
 def test_official_import_is_the_shared_criterion():
@@ -49,7 +49,7 @@ def test_build_criterion_weights_and_losses():
 def test_each_model_rejects_the_other_classification_loss():
     with pytest.raises(ValueError, match="softmax cross-entropy"):
         build_detr(DETRConfig(loss=LossConfig(focal_alpha=0.25)))
-    cfg = deformable_config_from_args(_args("--model", "deformable_detr"))
+    cfg = deformable_config(ModelConfig.from_args(_args("--model", "deformable_detr")))
     cfg.loss.focal_alpha = None
     with pytest.raises(ValueError, match="sigmoid focal loss"):
         build_deformable(cfg)
@@ -58,7 +58,7 @@ def test_each_model_rejects_the_other_classification_loss():
 def test_deformable_queries_levels_two_stage_have_one_source():
     args = _args("--model", "deformable_detr", "--num_queries", "7", "--num_feature_levels", "2", "--two_stage",
                  "--with_box_refine")  # fmt: skip
-    cfg = deformable_config_from_args(args)
+    cfg = deformable_config(ModelConfig.from_args(args))
     assert (cfg.num_queries, cfg.num_feature_levels, cfg.two_stage) == (7, 2, True)
     assert {f.name for f in dataclasses.fields(cfg)}.isdisjoint({"num_queries", "num_feature_levels", "two_stage"})
     with pytest.raises(AttributeError):

@@ -14,17 +14,17 @@ from golden import (
     load_golden,
 )
 
-from main import resolve_args
-from models import build_model, deformable_config_from_args
+from models import build_model, deformable_config
 from models.deformable_detr import build
 from util.checkpoint import CheckpointError, load_model_state
+from util.config import ModelConfig, resolve
 from util.misc import NestedTensor
 
 FIXTURES = ["deformable_tiny.pt", "deformable_single_scale_tiny.pt", "deformable_refine_two_stage_tiny.pt"]
 
 
 def _args(golden: dict):
-    return resolve_args(golden_args(golden["config"], model="deformable_detr", num_classes=20, attn_impl="pytorch"))
+    return resolve(golden_args(golden["config"], model="deformable_detr", num_classes=20, attn_impl="pytorch"))
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
@@ -94,15 +94,15 @@ def test_two_stage_checkpoint_into_single_scale_model_names_keys():
 
 def test_bad_configurations_raise_clear_errors():
     golden = load_golden("deformable_single_scale_tiny.pt")
-    cfg = deformable_config_from_args(_args(golden))
+    cfg = deformable_config(ModelConfig.from_args(_args(golden)))
     cfg.transformer.nheads = 5
     with pytest.raises(ValueError, match="nheads"):
         build(cfg)
-    cfg = deformable_config_from_args(_args(golden))
+    cfg = deformable_config(ModelConfig.from_args(_args(golden)))
     cfg.transformer.num_feature_levels = 0
     with pytest.raises(ValueError, match="num_feature_levels"):
         build(cfg)
-    cfg = deformable_config_from_args(_args(golden))
+    cfg = deformable_config(ModelConfig.from_args(_args(golden)))
     cfg.masks = True
     with pytest.raises(NotImplementedError, match="--masks"):
         build(cfg)

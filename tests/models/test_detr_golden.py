@@ -13,8 +13,8 @@ from golden import (
     load_golden,
 )
 
-from main import resolve_args
 from models import build_model
+from util.config import resolve
 from util.misc import NestedTensor
 
 
@@ -25,7 +25,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def built(golden):
-    args = resolve_args(golden_args(golden["config"], num_classes=20))
+    args = resolve(golden_args(golden["config"], num_classes=20))
     model, criterion, postprocessors = build_model(args)
     fill_golden_weights(model)
     return model, criterion, postprocessors

@@ -11,7 +11,6 @@ import torch
 from golden import golden_args
 from torch import nn
 
-from main import resolve_args
 from models import build_model
 from models.fast_dropout import (
     FastDropout,
@@ -23,6 +22,7 @@ from models.fast_dropout import (
     unuse_fast_dropout,
     use_fast_dropout,
 )
+from util.config import resolve
 
 
 def test_threshold_and_scale() -> None:
@@ -155,7 +155,7 @@ def test_whole_model_switch(model_name: str) -> None:
     extra = {"attn_impl": "pytorch", "num_feature_levels": 2} if model_name == "deformable_detr" else {}
     args = golden_args(config, model=model_name, num_classes=3, num_queries=5, dim_feedforward=32, **extra)
     torch.manual_seed(0)
-    plain = build_model(resolve_args(args))[0]
+    plain = build_model(resolve(args))[0]
     fast = copy.deepcopy(plain)
     n_dropout = sum(type(m) is nn.Dropout for m in plain.modules())
     n_attention = sum(type(m) is nn.MultiheadAttention for m in plain.modules())

@@ -75,7 +75,7 @@ def _max_diffs(a: dict, b: dict) -> dict[str, float]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_round_trip_through_transformers(case: str, tmp_path: Path) -> None:
-    from main import build_model_from_checkpoint
+    from models.loading import build_model_from_checkpoint
 
     architecture, kwargs, backbone_format = CASES[case]
     hf = _hf_model(architecture, kwargs)

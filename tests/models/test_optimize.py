@@ -13,7 +13,6 @@ import torch
 from golden import golden_args
 from torch import nn
 
-from main import resolve_args
 from models import build_model
 from models.optimize import (
     InferenceModel,
@@ -22,6 +21,7 @@ from models.optimize import (
     mkldnn_fusion_available,
     optimize_for_inference,
 )
+from util.config import resolve
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def demo_like_model() -> nn.Module:
     """The demo's kind of backbone (--train_backbone_all: learning BatchNorm), with the running
     statistics of a trained model, in eval mode."""
     config = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1}
-    args = resolve_args(golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32, train_backbone_all=True))
+    args = resolve(golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32, train_backbone_all=True))
     torch.manual_seed(0)
     model = build_model(args)[0]
     for m in model.modules():
@@ -93,7 +93,7 @@ def test_training_fold_leaves_learning_batchnorm_and_unfolds_for_inference(demo_
     assert fold_frozen_batchnorm_for_training(learning) == 0
     config = {"backbone": "resnet50", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1}
     torch.manual_seed(0)
-    model = build_model(resolve_args(golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32)))[0].eval()
+    model = build_model(resolve(golden_args(config, num_classes=3, num_queries=5, dim_feedforward=32)))[0].eval()
     images = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         ref = model(images)

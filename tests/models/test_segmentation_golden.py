@@ -28,10 +28,10 @@ def golden() -> dict:
 
 @pytest.fixture(scope="module")
 def built(golden: dict):
-    from main import resolve_args
     from models import build_model
+    from util.config import resolve
 
-    args = resolve_args(golden_args(golden["config"], num_classes=20))
+    args = resolve(golden_args(golden["config"], num_classes=20))
     torch.manual_seed(0)
     model, criterion, postprocessors = build_model(args)
     return model, criterion, postprocessors
@@ -92,10 +92,10 @@ def test_training_fast_path_keeps_official_gradients(golden: dict, built, run: d
 
 
 def test_freeze_detr_trains_only_mask_head(golden: dict) -> None:
-    from main import resolve_args
     from models import build_model
+    from util.config import resolve
 
-    args = resolve_args(golden_args(golden["config"], num_classes=20, frozen_weights="x.pth"))
+    args = resolve(golden_args(golden["config"], num_classes=20, frozen_weights="x.pth"))
     model = build_model(args)[0]
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"bbox_attention", "mask_head"}

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from main import get_args_parser, resolve_args
 from models import build_model
 from models.backbone import Backbone, BackboneConfig, build_backbone
+from util.config import get_args_parser, resolve
 from util.misc import nested_tensor_from_tensor_list
 
 timm = pytest.importorskip("timm")
@@ -29,7 +29,7 @@ FAMILIES = ["resnet18", "convnext_atto", "efficientnet_b0"]
 def test_forward_backward(name: str, model: str) -> None:
     torch.manual_seed(0)
     extra = ["--num_feature_levels", "4"] if model == "deformable_detr" else []
-    args = resolve_args(get_args_parser().parse_args([*TINY, "--model", model, "--backbone", f"timm:{name}", *extra]))
+    args = resolve(get_args_parser().parse_args([*TINY, "--model", model, "--backbone", f"timm:{name}", *extra]))
     detector, criterion, _ = build_model(args)
     body = detector.backbone[0]
     assert isinstance(body, TimmBackbone) and body.strides == ([32] if model == "detr" else [8, 16, 32])

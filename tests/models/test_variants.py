@@ -5,8 +5,8 @@ its weights determine are read back from its state dict (``architecture_from_sta
 import pytest
 import torch
 
-from main import get_args_parser, resolve_args
 from models import architecture_from_state_dict, build_model
+from util.config import get_args_parser, resolve
 
 TINY = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
         "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "6",
@@ -40,7 +40,7 @@ def _targets(with_masks: bool, size: tuple[int, int]) -> list[dict]:
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_forward_backward(name):
     torch.manual_seed(0)
-    args = resolve_args(get_args_parser().parse_args([*TINY, *VARIANTS[name]]))
+    args = resolve(get_args_parser().parse_args([*TINY, *VARIANTS[name]]))
     model, criterion, postprocessors = build_model(args)
     read_back = architecture_from_state_dict(model.state_dict())
     assert {"model", "num_classes", "hidden_dim", "enc_layers", "dec_layers", "backbone"} <= set(read_back)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import main as main_module
 from models import build_model
+from util import config
 from util.checkpoint import save_checkpoint
 
 TINY_FLAGS = [
@@ -30,9 +30,7 @@ ID2LABEL = {1: "square", 2: "disc", 3: "sky", 4: "grass"}
 
 
 def tiny_args(variant: str):
-    args = main_module.get_args_parser().parse_args([*TINY_FLAGS, *VARIANTS[variant]])
-    main_module.resolve_args(args)
-    return args
+    return config.resolve(config.get_args_parser().parse_args([*TINY_FLAGS, *VARIANTS[variant]]))
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +42,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         torch.manual_seed(i)
         args = tiny_args(variant)
         model, _, _ = build_model(args)
-        ckpt = {"model": model.state_dict(), "args": main_module.saved_flags(args), "id2label": ID2LABEL}
+        ckpt = {"model": model.state_dict(), "args": config.saved(args), "id2label": ID2LABEL}
         if variant == "panoptic":
             ckpt["is_thing_map"] = {i: i in (1, 2) for i in range(5)}
         paths[variant] = folder / f"{variant}.pth"

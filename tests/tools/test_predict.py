@@ -50,8 +50,8 @@ def test_preprocessing_and_batching(tiny_checkpoints, tmp_path):
     """Batch 1: the results of the evaluation pipeline (validation transform of the checkpoint's
     sizes, model, post-processor at the original size). Batch 2 of equally sized images (no
     padding): the same results."""
-    import main as main_module
     from datasets.coco import make_coco_transforms
+    from models.loading import build_model_from_checkpoint
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -67,7 +67,7 @@ def test_preprocessing_and_batching(tiny_checkpoints, tmp_path):
         assert a["bbox"] == pytest.approx(b["bbox"], abs=0.02) and a["score"] == pytest.approx(b["score"], abs=1e-4)
     assert not list((tmp_path / "1").glob("*.png"))
 
-    loaded = main_module.build_model_from_checkpoint(tiny_checkpoints["deformable"])
+    loaded = build_model_from_checkpoint(tiny_checkpoints["deformable"])
     image = Image.open(folder / "0.png").convert("RGB")
     x, _ = make_coco_transforms("val", max_size=96, val_size=64)(image, None)
     assert x.shape[-2:] == (64, 91)

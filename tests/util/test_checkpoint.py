@@ -132,13 +132,13 @@ def test_keep_rolls_the_previous_checkpoints(tmp_path):
 
 
 def test_finetune_weights_reinitialise_only_the_heads():
-    from main import get_args_parser, resolve_args
     from models import build_model
+    from util.config import get_args_parser, resolve
 
     def model(*flags: str) -> nn.Module:
         base = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
                 "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64", "--device", "cpu"]  # fmt: skip
-        return build_model(resolve_args(get_args_parser().parse_args([*base, *flags])))[0]
+        return build_model(resolve(get_args_parser().parse_args([*base, *flags])))[0]
 
     source = model("--num_classes", "91", "--num_queries", "10").state_dict()
     target = model("--num_classes", "5", "--num_queries", "6")

@@ -97,13 +97,13 @@ def test_torchscript_refused_with_one_clear_error(model):
     encoding, which the official code scripted, each say so instead of failing in the compiler."""
     import warnings
 
-    from main import get_args_parser, resolve_args
     from models import build_model
+    from util.config import get_args_parser, resolve
 
     flags = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
              "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "32", "--num_classes", "3"]  # fmt: skip
     flags += ["--masks"] if model == "detr_masks" else ["--model", model, "--num_feature_levels", "1"]
-    net = build_model(resolve_args(get_args_parser().parse_args(flags)))[0]
+    net = build_model(resolve(get_args_parser().parse_args(flags)))[0]
     joiner = (net.detr if model == "detr_masks" else net).backbone
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's own deprecation notice
