@@ -1,13 +1,10 @@
 """Panoptic quality (PQ, Kirillov et al., 2019) and the evaluator DETR's ``engine.evaluate`` uses.
 
 ``pq_compute`` has the signature, the COCO definitions and the result structure of
-``panopticapi.evaluation.pq_compute`` (panopticapi is not on PyPI)::
-
-    {"All" | "Things" | "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {cat_id: {"pq", "sq", "rq"}}}
-
-``PanopticEvaluator`` is the official class: it writes each prediction's PNG to ``output_dir`` and
-returns ``pq_compute``'s result from ``summarize`` on the main process (``None`` elsewhere).
-Unlike panopticapi it runs in one process and names the image in its errors (``pq_single_image``).
+``panopticapi.evaluation.pq_compute`` (panopticapi is not on PyPI). ``PanopticEvaluator`` is the
+official class: it writes each prediction's PNG to ``output_dir`` and returns ``pq_compute``'s
+result from ``summarize`` on the main process (``None`` elsewhere). Unlike panopticapi it runs in
+one process and names the image in its errors (``pq_single_image``).
 """
 
 from __future__ import annotations
@@ -158,7 +155,9 @@ def pq_compute(
 ) -> dict[str, Any]:
     """PQ of the predictions against the ground truth, both in the COCO panoptic format (a json with
     ``annotations`` [``image_id``, ``file_name``, ``segments_info``] and a folder of PNGs; by default
-    the json's path without ``.json``). Returns ``{"All", "Things", "Stuff", "per_class"}``.
+    the json's path without ``.json``). Returns panopticapi's structure::
+
+        {"All" | "Things" | "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {cat_id: {"pq", "sq", "rq"}}}
 
     PQ = sum(IoU of matches) / (TP + FP/2 + FN/2) per category, averaged over the categories that
     occur (TP + FP + FN > 0); SQ and RQ likewise; ``n == 0`` (e.g. no stuff category) gives 0.0
