@@ -1,9 +1,9 @@
 """Optimizer construction and gradient clipping with PyTorch's multi-tensor kernels.
 
 ``build_optimizer`` (AdamW or SGD), ``clip_grad_norm`` / ``total_grad_norm`` / ``clip_grads`` and
-``load_optimizer_state``, used by ``main.py`` and ``engine.py``. Unlike the official code's defaults,
-which loop over the parameters one tensor at a time on a CPU, they use the ``foreach`` kernels on
-every device: bit-for-bit the same weights, fewer small kernels.
+``load_optimizer_state`` (used by ``main.py``, ``engine.py`` and ``util.train_state``). Unlike the
+official code's defaults, which loop over the parameters one tensor at a time on a CPU, they use the
+``foreach`` kernels on every device: bit-for-bit the same weights, fewer small kernels.
 """
 
 from __future__ import annotations
