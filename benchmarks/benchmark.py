@@ -1,4 +1,4 @@
-"""Inference FPS, training images per second and peak memory of DETR / Deformable DETR, against the official code.
+"""Inference FPS, training images/s and peak memory of DETR / Deformable DETR, alone or against the official code.
 
     python benchmarks/benchmark.py --model deformable_detr --with_box_refine --two_stage \
         --batch_size 1 4 8 --amp none bf16 --compare_official ~/Deformable-DETR
