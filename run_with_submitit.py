@@ -1,22 +1,11 @@
 """Submit ``main.py`` training to Slurm (or run it locally) with submitit: one task per GPU,
 ``torch.distributed`` set up from the job's environment, every ``main.py`` flag passed through.
 
-Same interface as the official DETR ``run_with_submitit.py`` (``--nodes --ngpus --timeout
---job_dir``, ``--use_volta32``, ``--comment``), plus ``--partition`` (official: hard-coded
-``learnfair``; here the cluster's default when not given), ``--mem_gb``, ``--cpus_per_task``,
-``--signal_delay_s`` and ``--cluster`` (``slurm``, ``local`` for a run on this machine through
-submitit's local executor, ``debug``). Other differences:
-
-* On time limit or preemption the official job requeues from the last *finished* epoch
-  (``--resume checkpoint.pth``). Here the signal is deferred to the next optimizer-step boundary
-  (``util.preemption``): all ranks stop after the same step, rank 0 writes a mid-epoch checkpoint,
-  then submitit's own handler calls ``Trainer.checkpoint`` (which returns a ``DelayedSubmission``
-  with ``--resume auto``) and requeues the job, which continues exactly where it stopped.
-* No shared folder (the official default is ``/checkpoint/$USER/experiments``) or an unwritable
-  ``--job_dir``: a message says what to pass, instead of a bare ``RuntimeError``.
-* submitit is an optional extra (``pip install -r requirements-extra.txt``); without it this
-  script says how to install it.
-* ``--device cpu``: ``--ngpus`` counts CPU processes per node (gloo) and no GPU is requested.
+The official interface (``--nodes --ngpus --timeout --job_dir --use_volta32 --comment``) plus
+``--partition``, ``--mem_gb``, ``--cpus_per_task``, ``--signal_delay_s`` and ``--cluster
+slurm|local|debug``; submitit is an optional extra. Unlike the official script, a preempted or
+timed-out job requeues from a mid-epoch checkpoint taken at the next optimizer step (``Trainer``),
+not from the last finished epoch.
 """
 
 from __future__ import annotations
@@ -63,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="job folder (logs, checkpoints, '%%j' becomes the job id), shared by all nodes; "
         "default /checkpoint/$USER/experiments/%%j when /checkpoint exists",
     )
+    # the official script hard-codes the partition "learnfair"
     parser.add_argument("--partition", default=None, type=str, help="Slurm partition (default: the cluster's)")
     parser.add_argument("--use_volta32", action="store_true", help="request 32G V100 GPUs")
     parser.add_argument("--comment", default="", type=str, help="Slurm comment (e.g. why the job is urgent)")
@@ -89,7 +79,9 @@ def shared_folder() -> Path | None:
 
 
 def resolve_job_dir(job_dir: str) -> Path:
-    """``--job_dir`` (``%j`` kept for submitit), else ``<shared folder>/%j``; checked writable."""
+    """``--job_dir`` (``%j`` kept for submitit), else ``<shared folder>/%j``; checked writable.
+    Without a shared folder, or with an unwritable one, a message says what to pass (the official
+    script raises a bare ``RuntimeError``)."""
     if job_dir:
         path = Path(job_dir).expanduser().absolute()
     else:
@@ -126,7 +118,13 @@ def _init_file(job_dir: Path) -> Path:
 
 class Trainer:
     """The submitted callable: runs ``main.main`` in every task; ``checkpoint()`` is what submitit
-    calls on preemption/time-out to get the requeued job (``--resume auto``)."""
+    calls on preemption/time-out to get the requeued job (``--resume auto``).
+
+    The official job requeues from the last finished epoch (``--resume checkpoint.pth``). Here the
+    signal is deferred to the next optimizer-step boundary (``util.preemption``): all ranks stop
+    after the same step, rank 0 writes a mid-epoch checkpoint, then replays submitit's own handler,
+    which calls ``checkpoint()`` and requeues the job; it continues exactly where it stopped. With
+    ``--device cpu``, ``--ngpus`` counts CPU processes per node (gloo) and no GPU is requested."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

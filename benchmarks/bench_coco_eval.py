@@ -1,18 +1,11 @@
 """COCO box evaluation: pycocotools (the reference) against faster-coco-eval on generated detections.
 
-Generates a COCO-like evaluation set: ``--images`` images of 640x480 with 1-15 ground-truth boxes
-each (8 on average; COCO val2017 has 7.3) over COCO's 80 sparse category ids (1-90), about 1% of
-them crowd, sizes spanning the small / medium / large ranges; and ``--dets`` detections per image
-(100: DETR's output): a jittered, sometimes mislabelled copy of each ground-truth box plus random
-boxes whose classes come from the image's own classes and a few others (a detector's top classes
-concentrate on what is in the image), with random scores. Then it evaluates the same detections
-with each backend through ``datasets.coco_eval.evaluate_detections`` (load the ground truth and
-results, ``evaluate``, ``accumulate``, ``summarize``), alternately, ``--repeats`` times; prints
-the median wall-clock and CPU seconds of each, the ratios, and checks that the 12 stats agree
-within ``--tolerance`` (exit status 1 if not). On a machine shared with other jobs the CPU
-seconds of this process are the steadier measure (both backends evaluate on one thread here).
-
     python benchmarks/bench_coco_eval.py [--images 5000] [--dets 100] [--repeats 3]
+
+Evaluates the same COCO-like set (``make_eval_set``) with each backend through
+``datasets.coco_eval.evaluate_detections``, alternately, ``--repeats`` times; prints the median
+wall-clock and CPU seconds of each and the ratios, and exits with status 1 unless the 12 stats agree
+within ``--tolerance``. Not in the official code; figures in docs/results.md.
 """
 
 from __future__ import annotations
@@ -34,7 +27,14 @@ COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66
 
 
 def make_eval_set(num_images: int, dets_per_image: int, seed: int = 0) -> tuple[dict, list[dict]]:
-    """``(ground truth COCO dict, detections in the COCO result format)``, deterministic in ``seed``."""
+    """``(ground truth COCO dict, detections in the COCO result format)``, deterministic in ``seed``.
+
+    ``num_images`` images of 640x480 with 1-15 ground-truth boxes each (8 on average; COCO val2017
+    has 7.3) over COCO's 80 sparse category ids, about 1% of them crowd, sizes spanning the small /
+    medium / large ranges; ``dets_per_image`` detections per image (100: DETR's output): a jittered,
+    sometimes mislabelled copy of each ground-truth box plus random boxes whose classes come from the
+    image's own classes and a few others (a detector's top classes concentrate on what is in the
+    image), with random scores."""
     rng = np.random.default_rng(seed)
     width, height = 640, 480
     images, annotations, results = [], [], []
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {b: [] for b in args.backends}
     cpu: dict[str, list[float]] = {b: [] for b in args.backends}
     stats: dict[str, list[float]] = {}
+    # On a machine shared with other jobs the CPU seconds of this process are the steadier measure
+    # (both backends evaluate on one thread here).
     for rep in range(args.repeats):
         for backend in args.backends:  # alternately: load on the machine affects both alike
             start, start_cpu = time.perf_counter(), time.process_time()

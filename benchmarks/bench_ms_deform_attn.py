@@ -1,24 +1,12 @@
 """Benchmark multi-scale deformable attention implementations and a whole Deformable DETR step.
 
-Op mode (default): times ``ms_deform_attn`` forward (no grad) and forward+backward at COCO shapes
-(4 levels of an 800x1333 image: (100,167), (50,84), (25,42), (13,21); 8 heads of 32 channels;
-4 points) for the decoder (300 queries) and the encoder (one query per token, ~22k), for each
-implementation in ``MS_DEFORM_ATTN_IMPLS`` that runs on the device, alternately (``--repeats``
-rounds); reports median milliseconds, the speed-up over ``pytorch``, the peak memory of each call
-(``benchmarks/common.py``: CUDA allocator statistics, or the process's resident set on a Linux
-CPU) and the largest difference from the first implementation's output. GPU: batch 2 and 8, fp32
-and bf16, ``pytorch`` and ``triton``. CPU: batch 1, fp32, the PyTorch path only (the Triton kernels
-need a GPU); ``--level_scale 8`` divides the level sizes by 8 for a quick run.
-``--official DIR`` (a Deformable DETR clone) adds the official ``ms_deform_attn_core_pytorch``
-(the reference this project's PyTorch path started from) as ``official``.
-
-Model mode (``--model``): one Deformable DETR training step (forward, loss, backward, optimizer
-step) and one inference forward, per implementation (``--attn_impl``). CUDA: ResNet-50, the
-official configuration, 800x1333 images; CPU: a reduced model and image.
-
-Not a port of anything official (the official repository ships no benchmark of the op).
-
     python benchmarks/bench_ms_deform_attn.py [--batch 2 8] [--dtypes fp32 bf16] [--official DIR] [--model]
+
+By default ``bench_op`` times the op, forward and forward+backward, at COCO shapes for each
+implementation of ``MS_DEFORM_ATTN_IMPLS`` (``--official DIR`` adds the official PyTorch core),
+with peak memory and the largest difference between them; ``--model`` (``bench_model``) times a
+Deformable DETR training step and inference instead. The official repository has no benchmark of
+the op; figures in docs/results.md.
 """
 
 from __future__ import annotations
@@ -83,6 +71,16 @@ def official_impl(src: str) -> Callable[..., torch.Tensor]:
 
 
 def bench_op(args: argparse.Namespace, device: torch.device) -> None:
+    """Time ``ms_deform_attn`` forward (no grad) and forward+backward at COCO shapes (``COCO_LEVELS``:
+    the 4 levels of an 800x1333 image; 8 heads of 32 channels; 4 points) for the decoder (300
+    queries) and the encoder (one query per token, ~22k), for each implementation that runs on the
+    device, alternately (``--repeats`` rounds). Prints median milliseconds, the speed-up over the
+    first implementation (``pytorch``), the peak memory of each call (``benchmarks.common``) and the
+    largest difference from the first implementation's output. GPU: ``--batch`` and ``--dtypes``
+    (``pytorch`` and ``triton``); CPU: batch 1, fp32, the PyTorch path only (the Triton kernels need
+    a GPU). ``--level_scale 8`` divides the level sizes by 8 for a quick run. ``--official DIR`` (a
+    Deformable DETR clone) adds the official ``ms_deform_attn_core_pytorch``, the reference this
+    project's PyTorch path started from, as ``official``."""
     on_cuda = device.type == "cuda"
     impls = {name: MS_DEFORM_ATTN_IMPLS[name] for name in args.impls}
     if on_cuda:
@@ -162,6 +160,9 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def bench_model(args: argparse.Namespace, device: torch.device) -> None:
+    """Time one Deformable DETR training step (forward, loss, backward, optimizer step) and one
+    inference forward per implementation (``--attn_impl``). CUDA: ResNet-50, the official
+    configuration, 800x1333 images; CPU: a reduced model and image."""
     from models import build_model
     from util.config import get_args_parser, resolve
 

@@ -1,50 +1,13 @@
 """Training speed: this project's CPU fast paths A/B in one process, and its main.py loop against the official one.
 
-Each variant gets its own copy of the same initial model and optimizer and trains on the same
-batches (made once by the real data set, transforms and collation); the variants alternate,
-step by step (each batch in turn through every variant), ``--repeats`` times over ``--steps``
-batches, so a machine shared with other jobs slows them all alike and the ratios stay meaningful.
-Reports the median seconds per step, the speed-up over ``official`` (what the official code runs
-on a CPU; the median of the per-step ratios) and the data pipeline's time per batch.
-
-Variants:
-
-* ``official``: AdamW and ``clip_grad_norm_`` with PyTorch's CPU defaults (per-tensor loops);
-* ``default``: this project's fp32 default, the multi-tensor kernels of ``util.optim``
-  (bit-identical weights);
-* ``fused``: ``--fused_optimizer`` (rounding differs slightly);
-* ``channels_last``: the model in channels-last memory format (convolution rounding differs);
-* ``fold``: ``--fold_frozen_bn`` (frozen BatchNorm folded into the convolutions while training;
-  a backbone with learning BatchNorm, as the demo's, has nothing to fold);
-* ``fast_dropout``: ``--fast_dropout`` (16-bit dropout masks; another random stream);
-* ``per_image``: ``--backbone_per_image`` (the backbone on each image at its own size; border
-  features change; needs the frozen BatchNorm backbone: not ``--config demo``);
-* ``bf16``: ``--amp bf16`` autocast (AMX / AVX512-BF16 where the CPU has them).
-
-Configurations (``--config``): ``demo`` (the ``make demo-detr`` model: ResNet-18 from scratch,
-hidden 128, 1+3 layers, 10 queries, 96 px, batch 16; ``--model deformable_detr`` for the
-``make demo`` one) and ``official_aug`` (ResNet-18, hidden 128, 2+2 layers, batch 4, the official
-augmentation with scales 480-800 and max size 1333; pass real images with ``--coco_path``).
-Without ``--coco_path`` the synthetic data set is generated in a temporary folder. main.py
-flags after the script's own are appended to the configuration's (later ones win).
-
-Against the official code (``--official DIR``, a local clone of facebookresearch/detr, loaded as
-``benchmarks/official.py`` describes): each round runs the official ``main.main(args)`` and then
-ours, with the configuration's flags, on a training set of exactly ``--iters x batch size``
-images (one epoch of ``--iters`` iterations, then each code base's evaluation of one image,
-untimed). Each run is a fresh Python process (this script again, ``--run_one``), so a process-wide
-setting of one code base (ours keeps freed memory for reuse, ``--host_allocator``) cannot help the
-other; ``--official_env "MALLOC_MMAP_MAX_=0 ..."`` gives the official process environment
-variables (for instance the same allocator setting). Each code base runs its own loop with its
-own data loading (``--num_workers`` processes). While they run, ``DataLoader`` iterators record
-when each batch reaches the training loop; the seconds per iteration are the intervals between
-consecutive batches (step plus waiting for data: what a user waits for), the first ``--warmup``
-dropped; medians over the rounds and the ratio. Flags only this project knows (``--backbone_weights``, ``--train_backbone_all``) go to ours
-only, with ``--num_classes 91`` (the official code's COCO head); ``--ours_flags`` adds more
-(``--fused_optimizer --channels_last``, ``--amp bf16``, ...).
-
     python benchmarks/bench_train_step.py --config demo --variants official default bf16
     python benchmarks/bench_train_step.py --config official_aug --official ~/detr --iters 8 --repeats 2
+
+Without ``--official``, the variants (``VARIANTS``) train alternately on the same batches and the
+script prints the median seconds per step, the speed-up over ``official`` and the data pipeline's
+time per batch (``run``); with ``--official DIR`` it times whole epochs of the official ``main.py``
+and of ours (``compare_official``). main.py flags after the script's own are appended to the
+configuration's (``CONFIGS``). Not in the official code; figures in docs/results.md.
 """
 
 from __future__ import annotations
@@ -83,6 +46,11 @@ from util.host_memory import apply_host_allocator  # noqa: E402
 from util.misc import collate_fn  # noqa: E402
 from util.optim import build_optimizer, clip_grad_norm, param_groups  # noqa: E402
 
+# --config: "demo" is the ``make demo-detr`` model (ResNet-18 from scratch, hidden 128, 1+3 layers, 10
+# queries, 96 px, batch 16; add --model deformable_detr for the ``make demo`` one); "official_aug" is
+# ResNet-18, hidden 128, 2+2 layers, batch 4 with the official augmentation (scales 480-800, max size
+# 1333; pass real images with --coco_path). Without --coco_path the synthetic data set is generated in
+# a temporary folder.
 CONFIGS = {
     "demo": [
         "--backbone", "resnet18", "--backbone_weights", "none", "--train_backbone_all", "--hidden_dim", "128",
@@ -100,6 +68,16 @@ CONFIGS = {
         "--batch_size", "2", "--train_scales", "64", "--val_size", "64", "--max_size", "64",
     ],
 }  # fmt: skip
+# official: AdamW and clip_grad_norm_ with PyTorch's CPU defaults (per-tensor loops);
+# default: this project's fp32 default, the multi-tensor kernels of util.optim (bit-identical weights);
+# fused: --fused_optimizer (rounding differs slightly);
+# channels_last: the model in channels-last memory format (convolution rounding differs);
+# fold: --fold_frozen_bn (frozen BatchNorm folded into the convolutions while training; a backbone
+#   with learning BatchNorm, as the demo's, has nothing to fold);
+# fast_dropout: --fast_dropout (16-bit dropout masks; another random stream);
+# per_image: --backbone_per_image (the backbone on each image at its own size; border features
+#   change; needs the frozen BatchNorm backbone: not --config demo);
+# bf16: --amp bf16 autocast (AMX / AVX512-BF16 where the CPU has them).
 VARIANTS = ("official", "default", "fused", "channels_last", "fold", "fast_dropout", "per_image", "bf16")
 IMAGE_SIZES = {"demo": 96, "official_aug": 640, "tiny": 64}  # side of the generated images
 OURS_ONLY = {"--backbone_weights": 1, "--train_backbone_all": 0}  # flags the official parser lacks: value count
@@ -268,7 +246,21 @@ def _run_in_process(a: argparse.Namespace, name: str, flags: list[str], out: Pat
 
 def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, work: Path) -> dict[str, float]:
     """Whole training epochs of the official ``main.py`` and ours, alternately, each in a fresh
-    process (``--official``)."""
+    process (``--official``).
+
+    ``--official DIR`` is a local clone of facebookresearch/detr, loaded as ``benchmarks/official.py``
+    describes. Each round runs the official ``main.main(args)`` and then ours, with the
+    configuration's flags, on a training set of exactly ``--iters x batch size`` images (one epoch of
+    ``--iters`` iterations, then each code base's evaluation of one image, untimed). Each run is a
+    fresh Python process (this script again, ``--run_one``), so a process-wide setting of one code
+    base (ours keeps freed memory for reuse, ``--host_allocator``) cannot help the other;
+    ``--official_env "MALLOC_MMAP_MAX_=0 ..."`` gives the official process environment variables
+    (for instance the same allocator setting). Each code base runs its own loop with its own data
+    loading (``--num_workers`` processes). While they run, ``DataLoader`` iterators record when each
+    batch reaches the training loop; the seconds per iteration are the intervals between consecutive
+    batches (step plus waiting for data: what a user waits for), the first ``--warmup`` dropped;
+    medians over the rounds and the ratio. Flags only this project knows (``OURS_ONLY``) go to ours
+    only, with ``--num_classes 91`` (the official code's COCO head); ``--ours_flags`` adds more."""
     shared, mine = split_flags([*CONFIGS[a.config], *extra])
     batch = get_args_parser().parse_known_args(shared)[0].batch_size
     common = [*shared, "--epochs", "1", "--device", "cpu", "--output_dir", "", "--num_workers", str(a.num_workers)]
@@ -308,7 +300,13 @@ def compare_official(a: argparse.Namespace, extra: list[str], coco_path: Path, w
 
 def run(argv: list[str] | None = None) -> dict[str, float]:
     """Parse the command line, time the variants (or the two code bases' loops with ``--official``),
-    print the table; returns seconds per step (per iteration) by variant (code base)."""
+    print the table; returns seconds per step (per iteration) by variant (code base).
+
+    Each variant gets its own copy of the same initial model and optimizer and trains on the same
+    batches (made once by the real data set, transforms and collation); the variants alternate, step
+    by step (each batch in turn through every variant), ``--repeats`` times over ``--steps`` batches,
+    so a machine shared with other jobs slows them all alike and the ratios stay meaningful. The
+    speed-up over ``official`` is the median of the per-step ratios."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other flags go to main.py's parser(s), after the configuration's."
     )

@@ -1,33 +1,14 @@
-"""Inference FPS, training images per second and peak memory of DETR / Deformable DETR, measured
-the way Deformable DETR's ``benchmark.py`` measures FPS, optionally against the official code.
+"""Inference FPS, training images/s and peak memory of DETR / Deformable DETR, alone or against the official code.
 
-Inference: a fixed input (default 800x1333, the paper's; batches of distinct random images, or
-``--image`` resized, no padding), ``torch.inference_mode``, warm-up iterations dropped (at least
-one call is made first: its output is the one compared), each call synchronised on a GPU. Our
-model runs through ``models.optimize.optimize_for_inference`` as ``main.py --eval`` does, once per
-``--eval_optimize`` path: ``none`` (the training graph: row ``ours``), ``fast`` (BatchNorm
-folded, fused convolutions, channels-last: ``ours-fast``), ``compile`` (``torch.compile`` with
-frozen weights: ``ours-compile``). Training: one optimizer step (forward, set loss, backward,
-gradient clipping 0.1, AdamW) on the same input with 3 fixed boxes per image. ``--amp bf16`` (or
-``fp16`` on a GPU) autocasts every code base; all amps of one batch size are timed together.
-
-``--compare_official DIR`` loads the official repository from a local clone (copied to a
-temporary folder, see ``benchmarks/official.py``), builds its model with the same flags, copies
-its weights into ours (so both compute the same function), prints how far our outputs and set
-loss are from its, and times both alternately (``--repeats`` rounds of ``--num_iters`` iterations
-of every row): the table gives medians, the speed-up over the official code at the same amp and
-over the official fp32 run, and, for inference, each row's largest difference in boxes and class
-probabilities from the fp32 reference (the official code, else ours). Model flags after the
-benchmark's own are main.py flags shared with the official code (``--with_box_refine
---two_stage``, ``--backbone resnet101``, ``--dilation``, ...).
-
-CPU mode (no GPU, or ``--device cpu``): 320x480 input, batch 1, fewer iterations unless given.
-The official Deformable DETR op has no CPU implementation: its pure-PyTorch fallback stands in.
-
-    python benchmarks/benchmark.py --model deformable_detr --with_box_refine --two_stage \\
+    python benchmarks/benchmark.py --model deformable_detr --with_box_refine --two_stage \
         --batch_size 1 4 8 --amp none bf16 --compare_official ~/Deformable-DETR
-    python benchmarks/benchmark.py --model detr --size 800 1066 --amp none bf16 --no_train \\
+    python benchmarks/benchmark.py --model detr --size 800 1066 --amp none bf16 --no_train \
         --compare_official ~/detr --threads 2
+
+Measured the way Deformable DETR's ``benchmark.py`` measures FPS (``run`` says what is timed);
+``--compare_official DIR`` runs the official code from a local clone (``benchmarks/official.py``)
+with the same weights, alternately. Model flags after the benchmark's own are main.py flags shared
+with the official code. Figures in docs/results.md.
 """
 
 from __future__ import annotations
@@ -187,6 +168,28 @@ def output_diffs(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], sig
 
 
 def run(args: argparse.Namespace, model_flags: list[str]) -> list[dict[str, Any]]:
+    """Time every row and print the table; returns the rows.
+
+    Inference: a fixed input (default 800x1333, the paper's; batches of distinct random images, or
+    ``--image`` resized, no padding), ``torch.inference_mode``, warm-up iterations dropped (at least
+    one call is made first: its output is the one compared), each call synchronised on a GPU. Our
+    model runs through ``models.optimize.optimize_for_inference`` as ``main.py --eval`` does, once
+    per ``--eval_optimize`` path (``OPTIMIZE_LABELS``: ``none`` is the training graph, ``fast``
+    folds BatchNorm and fuses convolutions in channels-last, ``compile`` is ``torch.compile`` with
+    frozen weights). Training: one optimizer step (forward, set loss, backward, gradient clipping
+    0.1, AdamW) on the same input with 3 fixed boxes per image. ``--amp bf16`` (or ``fp16`` on a
+    GPU) autocasts every code base; all amps of one batch size are timed together.
+
+    With ``--compare_official`` the official model is built with the same flags and its weights are
+    copied into ours (so both compute the same function); the table then gives how far our outputs
+    and set loss are from its, medians of ``--repeats`` alternating rounds of ``--num_iters``
+    iterations of every row, the speed-up over the official code at the same amp and over the
+    official fp32 run, and, for inference, each row's largest difference in boxes and class
+    probabilities from the fp32 reference (the official code, else ours).
+
+    CPU mode (no GPU, or ``--device cpu``): 320x480 input, batch 1, fewer iterations unless given.
+    The official Deformable DETR op has no CPU implementation: its pure-PyTorch fallback stands in.
+    """
     device = torch.device(args.device)
     on_cpu = device.type == "cpu"
     h, w = args.size or ((320, 480) if on_cpu else (800, 1333))

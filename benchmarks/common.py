@@ -1,14 +1,8 @@
 """Shared pieces of the benchmark scripts: synchronised timing with warm-up, peak memory on CPU
 and GPU, alternating repetitions with medians, thread settings, and the machine description.
 
-Timing follows Deformable DETR's ``benchmark.py``: warm-up iterations are dropped, each timed
-call is bracketed by ``torch.cuda.synchronize()`` on a GPU. Peak memory is the largest amount of
-memory one call takes above what was in use before it: on a GPU from the caching allocator's
-statistics (tensor memory); on a Linux CPU (PyTorch keeps no CPU allocator statistics) from the
-process's peak resident set size, reset before the call (``/proc/self/clear_refs``), with glibc
-told to map every block of 64 KiB or more separately so that freed tensors leave the resident set
-and to return its free blocks first (``mallopt``, ``malloc_trim``; the threshold is restored
-afterwards to keep the timing runs' allocation behaviour).
+Timing follows Deformable DETR's ``benchmark.py`` (warm-up iterations dropped, each timed call
+bracketed by ``torch.cuda.synchronize()`` on a GPU); ``peak_memory_mib`` says how memory is measured.
 """
 
 from __future__ import annotations
@@ -59,7 +53,14 @@ def _status_mib(field: str) -> float:
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory (MiB) one ``fn()`` takes above what was in use before it (NaN where it
-    cannot be measured: a CPU that is not Linux with glibc)."""
+    cannot be measured: a CPU that is not Linux with glibc).
+
+    On a GPU from the caching allocator's statistics (tensor memory); on a Linux CPU (PyTorch keeps
+    no CPU allocator statistics) from the process's peak resident set size, reset before the call
+    (``/proc/self/clear_refs``), with glibc told to map every block of 64 KiB or more separately so
+    that freed tensors leave the resident set and to return its free blocks first (``mallopt``,
+    ``malloc_trim``; the threshold is restored afterwards to keep the timing runs' allocation
+    behaviour)."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,30 +1,10 @@
 """Run the official DETR / Deformable DETR code from a local clone, in the same process as this project.
 
 The official code is never vendored: ``load_official(DIR)`` copies a clone (``--official DIR``,
-e.g. ``git clone https://github.com/facebookresearch/detr``) to a temporary folder and imports it.
-Its top-level modules (``main``, ``models``, ``util``, ``datasets``, ``engine``) have the same names
-as this project's, so each code base keeps its own module objects (a ``CodeBase``) and
-``CodeBase.active()`` puts one set into ``sys.modules`` at a time: imports made while a code base
-is active (lazy ones included) resolve to its own files.
-
-What makes the official code run on a current PyTorch on a CPU, without editing its files:
-
-* **torchvision version check.** Deformable DETR's ``util/misc.py`` compares
-  ``float(torchvision.__version__[:3])`` with 0.5 and 0.7 (``"0.29.1"[:3]`` is ``0.2``) and then
-  imports helpers removed from torchvision long ago; ``torchvision.__version__`` reads ``"0.9.0"``
-  while the official modules are imported, and is restored afterwards.
-* **ImageNet download.** Both backbones build torchvision's ResNet with
-  ``pretrained=is_main_process()``; the official ``models.backbone.is_main_process`` is replaced by
-  a function returning False (benchmarks copy the same weights into both models anyway).
-* **Compiled deformable-attention op.** Deformable DETR imports ``MultiScaleDeformableAttention``
-  (its CUDA extension). A module of that name is put into ``sys.modules`` whose
-  ``ms_deform_attn_forward`` is the official code's own pure-PyTorch
-  ``ms_deform_attn_core_pytorch`` and whose ``ms_deform_attn_backward`` differentiates it by autograd.
-* **CUDA-only prefetcher.** Deformable DETR's ``train_one_epoch`` creates
-  ``data_prefetcher(..., prefetch=True)``, which opens a CUDA stream; on a CPU device the official
-  ``engine.data_prefetcher`` is wrapped to pass ``prefetch=False`` (its own CPU path).
-
-``ours()`` is this project as a ``CodeBase`` (the modules imported normally).
+e.g. ``git clone https://github.com/facebookresearch/detr``) to a temporary folder, imports it
+unmodified and says what it adapts at run time. Both code bases have top-level modules of the same
+names (``main``, ``models``, ...), so each keeps its own module objects (a ``CodeBase``, ``ours()``
+for this project) and ``CodeBase.active()`` puts one set into ``sys.modules`` at a time.
 """
 
 from __future__ import annotations
@@ -142,8 +122,25 @@ def load_official(src: str | Path, workdir: str | Path | None = None) -> CodeBas
     and import it as a ``CodeBase``; ``kinds`` says which detector it implements (``detr`` with
     ``models/detr.py``, ``deformable_detr`` with ``models/deformable_detr.py``).
 
-    On a GPU with Deformable DETR's op compiled and installed (``models/ops/make.sh``), the real
-    ``MultiScaleDeformableAttention`` is used; otherwise the CPU stand-in described above."""
+    Imports made while a code base is active (lazy ones included) resolve to its own files. What
+    makes the official code run on a current PyTorch on a CPU, without editing its files:
+
+    * torchvision version check: Deformable DETR's ``util/misc.py`` compares
+      ``float(torchvision.__version__[:3])`` with 0.5 and 0.7 (``"0.29.1"[:3]`` is ``0.2``) and then
+      imports helpers removed from torchvision long ago; ``torchvision.__version__`` reads ``"0.9.0"``
+      while the official modules are imported, and is restored afterwards.
+    * ImageNet download: both backbones build torchvision's ResNet with
+      ``pretrained=is_main_process()``; the official ``models.backbone.is_main_process`` is replaced
+      by a function returning False (benchmarks copy the same weights into both models anyway).
+    * Compiled deformable-attention op: Deformable DETR imports ``MultiScaleDeformableAttention``
+      (its CUDA extension). On a GPU with the op compiled and installed (``models/ops/make.sh``) the
+      real one is used; otherwise a module of that name is put into ``sys.modules`` whose
+      ``ms_deform_attn_forward`` is the official code's own pure-PyTorch ``ms_deform_attn_core_pytorch``
+      and whose ``ms_deform_attn_backward`` differentiates it by autograd (``_msda_stub``).
+    * CUDA-only prefetcher: Deformable DETR's ``train_one_epoch`` creates ``data_prefetcher(...,
+      prefetch=True)``, which opens a CUDA stream; on a CPU device the official
+      ``engine.data_prefetcher`` is wrapped to pass ``prefetch=False`` (its own CPU path).
+    """
     src = Path(src).expanduser().resolve()
     missing = [p for p in _REQUIRED if not (src / p).is_file()]
     if missing:

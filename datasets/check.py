@@ -1,37 +1,11 @@
-"""The data set check: every problem of a split found before training, and reported all at once.
+"""The data set check on its own: every problem of both splits, listed before any training.
 
-Not in the official code. The builders of ``datasets/`` run it at start-up on every split they
-build, and it runs on its own as::
-
-    python -m datasets.check --dataset_file coco PATH                     # COCO layout (both splits)
-    python -m datasets.check --dataset_file coco --train_images DIR --train_annotations FILE ...
-    python -m datasets.check --dataset_file coco_panoptic COCO_PATH [PANOPTIC_PATH]
-    python -m datasets.check --dataset_file voc VOCdevkit [--voc_years 2007,2012] [--val_split test]
-    python -m datasets.check --dataset_file yolo DIR_OR_DATA_YAML
-    (any data flag of main.py is accepted: --check_images full, --num_classes N, --max_bad_images F, ...)
-
-which prints every problem of both splits (and category ids of either split at or above
-``--num_classes``, by default the training split's max id + 1) and exits with status 1 when
-training would be refused.
-
-What is checked (the annotation files are read whole; images per ``--check_images``):
-
-* the annotation files themselves (format-specific: COCO JSON structure, VOC XML, YOLO labels),
-  every annotation (box, image and category references, category ids below ``--num_classes``),
-  with the file, line or annotation / image id of each problem;
-* every image file (``datasets.images.probe_image``): present, decodable header, truncation signs,
-  its displayed size (after EXIF orientation) against the annotation file's ``width``/``height``;
-* a validation split with no image is an error; one with images but no annotation is a warning
-  (COCO AP is then -1).
-
-What happens: fatal problems (everything but unreadable images) stop the run with one
-``DatasetError`` listing them all. Images that cannot be read are skipped with a warning naming
-each, unless there are more than ``--max_bad_images`` (a fraction of the split, default 0.1 %),
-which stops the run too. Fixes made while loading (missing ``width``/``height`` read from the
-images, and the COCO normalisations of ``datasets.coco``) are counted in the log.
-
-In a distributed run each rank probes the images of its shard and the results are gathered, so
-the check costs one pass over the files in total.
+``python -m datasets.check --dataset_file coco|coco_panoptic|voc|yolo PATH [PANOPTIC_PATH]`` (any
+data flag of ``main.py`` is accepted, e.g. ``--train_images DIR``, ``--check_images full``,
+``--num_classes N``) builds each split as ``main.py`` does, which runs the start-up check of
+``datasets.split_check``, prints every problem and exits with status 1 when training would be
+refused; ``run_check`` is the same from Python. The README's "Bad input" section says what is checked.
+Not in the official code, which fails on the first bad value.
 """
 
 from __future__ import annotations

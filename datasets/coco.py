@@ -1,42 +1,11 @@
-"""COCO detection data set: annotation-file checks and normalisation, target conversion, the DETR
-transforms, and the one detection data set class that every box format (COCO, VOC, YOLO) uses.
+"""COCO detection data: annotation-file checks and fixes, DETR targets, transforms, the data set class.
 
-Implements the official DETR ``datasets/coco.py`` (``CocoDetection``, ``ConvertCocoPolysToMask``,
-``make_coco_transforms``, ``build``) with the same targets: crowd annotations are removed,
-``bbox`` goes from ``(x, y, w, h)`` to clamped ``(x0, y0, x1, y1)``, boxes with ``x1 <= x0`` or
-``y1 <= y0`` are removed, polygons / RLEs become ``[N, H, W]`` uint8 masks with ``--masks``, and
-images without annotations are kept (with empty targets). Differences from the official code:
-
-* **Every problem at once.** ``collect_coco_problems`` checks an annotation file (COCO structure;
-  every annotation has ``bbox``/``image_id``/``category_id``, a finite box, a known image and a
-  listed category below ``num_classes``; unique ids) and returns all problems, each naming the file
-  and the image / annotation id; ``check_coco_dict`` / ``validate_coco_file`` raise them as one
-  ``DatasetError``. ``build`` adds the image check of ``datasets.check`` (files present and
-  decodable, JSON ``width``/``height`` equal to the displayed image size) before anything trains.
-* **Normalised at load** (``normalize_coco_dict``, each fix counted in the log) so that pycocotools
-  never fails later: image ids that are not integers (e.g. strings) are numbered ``1..N`` in file
-  order (the original kept as ``original_id``); annotations without ``id`` get new ids; a missing
-  ``area`` is computed (segmentation area, else box area); a missing ``iscrowd`` is 0; a missing
-  image ``width``/``height`` is read from the image file.
-* **Custom paths**: ``--train_images/--train_annotations/--val_images/--val_annotations`` replace
-  the ``coco_path`` layout per split. Sparse category ids work (``num_classes`` = max id + 1).
-* **Class names**: ``CocoDetection.id2label`` (``{category id: name}``) and ``max_category_id``
-  (over the categories and the annotations) for the checkpoint and the ``--num_classes`` check.
-* **Images** decode through ``datasets.images`` (EXIF orientation applied, 16-bit scaled, the
-  documented mode policy, ``--cache_mode``). An image that cannot be decoded is skipped: its
-  sample is replaced by the next readable one in index order (batches keep their size, the order
-  stays deterministic), with a warning naming the file, up to ``--max_bad_images``.
-* Degenerate boxes (zero or negative width/height before or after clamping to the image) are
-  counted: at construction (``num_degenerate_boxes``, ``degenerate_ann_ids``) and while loading
-  (``ConvertCocoPolysToMask.num_dropped_boxes``).
-* Compressed RLE segmentations (string ``counts``) are decoded as well as polygons and
-  uncompressed RLEs; keypoints are not converted (DETR does not use them).
-* ``make_coco_transforms`` takes ``scales`` / ``max_size`` / ``val_size`` so small images can be
-  trained at ~100 px; the defaults are the official 480..800 / 1333 / 800.
-
-``build_detection`` is the pipeline shared by the COCO, VOC and YOLO builders: a COCO dict (parsed
-or converted), its image folder and the conversion's own problems in; a checked ``CocoDetection``
-out.
+``build(image_set, cfg)`` builds one checked split of a COCO-format set (the ``--coco_path`` layout,
+or ``--{split}_images`` / ``--{split}_annotations`` anywhere on disk); ``build_detection`` is the
+pipeline the COCO, VOC and YOLO builders share. ``CocoDetection``, ``ConvertCocoPolysToMask`` and
+``make_coco_transforms`` are the official classes and augmentation, with the official targets.
+Unlike the official code, every problem of a file is reported at once, what pycocotools needs is
+filled in at load (``normalize_coco_dict``) and unreadable images are skipped.
 """
 
 from __future__ import annotations
@@ -144,8 +113,13 @@ def _segmentation_area(segmentation: Any, height: Any, width: Any) -> float | No
 
 def normalize_coco_dict(data: Any, path: str | os.PathLike[str]) -> list[str]:
     """Fix in place what pycocotools needs and annotation tools often leave out; returns one log
-    note per kind of fix, with its count (see the module docstring). Malformed entries are left for
-    ``collect_coco_problems`` to report."""
+    note per kind of fix, with its count. Malformed entries are left for ``collect_coco_problems``.
+
+    Image ids that are not all integers (e.g. strings) are numbered ``1..N`` in file order (the
+    original kept as ``original_id``); annotations without ``id`` get new ids; a missing ``area`` is
+    the segmentation's area, else the box's; a missing ``iscrowd`` is 0. (A missing image
+    ``width``/``height`` is read from the image file later, by ``split_check.image_problems``.)
+    """
     if not isinstance(data, dict):
         return []
     images, annotations = data.get("images"), data.get("annotations")
@@ -367,7 +341,8 @@ class ConvertCocoPolysToMask:
     ``masks [N, H, W]`` uint8 (only with ``return_masks``), ``image_id [1]``, ``area [N]`` float32,
     ``iscrowd [N]`` int64, ``orig_size`` and ``size`` ``[2] = (h, w)``. Crowd annotations are removed;
     boxes without area after clamping are removed and added to ``num_dropped_boxes`` (a counter
-    of this process: with DataLoader workers each worker has its own copy).
+    of this process: with DataLoader workers each worker has its own copy). An image without
+    annotations gets empty targets, as officially; keypoints are not converted (DETR does not use them).
     """
 
     def __init__(self, return_masks: bool = False) -> None:
@@ -522,7 +497,7 @@ def build_detection(
     infos: dict[str, ImageInfo | None] | None = None,
     cache: ImageCache | None = None,
 ) -> CocoDetection:
-    """The checked data set of one split of any box format (see the module docstring).
+    """The checked data set of one split of any box format (the pipeline of the COCO, VOC and YOLO builders).
 
     ``data``: the COCO dict (parsed from ``ann_file`` or converted from another format; normalised
     and completed in place); ``problems`` / ``notes``: what the format's reader already found;
@@ -589,7 +564,8 @@ def make_coco_transforms(
     train: random flip, then either a random resize (shorter side in ``scales``, longer side at
     most ``max_size``) or resize to 400/500/600 + random crop of 384..600 + random resize. With
     custom ``scales`` the crop branch sizes are scaled by ``max(scales) / 800``.
-    val: resize the shorter side to ``val_size`` (longer side at most ``max_size``).
+    val: resize the shorter side to ``val_size`` (longer side at most ``max_size``). The defaults
+    are the official 480..800 / 1333 / 800; smaller sizes let small images train at ~100 px.
     """
     normalize = T.Compose([T.ToTensor(), T.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)])
     if image_set == "train":

@@ -1,25 +1,10 @@
-"""COCO box / mask evaluation of DETR predictions (AP, AP50, ..., AR100), with pycocotools or
-faster-coco-eval, plus per-category AP and an offline command line.
+"""COCO box / mask evaluation of DETR predictions (AP, AP50, ..., AR100), per-category AP, and an offline command.
 
-Same interface as the official DETR ``datasets/coco_eval.py``: ``CocoEvaluator(coco_gt, iou_types)``
-with ``update``, ``synchronize_between_processes``, ``accumulate``, ``summarize`` and the
-``coco_eval[iou_type]`` ``COCOeval`` objects (``.stats``, 12 numbers, and ``.eval``). Like the
-official evaluator only the images passed to ``update`` are evaluated, and an image predicted
-twice (e.g. repeated by a distributed sampler) counts once, with its first predictions.
-
-Differences: the official code re-implements ``COCOeval.evaluate`` per batch on top of private
-pycocotools internals that changed across versions. Here ``update`` only converts predictions to
-the COCO result format; ``synchronize_between_processes`` gathers those results (not per-image
-evaluation tables) from every rank; ``accumulate`` builds the result set once and runs the public
-``COCOeval.evaluate()`` + ``accumulate()``. Zero predictions give stats of 0 (or -1 when there is
-nothing to evaluate) instead of a crash. ``COCO_STAT_NAMES`` and ``stats_to_dict`` name the stats.
-
-Additions: ``backend="faster"`` (``--coco_eval_backend faster``) runs the same evaluation with
-faster-coco-eval (an optional extra: C++ per-image matching and accumulation, the same 12 numbers
-to 1e-6, several times faster on large sets); pycocotools stays the default and the reference.
-``per_class_ap`` gives AP / AP50 / AP75 per category, named from the ground truth, from either
-backend's accumulated evaluation. ``python -m datasets.coco_eval --gt GT.json --results DETS.json``
-evaluates a detection file offline (test-dev style) and prints and saves the 12 stats by name.
+``CocoEvaluator`` has the official interface (``update``, ``synchronize_between_processes``,
+``accumulate``, ``summarize``, ``coco_eval[iou_type].stats``), with pycocotools or, optionally,
+faster-coco-eval (``--coco_eval_backend faster``); ``per_class_ap`` and ``stats_to_dict`` name the
+numbers. ``python -m datasets.coco_eval --gt GT.json --results DETS.json`` evaluates a detection file.
+Unlike the official code, it runs pycocotools' public ``evaluate()`` once instead of re-implementing it per batch.
 """
 
 from __future__ import annotations
@@ -54,7 +39,8 @@ COCO_EVAL_BACKENDS = ("pycocotools", "faster")
 
 def coco_eval_backend(name: str) -> tuple[type, type]:
     """``(COCO, COCOeval)`` classes of a backend: ``pycocotools`` (the reference) or ``faster``
-    (faster-coco-eval, an optional extra imported here, on first use)."""
+    (faster-coco-eval, an optional extra imported here, on first use: C++ per-image matching and
+    accumulation, the same 12 numbers to 1e-6)."""
     if name == "pycocotools":
         return COCO, COCOeval
     if name == "faster":
@@ -245,6 +231,14 @@ class CocoEvaluator:
     ``iou_types`` a subset of ``("bbox", "segm")``; ``backend`` one of ``COCO_EVAL_BACKENDS``.
     After ``accumulate()`` and ``summarize()`` the metrics are ``self.coco_eval[iou_type].stats``
     (``COCO_STAT_NAMES`` order) and ``self.per_class(iou_type)`` gives the per-category AP.
+
+    As officially, only the images passed to ``update`` are evaluated, and an image predicted twice
+    (e.g. repeated by a distributed sampler) counts once, with its first predictions. The official
+    code re-implements ``COCOeval.evaluate`` per batch on top of private pycocotools internals that
+    changed across versions; here ``update`` only converts predictions to the COCO result format,
+    ``synchronize_between_processes`` gathers those results (not per-image evaluation tables), and
+    ``accumulate`` builds the result set once and runs the public ``COCOeval.evaluate()`` +
+    ``accumulate()``. Zero predictions give stats of 0 (-1 when there is nothing to evaluate), not a crash.
     """
 
     def __init__(self, coco_gt: COCO, iou_types: Sequence[str], backend: str = "pycocotools") -> None:

@@ -1,42 +1,10 @@
-"""COCO panoptic data set for DETR's panoptic segmentation (official ``datasets/coco_panoptic.py``).
+"""COCO panoptic data for DETR's panoptic segmentation (``--dataset_file coco_panoptic``): ``CocoPanoptic``, ``build``.
 
-Each image's target comes from its panoptic PNG (segment id = ``R + 256 G + 256^2 B``, 0 = void)
-and its ``segments_info``: ``masks [N, H, W]`` uint8 (one per segment, things and stuff),
-``labels [N]`` (category ids), ``boxes [N, 4]`` (tight boxes around the masks, xyxy until
-``Normalize``), ``iscrowd [N]``, ``area [N]``, ``image_id``, ``orig_size``, ``size``; then the
-DETR transforms of ``datasets.coco.make_coco_transforms`` (masks are cropped/flipped/resized with
-the boxes). Crowd segments stay in the target, as officially. Paths are the official ones:
-``coco_path/{train,val}2017`` (images), ``coco_panoptic_path/annotations/panoptic_{split}2017.json``
-and ``coco_panoptic_path/panoptic_{split}2017/`` (PNGs).
-
-Differences from the official code:
-
-* Images are looked up by ``image_id`` in the json's ``images`` (official: the PNG's name with
-  ``.jpg``, assuming ``images`` and ``annotations`` align once sorted), so PNG images work too.
-* Bad input raises ``DatasetError`` (a ``ValueError``, as for ``coco``) naming the file and the
-  segment, with every problem of the annotation file listed at once: a category without
-  ``isthing``, a segment whose category is not listed, an image without an entry in
-  ``annotations``, missing folders. ``build`` also runs the start-up check of ``datasets.check``
-  on every image and PNG: a missing or unreadable PNG, a PNG whose size differs from its image's
-  (displayed) size, JSON ``width``/``height`` different from the image; with ``--check_images
-  full`` also segments of ``segments_info`` absent from the PNG and PNG ids absent from
-  ``segments_info`` (otherwise found when the sample is loaded). Images without segments (all void)
-  and with only stuff work.
-* Images decode through ``datasets.images`` (EXIF orientation, 16-bit, mode policy,
-  ``--cache_mode`` for the images; PNGs are read from disk), and an unreadable image is replaced
-  by the next readable one, up to ``--max_bad_images``, as in ``datasets.coco``. ``id2label`` and
-  ``max_category_id`` come from the panoptic categories and segments.
-* ``is_thing_map()`` gives ``{category_id: bool}`` from the categories' ``isthing``; ``main.py``
-  builds the panoptic post-processor from it (the official code hard-codes
-  ``{i: i <= 90 for i in range(201)}``, true only for COCO).
-* ``coco`` (the pycocotools ground truth for the box/mask AP of ``CocoEvaluator`` and for the
-  ``num_classes`` check): as officially, the detection-format file
-  ``coco_path/annotations/instances_{split}2017.json`` when it exists (the official code builds
-  it in ``main.py``); its category list is extended with the panoptic categories, so that
-  ``num_classes`` covers the stuff ids (COCOeval ignores categories without ground truth). When
-  that file does not exist, the detection-format ground truth is derived from the panoptic
-  annotations themselves (every segment, things and stuff, RLE masks read from the PNGs) at
-  first access of ``coco``.
+Paths are the official ones: ``coco_path/{train,val}2017`` (images),
+``coco_panoptic_path/annotations/panoptic_{split}2017.json`` and ``coco_panoptic_path/panoptic_{split}2017/``
+(PNGs). Each target holds one mask, label and box per segment, things and stuff; ``coco`` is the
+detection-format ground truth of the box / mask AP, ``is_thing_map()`` what the post-processor needs.
+Unlike the official code, images are found by ``image_id`` and every problem of the json and PNGs is listed at once.
 """
 
 from __future__ import annotations
@@ -68,10 +36,24 @@ from util.panoptic import read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-ex
 
 
 class CocoPanoptic:
-    """COCO panoptic images and targets (see the module docstring). ``img_folder``: images;
-    ``ann_folder``: panoptic PNGs; ``ann_file``: panoptic json; ``detection_file``: optional
-    detection-format json for ``coco``; ``cache`` / ``bad`` / ``max_bad_images``: as for
-    ``datasets.coco.CocoDetection``. Raises one ``DatasetError`` listing every problem of the json."""
+    """COCO panoptic images and targets. ``img_folder``: images; ``ann_folder``: panoptic PNGs;
+    ``ann_file``: panoptic json; ``detection_file``: optional detection-format json for ``coco``;
+    ``cache`` / ``bad`` / ``max_bad_images``: as for ``datasets.coco.CocoDetection``. Raises one
+    ``DatasetError`` listing every problem of the json (a category without ``isthing``, a segment
+    whose category is not listed, an image without an entry in ``annotations``, missing folders).
+
+    Each image's target comes from its panoptic PNG (segment id = ``R + 256 G + 256^2 B``, 0 = void)
+    and its ``segments_info``: ``masks [N, H, W]`` uint8 (one per segment, things and stuff),
+    ``labels [N]`` (category ids), ``boxes [N, 4]`` (tight boxes around the masks, xyxy until
+    ``Normalize``), ``iscrowd [N]``, ``area [N]``, ``image_id``, ``orig_size``, ``size``; then the
+    transforms (masks are cropped / flipped / resized with the boxes). Crowd segments stay in the
+    target, as officially; images without segments (all void) and with only stuff work. Images are
+    looked up by ``image_id`` in the json's ``images`` (officially: the PNG's name with ``.jpg``,
+    assuming ``images`` and ``annotations`` align once sorted), so PNG images work too. Images
+    decode through ``datasets.images`` (``--cache_mode`` applies to them; PNGs are read from disk).
+    ``id2label`` and ``max_category_id`` come from the panoptic categories and segments;
+    ``is_thing_map()`` replaces the official ``{i: i <= 90 for i in range(201)}``, true only for COCO.
+    """
 
     def __init__(
         self,
@@ -189,7 +171,15 @@ class CocoPanoptic:
 
     @property
     def coco(self) -> COCO:
-        """pycocotools ground truth in detection format (see the module docstring)."""
+        """pycocotools ground truth in detection format, for the box / mask AP of ``CocoEvaluator``
+        and the ``num_classes`` check.
+
+        As officially, the detection-format file ``coco_path/annotations/instances_{split}2017.json``
+        when it exists (the official code builds it in ``main.py``); its category list is extended
+        with the panoptic categories so that ``num_classes`` covers the stuff ids (COCOeval ignores
+        categories without ground truth). Otherwise it is derived, at first access, from the
+        panoptic annotations themselves (``detection_dict``: every segment, RLE masks read from the PNGs).
+        """
         if self._coco is None:
             if self.detection_file is not None and self.detection_file.is_file():
                 with open(self.detection_file, encoding="utf-8") as f:
@@ -302,7 +292,13 @@ def _png_problems(ds: CocoPanoptic, cfg: DataConfig, infos: list[Any]) -> list[P
 def build(image_set: str, cfg: DataConfig | Any) -> CocoPanoptic:
     """Split ``image_set`` of COCO panoptic under ``coco_path`` / ``coco_panoptic_path``, checked
     (``cfg``: a ``DataConfig`` or the official ``args``; ``masks`` decides whether targets carry
-    masks; ``train_scales`` / ``val_size`` / ``max_size`` as for ``coco``)."""
+    masks; ``train_scales`` / ``val_size`` / ``max_size`` as for ``coco``).
+
+    The start-up check of ``datasets.split_check`` covers every image and PNG: a missing or
+    unreadable PNG, a PNG whose size differs from its image's (displayed) size, JSON
+    ``width``/``height`` different from the image; with ``--check_images full`` also segments of
+    ``segments_info`` absent from the PNG and PNG ids absent from ``segments_info`` (otherwise found
+    when the sample is loaded)."""
     cfg = as_config(cfg)
     if not cfg.coco_path or not cfg.coco_panoptic_path:
         raise DatasetError("dataset_file 'coco_panoptic' needs --coco_path (images) and --coco_panoptic_path")

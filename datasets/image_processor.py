@@ -1,26 +1,10 @@
-"""Hugging Face transformers' ``DetrImageProcessor`` API, implemented with this project's code.
+"""transformers' ``DetrImageProcessor`` and ``DeformableDetrImageProcessor``, implemented with this project's code.
 
-Not in the official code (its data pipeline is ``datasets/transforms.py``). For users of
-transformers: the same constructor arguments and defaults, the same call
-(``processor(images=..., annotations=..., masks_path=..., return_tensors="pt")``), the same return
-structure (``pixel_values``, ``pixel_mask``, ``labels`` with normalised cxcywh ``boxes``,
-``class_labels``, ``area``, ``iscrowd``, ``image_id``, ``orig_size``, ``size`` and panoptic
-``masks``) and the same numbers as transformers 5's ``DetrImageProcessor`` (its torchvision
-backend, which is what ``DetrImageProcessor`` is in transformers 5): resizing is torchvision's
-antialiased bilinear on uint8 tensors, normalisation fuses the 1/255 rescale into mean and std,
-batches are padded at the bottom and right to the largest image (boxes are then relative to the
-padded size, ``size`` is the padded size, as transformers does). The post-processors
-(``models.hf_postprocess``) are methods as in transformers; ``DeformableDetrImageProcessor`` has
-the sigmoid top-k detection post-processor.
-
-Differences from transformers:
-
-* Crowd annotations are dropped before their masks are made (transformers makes masks for crowd
-  annotations too and misaligns or fails on ``masks[keep]``); keypoints are not returned.
-* Bad input is one clear error naming the image index, the field and the format: an annotation
-  that does not match ``format``, a missing ``bbox``/``category_id``/``area``, panoptic without
-  ``masks_path`` or with a missing PNG, images of different sizes with ``do_pad=False``.
-* A panoptic segment absent from its PNG gets a zero box (transformers: a box of 1e8).
+For users of transformers: the same constructor arguments and defaults, the same call
+(``processor(images=..., annotations=..., masks_path=..., return_tensors="pt")``), the same outputs
+(``pixel_values``, ``pixel_mask``, ``labels``) and numbers as transformers 5, and the
+post-processors of ``models.hf_postprocess`` as methods. Not in the official code (its pipeline is
+``datasets/transforms.py``); unlike transformers, crowd annotations are dropped before their masks are made.
 """
 
 from __future__ import annotations
@@ -293,7 +277,22 @@ def _resize_target(target: dict[str, Any], old: tuple[int, int], new: tuple[int,
 
 class DetrImageProcessor:
     """transformers' ``DetrImageProcessor``: constructor arguments, defaults, ``__call__`` and
-    post-processing methods. ``format``: ``"coco_detection"`` or ``"coco_panoptic"``."""
+    post-processing methods. ``format``: ``"coco_detection"`` or ``"coco_panoptic"``.
+
+    ``labels`` hold normalised cxcywh ``boxes``, ``class_labels``, ``area``, ``iscrowd``,
+    ``image_id``, ``orig_size``, ``size`` and, for panoptic, ``masks``. The numbers are those of
+    transformers 5's ``DetrImageProcessor`` (its torchvision backend, which is what
+    ``DetrImageProcessor`` is in transformers 5): resizing is torchvision's antialiased bilinear on
+    uint8 tensors, normalisation fuses the 1/255 rescale into mean and std, batches are padded at the
+    bottom and right to the largest image (boxes are then relative to the padded size, ``size`` is
+    the padded size, as transformers does). Differences from transformers: crowd annotations are
+    dropped before their masks are made (transformers makes masks for them too and misaligns or fails
+    on ``masks[keep]``); keypoints are not returned; a panoptic segment absent from its PNG gets a
+    zero box (transformers: a box of 1e8); bad input is one clear error naming the image index, the
+    field and the format (an annotation that does not match ``format``, a missing
+    ``bbox``/``category_id``/``area``, panoptic without ``masks_path`` or with a missing PNG, images
+    of different sizes with ``do_pad=False``).
+    """
 
     model_input_names = ["pixel_values", "pixel_mask"]
 
@@ -384,7 +383,7 @@ class DetrImageProcessor:
     ) -> BatchFeature:
         """Resize, rescale, normalise and pad ``images`` (and their ``annotations``). Returns
         ``pixel_values [B, 3, H, W]``, ``pixel_mask [B, H, W]`` (1 = image, 0 = padding) and, with
-        annotations, ``labels``: one dict per image (see the module docstring). Any constructor
+        annotations, ``labels``: one dict per image (see the class docstring). Any constructor
         argument may be overridden for this call."""
         unknown = set(kwargs) - (set(vars(self)) | {"input_data_format", "resample"})
         if unknown:

@@ -1,33 +1,10 @@
-"""Image files: how they are decoded, how they are checked at start-up, and ``--cache_mode``.
+"""Image files: how every data set decodes them, how the start-up check probes them, and ``--cache_mode``.
 
-The official code opens images with ``PIL.Image.open(path).convert("RGB")``. Here every data set
-decodes through ``decode_image``, with this policy:
-
-* **EXIF orientation is applied** (``PIL.ImageOps.exif_transpose``): pixels are in the displayed
-  orientation, the one annotation tools show and COCO's boxes use. A JSON ``width``/``height``
-  that matches only the stored (unrotated) size is reported by the check, not silently clamped.
-* **16-bit images are scaled, not saturated**: ``I;16*`` and ``I`` pixels (16-bit grayscale PNG,
-  TIFF) are mapped from ``[0, 65535]`` to ``[0, 255]`` (``v * 255 / 65535``, rounded); PIL's
-  ``convert("RGB")`` would clip them at 255 and give a white image. 16-bit RGB(A) PNGs are
-  already reduced to 8 bits per channel by PIL.
-* **Grayscale** (``L``, ``1``) is replicated into three channels; **palette** (``P``) images take
-  their palette colours; **RGBA / LA / PA** lose their alpha channel (the stored colours are kept,
-  as with the official ``convert("RGB")``: transparent pixels keep whatever colour they hold);
-  **CMYK** is converted with PIL's formula (no colour profile). 32-bit float images (``F``) are
-  refused (no unambiguous scale): the check reports them as unreadable.
-* Multi-frame files (GIF, TIFF) use their first frame.
-
-``probe_image`` is the start-up check of one file (``--check_images header``, the default): it
-parses the header (format, size, mode, EXIF orientation) without decoding pixels and looks for
-signs of truncation: a PNG's chunk chain must reach ``IEND`` inside the file (a seek per chunk),
-a JPEG must hold its end-of-image marker ``FFD9`` in its last kilobyte. A file that fails those
-cheap tests is fully decoded to confirm (trailing bytes after ``FFD9`` are harmless), so the
-header check never rejects an image PIL can decode. Other formats are only header-checked;
-``--check_images full`` decodes every image.
-
-``ImageCache`` (``--cache_mode``, as Deformable DETR's option for slow file systems): the encoded
-bytes of the images of one rank's shard (indices ``i`` with ``i % world_size == rank``) are read
-once into memory; decoding still happens per sample.
+``decode_image`` gives an RGB image in its displayed orientation (``to_rgb`` says how each PIL mode
+is converted); ``probe_image`` checks one file cheaply at start-up (``ImageInfo``); ``ImageCache``
+keeps a rank's encoded files in memory (Deformable DETR's ``--cache_mode``); ``ImageSource`` loads
+samples and skips unreadable ones. The official code uses ``PIL.Image.open(path).convert("RGB")``,
+which ignores EXIF orientation and saturates 16-bit images.
 """
 
 from __future__ import annotations
@@ -72,7 +49,18 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode -> ``RGB`` following the module's policy (16-bit scaled, alpha dropped, ...)."""
+    """Any PIL mode -> ``RGB``.
+
+    * 16-bit images are scaled, not saturated: ``I;16*`` and ``I`` pixels (16-bit grayscale PNG,
+      TIFF) are mapped from ``[0, 65535]`` to ``[0, 255]`` (``v * 255 / 65535``, rounded); PIL's
+      ``convert("RGB")`` would clip them at 255 and give a white image. 16-bit RGB(A) PNGs are
+      already reduced to 8 bits per channel by PIL.
+    * Grayscale (``L``, ``1``) is replicated into three channels; palette (``P``) images take their
+      palette colours; RGBA / LA / PA lose their alpha channel (the stored colours are kept, as with
+      the official ``convert("RGB")``: transparent pixels keep whatever colour they hold); CMYK is
+      converted with PIL's formula (no colour profile). 32-bit float images (``F``) are refused (no
+      unambiguous scale): the check reports them as unreadable.
+    """
     if image.mode == "RGB":
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
@@ -81,7 +69,7 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         return PIL.Image.fromarray(eight_bit, mode="L").convert("RGB")
     if image.mode == "F":
         raise ValueError(_FLOAT_MODE)
-    with warnings.catch_warnings():  # palette transparency: dropped by design (see the module docstring)
+    with warnings.catch_warnings():  # palette transparency: dropped by design (see above)
         warnings.simplefilter("ignore", UserWarning)
         return image.convert("RGB")
 
@@ -103,7 +91,13 @@ def _orientation(image: PIL.Image.Image, exif_payload: bytes | None = None) -> i
 
 def decode_image(path: str | os.PathLike[str], data: bytes | None = None) -> PIL.Image.Image:
     """Decode ``path`` (or its bytes ``data``, e.g. from ``ImageCache``) to an RGB image in its
-    displayed orientation. Raises ``ImageReadError`` naming the file on any failure."""
+    displayed orientation. Raises ``ImageReadError`` naming the file on any failure.
+
+    The EXIF orientation is applied because the displayed orientation is the one annotation tools
+    show and COCO's boxes use; a JSON ``width``/``height`` that matches only the stored (unrotated)
+    size is reported by the start-up check, not silently clamped. Multi-frame files (GIF, TIFF) give
+    their first frame; modes are converted by ``to_rgb``.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
@@ -184,8 +178,16 @@ def _notes(image: PIL.Image.Image, orientation: int) -> tuple[str, ...]:
 
 
 def probe_image(path: str | os.PathLike[str], data: bytes | None = None, full: bool = False) -> ImageInfo:
-    """Check one image file (see the module docstring); never raises for a bad file: the reason is
-    in ``ImageInfo.error``. ``data``: the file's bytes when already in memory; ``full``: decode it."""
+    """Check one image file; never raises for a bad file: the reason is in ``ImageInfo.error``.
+    ``data``: the file's bytes when already in memory; ``full``: decode it (``--check_images full``).
+
+    Without ``full`` (``--check_images header``, the default) it parses the header (format, size,
+    mode, EXIF orientation) without decoding pixels and looks for signs of truncation: a PNG's chunk
+    chain must reach ``IEND`` inside the file (a seek per chunk), a JPEG must hold its end-of-image
+    marker ``FFD9`` in its last kilobyte. A file that fails those cheap tests is fully decoded to
+    confirm (trailing bytes after ``FFD9`` are harmless), so the check never rejects an image PIL
+    can decode. Other formats are only header-checked.
+    """
     try:
         f: BinaryIO = io.BytesIO(data) if data is not None else open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:

@@ -1,29 +1,10 @@
 """Panoptic quality (PQ, Kirillov et al., 2019) and the evaluator DETR's ``engine.evaluate`` uses.
 
-``pq_compute`` is our own implementation of ``panopticapi.evaluation.pq_compute`` (panopticapi is
-not on PyPI) with the same signature, the same COCO definitions and the same result structure::
-
-    {"All" | "Things" | "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {cat_id: {"pq", "sq", "rq"}}}
-
-* A predicted and a ground-truth segment of the same category match when IoU > 0.5 (so matches
-  are unique); crowd ground-truth segments never match.
-* The IoU's union leaves out the predicted segment's pixels on void (id 0) ground truth.
-* An unmatched prediction is not a false positive when more than half of it lies on void or on a
-  crowd region of its category.
-* PQ = sum(IoU of matches) / (TP + FP/2 + FN/2) per category, averaged over the categories that
-  occur (TP + FP + FN > 0); SQ and RQ likewise.
-
-Differences from panopticapi: single process (no multiprocessing pool); ground-truth areas are
-counted in the PNG rather than read from the json; the void/crowd overlap of a prediction sums
-over all crowd regions of its category (panopticapi keeps the last one; COCO has at most one per
-category and image); ``n == 0`` (e.g. no stuff category) gives 0.0 instead of ZeroDivisionError;
-the checks of panopticapi (unknown segment ids in the PNG, segments of the json missing from the
-PNG, unknown categories, missing predictions) raise ``ValueError``/``KeyError`` naming the image.
-
-``PanopticEvaluator`` is the official class: ``update`` writes each prediction's PNG
-(``png_string``) to ``output_dir``, ``synchronize_between_processes`` gathers the json entries,
-``summarize`` writes ``predictions.json`` and returns ``pq_compute``'s result on the main process
-(``None`` elsewhere).
+``pq_compute`` has the signature, the COCO definitions and the result structure of
+``panopticapi.evaluation.pq_compute`` (panopticapi is not on PyPI). ``PanopticEvaluator`` is the
+official class: it writes each prediction's PNG to ``output_dir`` and returns ``pq_compute``'s
+result from ``summarize`` on the main process (``None`` elsewhere). Unlike panopticapi it runs in
+one process and names the image in its errors (``pq_single_image``).
 """
 
 from __future__ import annotations
@@ -82,7 +63,19 @@ def pq_single_image(
     stats: dict[int, _Stat],
     image: str = "",
 ) -> None:
-    """Accumulate TP/FP/FN and matched IoU of one image into ``stats`` (``[H, W]`` id maps)."""
+    """Accumulate TP/FP/FN and matched IoU of one image into ``stats`` (``[H, W]`` id maps).
+
+    The COCO definitions: a predicted and a ground-truth segment of the same category match when
+    IoU > 0.5 (so matches are unique); crowd ground-truth segments never match; the IoU's union
+    leaves out the predicted segment's pixels on void (id 0) ground truth; an unmatched prediction
+    is not a false positive when more than half of it lies on void or on a crowd region of its category.
+
+    Differences from panopticapi: ground-truth areas are counted in the PNG rather than read from the
+    json; the void/crowd overlap of a prediction sums over all crowd regions of its category
+    (panopticapi keeps the last one; COCO has at most one per category and image); panopticapi's
+    checks (unknown segment ids in the PNG, segments of the json missing from the PNG, unknown
+    categories) raise ``ValueError``/``KeyError`` naming the image.
+    """
     if pan_gt.shape != pan_pred.shape:
         raise ValueError(f"image {image}: prediction PNG is {pan_pred.shape}, ground truth {pan_gt.shape}")
     gt_segms = {int(s["id"]): dict(s) for s in gt_segments}
@@ -162,7 +155,13 @@ def pq_compute(
 ) -> dict[str, Any]:
     """PQ of the predictions against the ground truth, both in the COCO panoptic format (a json with
     ``annotations`` [``image_id``, ``file_name``, ``segments_info``] and a folder of PNGs; by default
-    the json's path without ``.json``). Returns ``{"All", "Things", "Stuff", "per_class"}``."""
+    the json's path without ``.json``). Returns panopticapi's structure::
+
+        {"All" | "Things" | "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {cat_id: {"pq", "sq", "rq"}}}
+
+    PQ = sum(IoU of matches) / (TP + FP/2 + FN/2) per category, averaged over the categories that
+    occur (TP + FP + FN > 0); SQ and RQ likewise; ``n == 0`` (e.g. no stuff category) gives 0.0
+    instead of panopticapi's ZeroDivisionError. A missing prediction for an image raises ``KeyError``."""
     with open(gt_json_file) as f:
         gt_json = json.load(f)
     with open(pred_json_file) as f:

@@ -1,10 +1,10 @@
 """Data problems and the one error type of the data sets.
 
-Not in the official code (which fails on the first bad value, often deep inside pycocotools or
-the loss). A ``Problem`` names the file, where in it (line, image id, annotation id) and what is
-wrong; the loaders and ``datasets.check`` collect every problem of a data set before raising one
+A ``Problem`` names the file, where in it (line, image id, annotation id) and what is wrong; the
+loaders and ``datasets.check`` collect every problem of a data set before raising one
 ``DatasetError`` that lists them all. ``DatasetError`` subclasses ``ValueError`` so that callers
-catching ``ValueError`` (the official code's habit) keep working.
+catching ``ValueError`` (the official code's habit) keep working. Not in the official code, which
+fails on the first bad value, often deep inside pycocotools or the loss.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""Deterministic, resumable data order and augmentation randomness.
+"""Deterministic, resumable data order and augmentation randomness: ``ResumableSampler`` and ``SeededDataset``.
 
-The official code draws the sample order and every augmentation from the global random
-generators, so where a resumed run continues depends on everything that consumed random numbers
-before. Here both are pure functions of ``(seed, epoch, index)``:
-
-* ``ResumableSampler`` shuffles with a generator seeded by ``seed + epoch`` (the same order on
-  every rank, each rank taking its strided share, as ``DistributedSampler``) and can start part
-  way through an epoch (``start_index``), for mid-epoch resumption.
-* ``SeededDataset`` runs each sample's transforms under generators seeded from
-  ``(seed, epoch, index)``, so a sample is augmented the same way whichever worker loads it and
-  whatever was loaded before it. The global CPU generators (Python's ``random`` and torch's) are
-  restored afterwards; CUDA generators are left alone.
+Both are pure functions of ``(seed, epoch, index)``, so a run resumed part way through an epoch sees
+the samples and augmentations it would have seen. The official code draws both from the global
+random generators, so a resumed run depends on everything that consumed random numbers before.
 """
 
 from __future__ import annotations
@@ -25,7 +17,12 @@ from torch.utils.data import Dataset, Sampler
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset; item ``i`` of epoch ``e`` is produced under seed ``f(seed, e, i)``."""
+    """Wraps a dataset; item ``i`` of epoch ``e`` is produced under seed ``f(seed, e, i)``.
+
+    Each sample's transforms run under generators seeded from ``(seed, epoch, index)``, so a sample
+    is augmented the same way whichever worker loads it and whatever was loaded before it. The
+    global CPU generators (Python's ``random`` and torch's) are restored afterwards; CUDA generators
+    are left alone."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset = dataset
@@ -60,7 +57,9 @@ class SeededDataset(Dataset):
 
 class ResumableSampler(Sampler[int]):
     """Shuffled (or sequential) indices for one rank; ``set_epoch`` picks the permutation and
-    ``start_index`` skips the indices this rank already consumed in the current epoch.
+    ``start_index`` skips the indices this rank already consumed in the current epoch (mid-epoch
+    resumption). The permutation comes from a generator seeded with ``seed + epoch``: the same order
+    on every rank, each rank taking its strided share, as ``DistributedSampler``.
 
     ``shard=True`` (``--cache_mode``): rank ``r`` only ever draws the indices ``i`` with ``i %
     num_replicas == r``, the images its ``ImageCache`` holds, shuffled among themselves each epoch

@@ -1,11 +1,10 @@
 """The start-up check of one split: image probes, image-level problems, and the decision to stop.
 
-Used by every builder of ``datasets/`` (``datasets.check`` documents what is checked and runs the
-same code from the command line). Not in the official code. ``probe_images`` probes every image
-file (each rank its shard, results gathered, a few threads); ``image_problems`` compares the probes
-with the annotation file's image entries; ``finish_split`` prints the notes and raises one
-``DatasetError`` listing every fatal problem (or too many unreadable images), returning the
-unreadable images to skip; ``report_split`` and ``check_val_not_empty`` say what was read.
+Every builder of ``datasets/`` runs it (``python -m datasets.check`` runs it on its own).
+``probe_images`` probes every image file (each rank its shard, results gathered, so one pass over
+the files in total); ``image_problems`` compares the probes with the annotation file's image
+entries; ``finish_split`` raises one ``DatasetError`` listing every fatal problem (or too many
+unreadable images) and returns the unreadable images to skip. Not in the official code.
 """
 
 from __future__ import annotations

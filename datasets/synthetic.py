@@ -1,24 +1,11 @@
-"""Deterministic synthetic "shapes" detection data set in the COCO 2017 layout (demo / smoke tests).
+"""Deterministic synthetic "shapes" detection data in the COCO 2017 layout, for the demo and the tests.
 
-Not part of the official DETR code. ``generate_synthetic_coco(out_dir, ...)`` writes::
-
-    out_dir/train2017/000000000001.png ...      out_dir/annotations/instances_train2017.json
-    out_dir/val2017/000000000001.png ...        out_dir/annotations/instances_val2017.json
-    out_dir/meta.json                            (generation parameters; written last)
-
-so that ``main.py --coco_path out_dir`` reads it like real COCO. Each image has a dark noisy
-background and 1-4 objects of three categories that differ in both shape and colour
-(1 "red rectangle", 2 "green ellipse", 3 "blue triangle"), with sides drawn in [1/6, 1/2] of the
-image side. ``task="shapes5"`` is another task for fine-tuning experiments: five categories whose
-shape alone or colour alone does not tell the class (the three above plus 4 "yellow ellipse" and
-5 "cyan rectangle"). Objects may overlap partially (pairwise box IoU at most ``MAX_PAIR_IOU``; later objects
-are painted over earlier ones). Annotations are amodal: ``segmentation`` is the shape's polygon,
-``bbox`` the tight box around all pixels of the shape as drawn (before occlusion), ``area`` its
-pixel count. Shapes are rasterized with numpy at pixel centres, the convention pycocotools uses,
-so decoded polygons match the drawn pixels. Each image uses its own generator seeded with
-``(seed, index)`` (validation: ``(val_seed, index)``): the output depends only on the parameters.
-
-CLI: ``python -m datasets.synthetic --out DIR --num_train N --num_val M --size S --seed K [--task shapes5]``.
+``generate_synthetic_coco(out_dir, ...)`` writes ``train2017/``, ``val2017/``,
+``annotations/instances_{train,val}2017.json`` and ``meta.json`` (the parameters, written last), so
+that ``main.py --coco_path out_dir`` reads it like COCO; ``task="shapes5"`` is a five-class task for
+fine-tuning experiments. Command line:
+``python -m datasets.synthetic --out DIR --num_train N --num_val M --size S --seed K [--task shapes5]``.
+Not in the official code.
 """
 
 from __future__ import annotations
@@ -38,7 +25,9 @@ MAX_PAIR_IOU = 0.3
 _PLACEMENT_TRIES = 20
 _ELLIPSE_VERTICES = 32
 
-# task -> categories: (name, shape, base RGB colour; each object gets a jittered version of it)
+# task -> categories: (name, shape, base RGB colour; each object gets a jittered version of it). The
+# three classes of "shapes" differ in both shape and colour; in "shapes5" (fine-tuning experiments)
+# neither the shape alone nor the colour alone tells the class.
 TASKS: dict[str, list[tuple[str, str, tuple[int, int, int]]]] = {
     "shapes": [
         ("red rectangle", "rectangle", (220, 40, 40)),
@@ -75,7 +64,8 @@ def _shape_polygon(shape: str, x: float, y: float, w: float, h: float, rng: np.r
 
 
 def rasterize_convex_polygon(poly: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[H, W]`` bool mask of the pixels whose centre ``(i + 0.5, j + 0.5)`` lies in the convex ``poly``."""
+    """``[H, W]`` bool mask of the pixels whose centre ``(i + 0.5, j + 0.5)`` lies in the convex ``poly``
+    (pycocotools' convention, so that decoded polygons match the drawn pixels)."""
     mask = np.zeros((height, width), dtype=bool)
     x0 = max(int(math.floor(poly[:, 0].min())), 0)
     x1 = min(int(math.ceil(poly[:, 0].max())), width)
@@ -106,7 +96,13 @@ def _box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float,
 
 
 def _make_image(rng: np.random.Generator, size: int, task: str = "shapes") -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """One ``[S, S, 3]`` uint8 image and its objects ``{category_id, bbox, area, segmentation}``."""
+    """One ``[S, S, 3]`` uint8 image and its objects ``{category_id, bbox, area, segmentation}``.
+
+    A dark noisy background and 1-4 objects with sides in [1/6, 1/2] of the image side. Objects may
+    overlap partially (pairwise box IoU at most ``MAX_PAIR_IOU``; later objects are painted over
+    earlier ones). Annotations are amodal: ``segmentation`` is the shape's polygon, ``bbox`` the
+    tight box around all pixels of the shape as drawn (before occlusion), ``area`` its pixel count.
+    """
     kinds = TASKS[task]
     base = rng.integers(0, 50, size=3)
     image = rng.standard_normal(size=(size, size, 3), dtype=np.float32)
@@ -233,7 +229,9 @@ def generate_synthetic_coco(
     task: str = "shapes",
 ) -> dict[str, Any]:
     """Write the synthetic data set to ``out_dir`` (COCO 2017 layout); return its ``meta.json`` dict.
-    ``task``: ``"shapes"`` (3 classes, the demo's) or ``"shapes5"`` (5 classes; see the module).
+    ``task``: ``"shapes"`` (3 classes, the demo's) or ``"shapes5"`` (5 classes; see ``TASKS``).
+    Each image uses its own generator seeded with ``(seed, index)`` (validation: ``(val_seed,
+    index)``): the output depends only on the parameters.
 
     ``val_seed`` defaults to ``seed + 1`` and must differ from ``seed``. If ``out_dir/meta.json``
     already records the same parameters and the annotation files exist, nothing is written

@@ -1,27 +1,11 @@
-"""Deterministic synthetic panoptic data set in the COCO panoptic layout (demo / smoke tests).
+"""Deterministic synthetic panoptic data in the COCO panoptic layout, the counterpart of ``datasets.synthetic``.
 
-Not part of the official DETR code; the panoptic counterpart of ``datasets.synthetic``, whose
-shape categories and rasterizer it reuses. ``generate_synthetic_panoptic(out_dir, ...)`` writes::
-
-    out_dir/{train,val}2017/000000000001.png ...           images
-    out_dir/panoptic_{train,val}2017/000000000001.png ...  panoptic PNGs (id = R + 256 G + 256^2 B)
-    out_dir/annotations/panoptic_{train,val}2017.json      segments_info, categories with isthing
-    out_dir/annotations/instances_{train,val}2017.json     the things in detection format (RLE masks)
-    out_dir/meta.json                                       generation parameters; written last
-
-so that ``main.py --dataset_file coco_panoptic --coco_path out_dir --coco_panoptic_path out_dir``
-reads it like COCO panoptic, and ``--dataset_file coco --coco_path out_dir`` like COCO instances.
-
-Each image is split into stuff regions: "sky" (category 4) above a random horizon and, below it,
-"grass" (5) and/or "sand" (6), side by side with a random vertical border or one of them alone
-(2-3 stuff segments). On top, 1-4 things of the three shape categories of ``datasets.synthetic``
-(1 red rectangle, 2 green ellipse, 3 blue triangle). Later shapes occlude earlier ones; panoptic
-segments are the visible (modal) pixels, and shapes with fewer than ``MIN_VISIBLE`` visible pixels
-are dropped (their pixels go back to the stuff). There is no void and no crowd. Segment ids are
-``1000 * category_id + k`` (multi-byte colours). Each image uses its own generator seeded with
-``(seed, index)`` (validation: ``(val_seed, index)``, ``val_seed`` defaults to ``seed + 1``).
-
-CLI: ``python -m datasets.synthetic_panoptic --out DIR --num_train N --num_val M --size S --seed K``.
+``generate_synthetic_panoptic(out_dir, ...)`` writes images, panoptic PNGs and json, and the things
+in detection format, so that ``main.py --dataset_file coco_panoptic --coco_path out_dir
+--coco_panoptic_path out_dir`` reads it like COCO panoptic (and ``--dataset_file coco`` like COCO
+instances): the three shape classes as things, sky / grass / sand regions as stuff. Command line:
+``python -m datasets.synthetic_panoptic --out DIR --num_train N --num_val M --size S --seed K``.
+Not in the official code.
 """
 
 from __future__ import annotations
@@ -81,7 +65,15 @@ def _stuff_map(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def make_panoptic_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """One image ``[S, S, 3]`` uint8, its segment-id map ``[S, S]`` and ``segments_info``
-    (``id``, ``category_id``, ``iscrowd``, ``bbox`` xywh, ``area``)."""
+    (``id``, ``category_id``, ``iscrowd``, ``bbox`` xywh, ``area``).
+
+    The image is split into stuff regions: "sky" (category 4) above a random horizon and, below it,
+    "grass" (5) and/or "sand" (6), side by side with a random vertical border or one of them alone
+    (2-3 stuff segments). On top, 1-4 things of the three shape categories of ``datasets.synthetic``.
+    Later shapes occlude earlier ones; segments are the visible (modal) pixels, and shapes with fewer
+    than ``MIN_VISIBLE`` visible pixels are dropped (their pixels go back to the stuff). There is no
+    void and no crowd. Segment ids are ``1000 * category_id + k`` (multi-byte colours).
+    """
     stuff = _stuff_map(rng, size)
     things = np.zeros((size, size), dtype=np.int64)  # 0 = no thing, else index + 1 into thing_cats
     thing_cats: list[int] = []
@@ -181,7 +173,16 @@ def generate_synthetic_panoptic(
     val_seed: int | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Write the data set to ``out_dir`` (see the module docstring); return its ``meta.json`` dict.
+    """Write the data set to ``out_dir``; return its ``meta.json`` dict::
+
+        out_dir/{train,val}2017/000000000001.png ...           images
+        out_dir/panoptic_{train,val}2017/000000000001.png ...  panoptic PNGs (id = R + 256 G + 256^2 B)
+        out_dir/annotations/panoptic_{train,val}2017.json      segments_info, categories with isthing
+        out_dir/annotations/instances_{train,val}2017.json     the things in detection format (RLE masks)
+        out_dir/meta.json                                       generation parameters; written last
+
+    Each image uses its own generator seeded with ``(seed, index)`` (validation: ``(val_seed,
+    index)``, ``val_seed`` defaults to ``seed + 1``).
 
     Nothing is written when ``out_dir/meta.json`` already records the same parameters
     (``meta["skipped"]`` is True); a non-empty ``out_dir`` without our ``meta.json`` is refused.

@@ -1,26 +1,11 @@
-"""Joint image/target augmentations for detection: crop, flip, resize, pad, normalize.
+"""Joint image/target augmentations for detection: crop, flip, resize, pad, normalize, and ``Compose``.
 
-Every transform takes ``(image, target)`` and returns ``(image, target)``, where ``image`` is a
-PIL image (or a ``[C, H, W]`` tensor) and ``target`` is a dict (or ``None``) that may hold
-
-* ``boxes``    ``[N, 4]`` float, absolute ``(x0, y0, x1, y1)`` pixels (until ``Normalize``),
-* ``labels``   ``[N]`` int64, ``area`` ``[N]`` float, ``iscrowd`` ``[N]`` int64,
-* ``masks``    ``[N, H, W]`` uint8/bool,
-* ``image_id`` ``[1]``, ``orig_size`` / ``size`` ``[2]`` = ``(h, w)``.
-
-Semantics are the official DETR ``datasets/transforms.py`` (same geometry, same rounding in
-``get_size_with_aspect_ratio``, same "drop boxes of zero area after a crop" rule, same final
-conversion of boxes to normalized ``(cx, cy, w, h)`` in ``Normalize``). Differences:
-
-* tensor images are accepted as well as PIL images;
-* every transform accepts ``target=None``;
-* ``RandomSizeCrop`` never asks for a crop larger than the image (the official code raises
-  ``ValueError`` from ``random.randint`` when the image is smaller than ``min_size``); the crop
-  side is then the whole image side, so large images behave exactly as officially;
-* ``Normalize`` defaults to the ImageNet mean/std;
-* padding masks works for bool masks (``torch.nn.functional.pad`` is avoided);
-* ``resize`` to the image's own size returns it as it is (no resampling, no box scaling by 1.0):
-  the same values, without the cost (small data sets trained at their native size).
+Every transform maps ``(image, target)`` to ``(image, target)``: ``image`` a PIL image or a
+``[C, H, W]`` tensor, ``target`` ``None`` or a dict of ``boxes [N, 4]`` (absolute xyxy pixels until
+``Normalize`` makes them normalised cxcywh), ``labels``, ``area``, ``iscrowd``, ``masks [N, H, W]``,
+``image_id``, ``orig_size`` / ``size`` = ``(h, w)``. The semantics (geometry, rounding, boxes dropped
+after a crop) are the official ``datasets/transforms.py``'s; beyond it, tensor images and
+``target=None`` are accepted and ``RandomSizeCrop`` takes images smaller than its ``min_size``.
 """
 
 from __future__ import annotations
@@ -150,6 +135,8 @@ def resize(
 
     Boxes are scaled by the per-axis ratios, ``area`` by their product; ``masks`` are resized with
     nearest neighbour and thresholded at 0.5 (they become bool); ``size`` is set to the new ``(h, w)``.
+    Resizing to the image's own size returns the image as it is (no resampling, no box scaling by
+    1.0): the same values without the cost, for small data sets trained at their native size.
     """
     out_h, out_w = get_size(image_size(image), size, max_size)
     if (out_w, out_h) == image_size(image):  # nothing to resample (the official code copies the image)
@@ -187,7 +174,8 @@ def resize(
 
 
 def pad(image: Image, target: Target | None, padding: tuple[int, int]) -> tuple[Image, Target | None]:
-    """Pad ``padding = (pad_x, pad_y)`` zero pixels on the right and bottom; boxes are unchanged."""
+    """Pad ``padding = (pad_x, pad_y)`` zero pixels on the right and bottom; boxes are unchanged.
+    Masks of any dtype, bool included, are padded by copying (``torch.nn.functional.pad`` is avoided)."""
     pad_x, pad_y = int(padding[0]), int(padding[1])
     padded = F.pad(image, [0, 0, pad_x, pad_y])
     if target is None:
@@ -219,7 +207,8 @@ class RandomSizeCrop:
     """Crop a random region with sides drawn uniformly in ``[min_size, min(image side, max_size)]``.
 
     If the image side is below ``min_size`` the crop side is the whole image side (the official
-    code raises in that case).
+    code raises ``ValueError`` from ``random.randint`` in that case); large images behave exactly as
+    officially.
     """
 
     def __init__(self, min_size: int, max_size: int) -> None:
@@ -321,7 +310,8 @@ class RandomErasing:
 
 
 class Normalize:
-    """Normalize a ``[C, H, W]`` tensor with ``mean``/``std``; boxes become normalized ``(cx, cy, w, h)``.
+    """Normalize a ``[C, H, W]`` tensor with ``mean``/``std`` (default: ImageNet's); boxes become
+    normalized ``(cx, cy, w, h)``.
 
     After this transform ``target["boxes"]`` is ``[N, 4]`` in ``[0, 1]`` relative to the (unpadded)
     image size, the format DETR's matcher and losses expect.

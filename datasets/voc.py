@@ -1,37 +1,10 @@
 """PASCAL VOC detection data: ``VOCdevkit`` XML annotations read into the COCO-format pipeline.
 
-Not in the official DETR code (which reads only COCO; a popular fork fine-tunes on VOC 2012 after
-converting it to COCO JSON). ``--dataset_file voc --voc_path VOCdevkit [--voc_years 2007,2012]
-[--train_split trainval] [--val_split val|test] [--remove_difficult]`` reads, for each year,
-``VOC<year>/ImageSets/Main/<split>.txt`` (image names), ``VOC<year>/Annotations/<name>.xml`` and
-``VOC<year>/JPEGImages/<name>.jpg``, and converts them to one in-memory COCO dict that goes through
-``datasets.coco.build_detection``: the same checks, targets, transforms and pycocotools ground
-truth as COCO, so COCO-style AP works unchanged. ``voc_years`` defaults to every ``VOC<year>``
-folder present; ``train_split`` / ``val_split`` default to ``trainval`` / ``val``.
-
-Conventions:
-
-* **Classes and ids.** The 20 classes in the devkit's order (``VOC_CLASSES``) get category ids
-  0..19, so ``num_classes`` = max id + 1 = 20: the number of classes, with DETR's no-object logit
-  added on top by the model (21 outputs; Deformable DETR: 20 sigmoid outputs). The popular fork's
-  ``num_classes=22`` came from one-based ids plus a spare; a model built with 22 still trains on
-  these ids (its two extra logits are simply never a target).
-* **Boxes.** VOC's ``xmin..xmax`` are one-based inclusive pixel indices: the box covers
-  ``[xmin - 1, xmax]`` in continuous coordinates, so COCO ``bbox = [xmin - 1, ymin - 1, xmax -
-  xmin + 1, ymax - ymin + 1]`` (as detectron2 converts them). ``datasets.voc_eval`` converts back
-  to the devkit's convention to score.
-* **Difficult objects** keep ``"difficult": 1`` in the COCO annotation. ``--remove_difficult``
-  drops them from the training split only (counted in the log); the validation split keeps them,
-  since VOC evaluation needs them (they are neither true nor false positives). In the COCO-style
-  numbers they count as ordinary ground truth, as in a plain VOC-to-COCO conversion.
-* Image ids are 1..N in the order of the split lists (years in the given order); the VOC name is
-  kept as ``voc_id`` (``"2012/2007_000027"``). The XML ``<size>`` becomes ``width``/``height``
-  (checked against the image; a missing or zero size is read from the image).
-
-Bad input stops before training, every problem listed with its file and line: a year folder
-without ``Annotations/``, ``ImageSets/Main/`` or ``JPEGImages/``, a missing split list, a missing
-XML, an XML that does not parse, an object whose class is not one of the 20, a box without numeric
-``xmin/ymin/xmax/ymax``. Degenerate boxes (``xmax < xmin``) are dropped and counted, as for COCO.
+``--dataset_file voc --voc_path VOCdevkit [--voc_years 2007,2012] [--train_split trainval]
+[--val_split val|test] [--remove_difficult]``: ``voc_to_coco`` reads each year's split list, XML
+annotations and JPEG images into one in-memory COCO dict, and ``build`` passes it through
+``datasets.coco.build_detection`` (the same checks, targets, transforms and COCO-style AP), with
+``datasets.voc_eval`` for the devkit's mAP. Not in the official code, which reads only COCO.
 """
 
 from __future__ import annotations
@@ -128,7 +101,16 @@ def _number(node: XmlNode | None, tag: str) -> float | None:
 def read_voc_xml(
     path: Path, image_id: int, next_ann_id: int, class_ids: dict[str, int]
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Problem]]:
-    """One annotation file -> (its partial COCO image entry, its annotations, its problems)."""
+    """One annotation file -> (its partial COCO image entry, its annotations, its problems).
+
+    VOC's ``xmin..xmax`` are one-based inclusive pixel indices: the box covers ``[xmin - 1, xmax]``
+    in continuous coordinates, so COCO ``bbox = [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin +
+    1]`` (as detectron2 converts them; ``datasets.voc_eval`` converts back to score). Difficult
+    objects keep ``"difficult": 1``. The XML ``<size>`` becomes ``width``/``height`` (checked against
+    the image; a missing or zero size is read from the image). Problems, each with its line: an XML
+    that does not parse, an object whose class is not one of ``class_ids``, a box without numeric
+    ``xmin/ymin/xmax/ymax``.
+    """
     try:
         root = parse_xml(path.read_bytes())
     except FileNotFoundError:
@@ -189,7 +171,17 @@ def voc_to_coco(
     class_names: tuple[str, ...] = VOC_CLASSES,
 ) -> tuple[dict[str, Any], list[Problem], list[str]]:
     """``(COCO dict, problems, log notes)`` of split ``split`` of ``years`` under the VOCdevkit ``root``.
-    ``file_name``s are relative to ``root`` (``VOC2007/JPEGImages/000001.jpg``)."""
+    ``file_name``s are relative to ``root`` (``VOC2007/JPEGImages/000001.jpg``).
+
+    For each year: ``VOC<year>/ImageSets/Main/<split>.txt`` (image names), ``Annotations/<name>.xml``
+    and ``JPEGImages/<name>.jpg``. The classes get category ids 0..``len(class_names) - 1`` in the
+    devkit's order, so ``num_classes`` = max id + 1 = 20, with DETR's no-object logit added on top by
+    the model (the popular VOC fork's ``num_classes=22`` came from one-based ids plus a spare; a
+    model built with 22 still trains on these ids). Image ids are 1..N in the order of the split
+    lists (years in the given order), the VOC name kept as ``voc_id`` (``"2012/2007_000027"``).
+    ``remove_difficult`` drops difficult objects (``build`` asks it for the training split only: VOC
+    evaluation needs them; in the COCO-style numbers they count as ordinary ground truth).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"--voc_path {root} does not exist")

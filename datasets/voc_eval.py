@@ -1,32 +1,10 @@
 """PASCAL VOC detection metric: per-class average precision at IoU 0.5 and its mean (mAP@0.5).
 
-Not in the official DETR code. Implements the algorithm of the VOC devkit (``VOCevaldet.m`` and
-``VOCap.m``, ported to Python as ``voc_eval.py`` in py-faster-rcnn and detectron2):
-
-* boxes are in the devkit's one-based inclusive pixel convention: widths are ``x2 - x1 + 1`` in
-  areas and intersections. Ground truth comes from the data set's COCO dict (``bbox [x, y, w, h]``
-  -> ``(x + 1, y + 1, x + w, y + h)``, the XML values back), detections from the post-processor's
-  continuous ``(x0, y0, x1, y1)`` -> ``(x0 + 1, y0 + 1, x1, y1)``, as detectron2 writes VOC results;
-* per class, detections of all images are sorted by decreasing score (a stable sort, as MATLAB's
-  ``sort``; ties keep the order of ``update``); each is matched to the ground-truth box of its image
-  and class with the largest IoU; IoU >= 0.5 (``VOCevaldet.m``; py-faster-rcnn's port uses ``>``:
-  the two differ only at exactly 0.5): a true positive if that box is not yet taken, a false
-  positive if it is (duplicates); when that box is *difficult* the detection is neither; IoU < 0.5
-  is a false positive. Recall = TP / (number of non-difficult boxes), precision = TP / (TP + FP);
-* AP: ``use_07_metric`` (VOC2007 test) the 11-point interpolated precision (mean over recall
-  thresholds 0, 0.1, ..., 1 of the best precision at recall >= threshold, 0 where none); otherwise
-  the area under the precision curve made monotone (VOC2010 and later).
-
-Additions: a class without non-difficult ground truth in the evaluated images has no defined AP
-(the devkit divides by zero there): it is reported as -1 and left out of the mean, as COCOeval
-does; crowd annotations (``iscrowd``) are treated as difficult. Only images passed to ``update``
-are evaluated, and an image predicted twice counts once, with its first predictions (as
-``datasets.coco_eval.CocoEvaluator``).
-
-``VocEvaluator`` has ``CocoEvaluator``'s interface (``update``, ``synchronize_between_processes``,
-``accumulate``, ``summarize``); its results are ``stats_dict()``: ``{"voc_mAP50": float,
-"voc_per_class_AP": {class name: AP}}``. ``engine.evaluate`` adds them to its stats for VOC data
-sets (``voc_evaluator_for``).
+``voc_class_ap`` and ``voc_ap`` implement the VOC devkit's algorithm (``VOCevaldet.m`` and
+``VOCap.m``, as ported in py-faster-rcnn and detectron2); ``VocEvaluator`` has ``CocoEvaluator``'s
+interface and gives ``stats_dict()`` = ``{"voc_mAP50", "voc_per_class_AP"}``, which
+``engine.evaluate`` adds for VOC data sets (``voc_evaluator_for``). Not in the official code; unlike
+the devkit, a class without ground truth gets AP -1 and is left out of the mean, as COCOeval does.
 """
 
 from __future__ import annotations
@@ -46,7 +24,11 @@ NO_GROUND_TRUTH = -1.0
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
-    """AP from the cumulative ``recall`` and ``precision`` of the score-sorted detections."""
+    """AP from the cumulative ``recall`` and ``precision`` of the score-sorted detections.
+
+    ``use_07_metric`` (VOC2007 test): the 11-point interpolated precision (mean over recall
+    thresholds 0, 0.1, ..., 1 of the best precision at recall >= threshold, 0 where none); otherwise
+    the area under the precision curve made monotone (VOC2010 and later)."""
     recall, precision = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
     if use_07_metric:
         ap = 0.0
@@ -79,7 +61,16 @@ def voc_class_ap(
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """AP of one class. ``detections``: ``(image id, score, devkit box)``; ``ground_truth``: ``{image
     id: (boxes [N, 4] devkit, difficult [N] bool)}``. Returns ``(AP, recall, precision)``; AP is
-    ``NO_GROUND_TRUTH`` when no box is non-difficult."""
+    ``NO_GROUND_TRUTH`` when no box is non-difficult.
+
+    Boxes are in the devkit's one-based inclusive pixel convention (widths ``x2 - x1 + 1``).
+    Detections of all images are sorted by decreasing score (a stable sort, as MATLAB's ``sort``;
+    ties keep their order); each is matched to the ground-truth box of its image with the largest
+    IoU; IoU >= 0.5 (``VOCevaldet.m``; py-faster-rcnn's port uses ``>``, which differs only at
+    exactly 0.5): a true positive if that box is not yet taken, a false positive if it is
+    (duplicates), neither when that box is difficult; IoU < 0.5 is a false positive. Recall = TP /
+    (number of non-difficult boxes), precision = TP / (TP + FP). The devkit divides by zero when
+    there is no non-difficult box; here AP is then ``NO_GROUND_TRUTH`` (-1), left out of the mean."""
     npos = int(sum((~np.asarray(d, dtype=bool)).sum() for _, d in ground_truth.values()))
     taken = {image_id: np.zeros(len(d), dtype=bool) for image_id, (_, d) in ground_truth.items()}
     order = np.argsort(-np.asarray([s for _, s, _ in detections], dtype=np.float64), kind="stable")
@@ -109,11 +100,17 @@ def voc_class_ap(
 
 
 class VocEvaluator:
-    """Collect predictions batch by batch, then compute VOC AP@0.5 per class (see the module docstring).
+    """Collect predictions batch by batch, then compute VOC AP@0.5 per class (``voc_class_ap``).
 
     ``coco_gt``: the ground truth as a pycocotools ``COCO`` (``datasets.get_coco_api_from_dataset``)
     or its dict, annotations with an optional ``difficult`` flag; ``class_names``: ``{category id:
     name}`` (default: the categories' names). ``use_07_metric``: 11-point AP (VOC2007 test).
+
+    Ground truth ``bbox [x, y, w, h]`` becomes the devkit's ``(x + 1, y + 1, x + w, y + h)`` (the XML
+    values back); predicted continuous ``(x0, y0, x1, y1)`` become ``(x0 + 1, y0 + 1, x1, y1)``, as
+    detectron2 writes VOC results. Crowd annotations are treated as difficult. As ``CocoEvaluator``,
+    only images passed to ``update`` are evaluated, and an image predicted twice counts once, with
+    its first predictions.
     """
 
     def __init__(

@@ -1,37 +1,10 @@
 """YOLO-format detection data (the layout Ultralytics and Roboflow export), read into the COCO pipeline.
 
-Not in the official DETR code. ``--dataset_file yolo --yolo_path DIR`` (``DIR/data.yaml``, or the
-yaml file itself) reads::
-
-    path: .                  # optional dataset root; default: the yaml's folder
-    train: images/train      # a folder (searched recursively), a .txt list of images, or a list of those
-    val: images/val
-    test: images/test        # optional; --val_split test evaluates on it
-    nc: 3                    # optional; must equal the number of names
-    names: [cat, dog, bird]  # or {0: cat, 1: dog, 2: bird}
-
-Split entries are relative to ``path`` (itself relative to the yaml's folder); a missing
-``../x`` entry is also tried as ``x``, as Ultralytics does (Roboflow writes ``../train/images``).
-Each image ``.../images/.../a.jpg`` has its labels in ``.../labels/.../a.txt`` (the last
-``images`` folder of the path replaced by ``labels``), one object per line: ``class cx cy w h``,
-normalised to ``[0, 1]`` by the displayed image size (EXIF orientation applied, as Ultralytics
-does). Segmentation lines ``class x1 y1 x2 y2 ...`` (three points or more) are read as the box
-around the polygon. An image without a label file, or with an empty one, has no objects.
-
-Everything is converted to one in-memory COCO dict (absolute ``[x, y, w, h]`` boxes, image ids
-1..N in sorted path order, category id = class index, ``name`` from ``names``) and goes through
-``datasets.coco.build_detection``: the same checks, targets, transforms and COCO evaluation as COCO
-data; ``id2label`` holds the names. ``train_split`` / ``val_split`` pick the yaml keys (default
-``train`` / ``val``). Reading needs every image's size, so image headers are read even with
-``--check_images none``.
-
-Bad input stops before training, every problem listed with its file and line: a missing yaml,
-yaml that does not parse, no ``names``, ``nc`` different from the names, a split key that is
-missing or points nowhere, a label line with a wrong number of fields or non-numbers, a class
-index beyond ``names``, a coordinate outside ``[0, 1]``. Degenerate boxes (zero width or height)
-are dropped and counted, as for COCO.
-
-PyYAML is an optional dependency (``requirements-extra.txt``), imported only here.
+``--dataset_file yolo --yolo_path DIR`` (``DIR/data.yaml``, or the yaml file itself):
+``read_yolo_split`` reads the yaml, the images of a split and their ``labels/*.txt`` into one
+in-memory COCO dict, and ``build`` passes it through ``datasets.coco.build_detection`` (the same
+checks, targets, transforms and COCO evaluation as COCO data; ``id2label`` holds the names). PyYAML
+is an optional dependency, imported only here. Not in the official code, which reads only COCO.
 """
 
 from __future__ import annotations
@@ -124,7 +97,9 @@ def label_path(image: Path) -> Path:
 
 
 def parse_label_file(path: Path, names: dict[int, str]) -> tuple[list[tuple[int, list[float], int]], list[Problem]]:
-    """``[(class, [x0, y0, x1, y1] normalised, line number)]`` and the problems of one label file."""
+    """``[(class, [x0, y0, x1, y1] normalised, line number)]`` and the problems of one label file
+    (a line with a wrong number of fields or non-numbers, a class index beyond ``names``, a
+    coordinate outside ``[0, 1]``), each with its line."""
     objects, problems = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
@@ -173,9 +148,26 @@ class YoloSplit:
 
 
 def read_yolo_split(yaml_file: Path, split_key: str, cfg: DataConfig | None = None) -> YoloSplit:
-    """Read split ``split_key`` of the YOLO data set described by ``yaml_file`` (see the module docstring).
+    """Read split ``split_key`` of the YOLO data set described by ``yaml_file``::
+
+        path: .                  # optional dataset root; default: the yaml's folder
+        train: images/train      # a folder (searched recursively), a .txt list of images, or a list of those
+        val: images/val
+        test: images/test        # optional; --val_split test evaluates on it
+        nc: 3                    # optional; must equal the number of names
+        names: [cat, dog, bird]  # or {0: cat, 1: dog, 2: bird}
+
+    Split entries are relative to ``path`` (itself relative to the yaml's folder); a missing
+    ``../x`` entry is also tried as ``x``, as Ultralytics does (Roboflow writes ``../train/images``).
+    Each image's labels are in ``label_path(image)``, one object per line: ``class cx cy w h``,
+    normalised to ``[0, 1]`` by the displayed image size (EXIF orientation applied, as Ultralytics
+    does); segmentation lines ``class x1 y1 x2 y2 ...`` (three points or more) are read as the box
+    around the polygon; an image without a label file, or with an empty one, has no objects. The
+    COCO dict has absolute ``[x, y, w, h]`` boxes, image ids 1..N in sorted path order, category id
+    = class index and ``name`` from ``names``.
+
     Image sizes are needed for the boxes: headers are probed (``cfg.check_images``, at least
-    ``header``), from the in-memory files with ``cfg.cache_mode``."""
+    ``header``, so even with ``--check_images none``), from the in-memory files with ``cfg.cache_mode``."""
     cfg = cfg or DataConfig()
     data = load_data_yaml(yaml_file)
     names = class_names(data, yaml_file)

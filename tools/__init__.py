@@ -1,1 +1,1 @@
-"""Command-line tools around main.py: the demo, log plots, prediction drawings."""
+"""Command-line tools around main.py: the demo, plots, predictions, attention pictures, export, HF conversion."""

@@ -1,12 +1,8 @@
 """Puts the repository root on ``sys.path``, so that ``python tools/x.py`` works from any folder.
 
-Run as a script, a tool has its own folder (``tools/``) first on ``sys.path``, not the repository
-root, and ``import datasets`` or ``import main`` would fail. Each tool starts with::
-
-    if not __package__:  # run as ``python tools/x.py``
-        import _repo_root  # noqa: F401
-
-(``python -m tools.x``, tests and other modules import the tools as a package and skip this.)
+Run as a script, a tool has ``tools/`` first on ``sys.path``, not the repository root, so ``import
+datasets`` or ``import main`` would fail. Each tool starts with ``if not __package__: import
+_repo_root`` (``python -m tools.x``, the tests and other modules import the tools as a package and skip it).
 """
 
 import sys

@@ -1,16 +1,12 @@
 """Convert checkpoints between Hugging Face transformers and this project (``models.hf_convert``).
 
-Usage::
+    python tools/convert_hf.py --from-hf DIR --output model.pth    # transformers folder -> our checkpoint
+    python tools/convert_hf.py --to-hf model.pth --output DIR      # ours (or an official one) -> folder
 
-    python tools/convert_hf.py --from-hf DIR --output model.pth      # transformers folder -> our checkpoint
-    python tools/convert_hf.py --to-hf model.pth --output DIR        # our (or an official) checkpoint -> folder
-        [--backbone-format timm|transformers]
-
-``DIR`` holds ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``
-(``DetrForObjectDetection``, ``DetrForSegmentation``, ``DeformableDetrForObjectDetection``). The
-checkpoint written by ``--from-hf`` carries the architecture flags and the class names, so
-``main.py --eval --resume model.pth`` rebuilds the model; the folder written by ``--to-hf`` loads
-with ``from_pretrained(DIR)``. Outputs appear complete or not at all.
+``DIR`` holds ``config.json`` and the weights of a ``DetrForObjectDetection``, ``DetrForSegmentation``
+or ``DeformableDetrForObjectDetection``. The checkpoint written carries the architecture flags and
+class names (``main.py --eval --resume model.pth`` rebuilds the model); the folder loads with
+``from_pretrained(DIR)``. Outputs appear complete or not at all. Not in the official code.
 """
 
 from __future__ import annotations

@@ -1,29 +1,12 @@
-"""The demo behind ``make demo``: generate the embedded synthetic data set, train a small detector
-from scratch on it through ``main.py`` (the real command line), evaluate on the held-out split
-after every epoch, and leave in the output folder: ``log.txt``, ``checkpoint.pth``, ``eval.json``,
-``curves.png`` (losses and AP per epoch) and ``predictions.png`` (validation images with the
-predictions above a score threshold and the ground truth).
+"""The demo behind ``make demo``: a small detector trained from scratch on the embedded data set.
 
-While ``main.py`` runs, its output is passed through and, after each of its progress lines, a
-``[demo]`` line gives the whole run's progress and ETA (training, the evaluations and the pictures
-still to come). At the end the demo prints its wall time with a breakdown, and the held-out AP50.
-
-Recipes (``--model``), all on 2 CPU cores without ImageNet weights (a ResNet-18 trained from
-scratch with learning BatchNorm, ``--train_backbone_all``; hidden 128; 96 px images; batch 16):
-
-* ``demo`` (``make demo``): Deformable DETR, 1 encoder and 3 decoder layers, 3 feature levels,
-  30 queries, 5 epochs with the learning-rate drop after the 4th (about 70 s per epoch here).
-  Multi-scale deformable attention converges several times faster than DETR's (AP50 0.86 after
-  2 epochs where DETR has 0.22), so it is the one that reaches a held-out AP50 above 0.9 within
-  the demo's budget of 10 minutes, set-up included.
-* ``deformable_detr`` (``make demo-deformable``): the same model for 10 epochs (drop after 8).
-* ``detr`` (``make demo-detr``): DETR, 1 encoder and 3 decoder layers, 10 queries, 10 epochs.
-
-On a CPU with bfloat16 units (AVX512-BF16 or AMX, as this project's 2-core machine has) ``demo``
-trains with ``--amp bf16 --fused_optimizer --channels_last`` (about 1.2x per iteration on
-the demo's small model; see docs/results.md); elsewhere in fp32, where bf16 would be emulated and
-slower. Either way the run is deterministic for its seed. ``--fp32`` forces fp32. The other recipes
-train in fp32 (their figures in docs/results.md are fp32 ones).
+``python tools/demo.py [--model demo|deformable_detr|detr]`` generates the synthetic data, runs
+``main.py`` (the real command line, evaluating on the held-out split after every epoch) with a
+``[demo]`` line giving the whole run's ETA after each progress line, and leaves ``log.txt``,
+``checkpoint.pth``, ``eval.json``, ``curves.png`` and ``predictions.png`` in the output folder.
+Recipes (``RECIPES``): ``demo`` (``make demo``: Deformable DETR, 5 epochs), ``deformable_detr``
+(``make demo-deformable``: 10 epochs), ``detr`` (``make demo-detr``: DETR, 10 epochs); their
+figures are in docs/results.md. Not in the official code.
 """
 
 from __future__ import annotations
@@ -53,6 +36,12 @@ COMMON = [
 
 DEFORMABLE = ["--model", "deformable_detr", "--num_queries", "30", "--num_feature_levels", "3"]
 
+# All recipes run on 2 CPU cores without ImageNet weights (COMMON): a ResNet-18 trained from scratch
+# with learning BatchNorm (--train_backbone_all), hidden 128, 1 encoder and 3 decoder layers, 96 px
+# images, batch 16. "demo" is Deformable DETR (3 feature levels, 30 queries, 5 epochs, LR drop after
+# the 4th): multi-scale deformable attention converges several times faster than DETR's attention, so
+# it is the one that reaches a held-out AP50 above 0.9 within the demo's budget of 10 minutes, set-up
+# included. "deformable_detr" is the same model for 10 epochs; "detr" is DETR with 10 queries.
 RECIPES = {
     "demo": [*DEFORMABLE, "--epochs", "5", "--lr_drop", "4"],
     "deformable_detr": [*DEFORMABLE, "--epochs", "10", "--lr_drop", "8"],
@@ -62,6 +51,10 @@ OUT_DIRS = {"demo": "demo", "deformable_detr": "demo_deformable", "detr": "demo_
 # Deformable DETR's sigmoid (focal) scores run lower than DETR's softmax ones: the score from which
 # predictions.png draws a box, per recipe (chosen by looking at the pictures: few misses, few duplicates).
 THRESHOLDS = {"demo": 0.4, "deformable_detr": 0.4, "detr": 0.5}
+# On a CPU with bfloat16 units (AVX512-BF16 or AMX) the "demo" recipe trains with these (faster per
+# iteration: docs/results.md); elsewhere in fp32, where bf16 would be emulated and slower. Either way
+# the run is deterministic for its seed; --fp32 forces fp32. The other recipes train in fp32 (their
+# figures in docs/results.md are fp32 ones).
 FAST_CPU = ["--amp", "bf16", "--fused_optimizer", "--channels_last"]
 
 

@@ -3,28 +3,11 @@
     python tools/export.py --checkpoint outputs/demo/checkpoint.pth --format onnx --output model.onnx --image img.jpg
     python tools/export.py --checkpoint outputs/demo/checkpoint.pth --format torch_export --output model.pt2
 
-The exported graph maps normalised images ``images [B, 3, H, W]`` (resized and normalised as
-``main.py --eval`` does: shorter side ``val_size``, ImageNet mean/std; stored in the file's
-metadata) to ``pred_logits [B, Q, K]`` and ``pred_boxes [B, Q, 4]`` (normalised cxcywh), plus
-``pred_masks`` for segmentation models. Batch size, height and width are dynamic. Images of a
-batch share one size (there is no padding-mask input: pad, and padding is seen as image).
-Deformable DETR is exported through its PyTorch deformable-attention path (``grid_sample``).
-
-Every export is checked before it is kept: the exported model and PyTorch run on ``--image``
-(a generated picture when not given) at the checkpoint's evaluation size, batch 1, and on the
-image and its mirror image at another size, batch 2; the largest absolute differences are
-printed and the command fails (and keeps nothing) when the boxes differ by more than
-``--tolerance`` (1e-3). ONNX models run in onnxruntime for this check.
-
-``--format onnx`` uses ``torch.onnx.export`` (the ``torch.export``-based exporter, opset 18) and
-needs the optional packages ``onnx``, ``onnxscript`` and ``onnxruntime``. ``--format torch_export``
-saves a ``torch.export`` program (``torch.export.load(path).module()`` runs it; AOTInductor can
-compile it). TorchScript (``torch.jit.script``, which the official code supported) is not:
-PyTorch deprecates it; use one of these two formats.
-
-The official code has no export command; its ``test_all.py`` exports the hub model with the
-TorchScript-based ONNX exporter at one fixed size and compares it in onnxruntime (ported in
-``tests/tools/test_export.py``).
+The graph (``ExportableDetector``) maps normalised images ``[B, 3, H, W]`` (dynamic batch and size)
+to ``pred_logits``, ``pred_boxes`` and, for segmentation models, ``pred_masks``; the preprocessing
+is stored in the file's metadata. Every export is compared with PyTorch before it is kept
+(``export_checked``). ONNX needs the optional ``onnx``, ``onnxscript`` and ``onnxruntime``. The
+official code has no export command, and TorchScript, which it supported, is left out (PyTorch deprecates it).
 """
 
 from __future__ import annotations
@@ -75,7 +58,10 @@ class ExportCheckError(RuntimeError):
 class ExportableDetector(nn.Module):
     """The detector as a graph of tensors: ``images [B, 3, H, W]`` (normalised) -> ``pred_logits``,
     ``pred_boxes`` (and ``pred_masks`` for segmentation models); auxiliary and two-stage encoder
-    outputs are left out."""
+    outputs are left out. The images are resized and normalised as ``main.py --eval`` does (shorter
+    side ``val_size``, ImageNet mean/std). Images of a batch share one size: there is no padding-mask
+    input (pad, and padding is seen as image). Deformable DETR goes through its PyTorch
+    deformable-attention path (``grid_sample``), never Triton."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -134,7 +120,7 @@ def export_onnx(wrapper: ExportableDetector, example: Tensor, path: Path, metada
 
 def export_torch(wrapper: ExportableDetector, example: Tensor, path: Path, metadata: dict[str, str]) -> None:
     """``torch.export.export`` with dynamic batch and image size, saved with ``metadata`` as the
-    extra file ``metadata.json``."""
+    extra file ``metadata.json`` (``torch.export.load(path).module()`` runs it; AOTInductor can compile it)."""
     program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes())
     torch.export.save(program, str(path), extra_files={"metadata.json": json.dumps(metadata)})
 
@@ -221,7 +207,9 @@ def export_checked(wrapper: ExportableDetector, example: Tensor, inputs: list[Te
     """Export ``wrapper`` (traced on ``example``) in ``fmt`` to a temporary file beside ``output``,
     compare it with PyTorch on each of ``inputs`` (printing the largest differences), and rename it
     to ``output`` when the boxes differ by at most ``tolerance``; else delete it and raise
-    ``ExportCheckError``. Returns ``{"output", "seconds", "diffs"}``."""
+    ``ExportCheckError``. Returns ``{"output", "seconds", "diffs"}``. (The official ``test_all.py``
+    exports the hub model with the TorchScript-based ONNX exporter at one fixed size and compares it
+    in onnxruntime: ported in ``tests/tools/test_export.py``.)"""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)

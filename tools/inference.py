@@ -1,13 +1,10 @@
-"""What the after-training tools (``predict``, ``visualize_attention``, ``export``) share: a detector
-from a checkpoint or a ``hubconf`` entry with its class names, the input images (files, folders,
-glob patterns) read and preprocessed exactly as evaluation reads them, and output files written
-atomically.
+"""What the after-training tools (``predict``, ``visualize``, ``visualize_attention``, ``export``) share.
 
-Not in the official code, whose only inference entry points are ``main.py --eval`` and the hub.
-Differences from the official notebooks' recipe (``Image.open`` + ``T.Resize(800)``): the EXIF
-orientation of photos is applied (what a viewer shows is what the model sees), and images are
-resized with the checkpoint's own evaluation sizes (``--val_size``/``--max_size``), through the
-same transform ``main.py --eval`` uses.
+A detector from a checkpoint or a ``hubconf`` entry with its class names (``load_detector``,
+``add_model_arguments``), the input images (files, folders, glob patterns) read and preprocessed
+exactly as ``main.py --eval`` reads them (``read_image``, ``eval_transform``), and output files
+written atomically. Unlike the official notebooks' recipe (``Image.open`` + ``T.Resize(800)``), the
+EXIF orientation is applied and the checkpoint's own ``--val_size``/``--max_size`` are used.
 """
 
 from __future__ import annotations

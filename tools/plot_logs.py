@@ -1,28 +1,11 @@
-"""Plot training curves from one or more runs' ``log.txt`` (one JSON line per epoch, as main.py
-writes them) and precision-recall curves from saved COCO evaluations (``eval/latest.pth``).
+"""Plot training curves from runs' ``log.txt`` files and precision-recall curves from saved COCO evaluations.
 
-``python tools/plot_logs.py RUN [RUN ...]`` (from any folder; a run is an output folder or its
-``log.txt``) writes the three figures of the popular DETR fine-tuning fork (woctezuma/finetune-detr,
-PASCAL VOC), one panel per field, training solid and validation dashed, one colour per run:
-
-* ``loss_mAP.png``: total loss, and mAP (validation box AP@0.5, ``test_coco_eval_bbox[1]``, the
-  number the official ``plot_utils`` plots under that name);
-* ``loss_terms.png``: the classification (``loss_ce``), L1 box (``loss_bbox``) and GIoU
-  (``loss_giou``) terms, weighted as in the total loss;
-* ``errors.png``: class error (%) and the unscaled cardinality error;
-
-and ``precision_recall.png`` from each run's ``eval/latest.pth`` (or the ``--eval`` files):
-precision and score against recall at IoU 0.5, all areas, 100 detections, averaged over classes,
-as the official ``plot_precision_recall``. Output folder: ``--out_dir``, by default the run's folder
-(the current folder for several runs). ``--out FILE`` also writes ``plot_logs``'s one-row summary
-(total loss, loss terms, AP and AP50; ``make demo``'s ``curves.png``).
-
-Differences from the official ``util/plot_utils.py``: no pandas or seaborn (matplotlib is the only
-extra); x is the epoch of each line (the official mAP curve used the row index, wrong with
-``--eval_every``); class averages skip classes without ground truth (pycocotools marks them -1,
-which the official averages pulled down); evaluation files are read with ``weights_only=True``,
-only pycocotools' ``Params`` and numpy arrays being allowed in them; figures are written to a
-temporary file and renamed.
+``python tools/plot_logs.py RUN [RUN ...]`` (a run is an output folder or its ``log.txt``) writes the
+three figures of the popular DETR fine-tuning fork (``FORK_FIGURES``: ``loss_mAP.png``,
+``loss_terms.png``, ``errors.png``) and ``precision_recall.png`` from each run's ``eval/latest.pth``
+into ``--out_dir`` (default: the run's folder); ``--out FILE`` also writes ``make demo``'s one-row
+``curves.png``. Unlike the official ``util/plot_utils.py``: no pandas or seaborn, x is each line's
+epoch (the official mAP curve used the row index), and classes without ground truth are left out.
 """
 
 from __future__ import annotations
@@ -37,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-# The fork's figures: file stem -> fields, one panel each ("mAP": validation AP@0.5).
+# The fork's figures: file stem -> fields, one panel each ("mAP": validation AP@0.5; the loss terms
+# weighted as in the total loss; the class error in %; the cardinality error unscaled).
 FORK_FIGURES: dict[str, tuple[str, ...]] = {
     "loss_mAP": ("loss", "mAP"),
     "loss_terms": ("loss_ce", "loss_bbox", "loss_giou"),
@@ -99,7 +83,7 @@ def _series(log: list[dict], key: str, index: int | None = None) -> tuple[list[i
 
 
 def _save(fig: Any, out: str | Path) -> Path:
-    """Write ``fig`` to ``out`` through a temporary file (no partial image is left on failure)."""
+    """Write ``fig`` to ``out`` through a temporary file and a rename (no partial image is left on failure)."""
     plt = _pyplot()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +128,9 @@ def plot_logs(run_dirs: list[str | Path], out: str | Path) -> Path:
 def plot_fields(run_dirs: Sequence[str | Path], fields: Sequence[str]) -> Any:
     """One panel per field, as the official ``plot_logs``: ``train_<field>`` solid and
     ``test_<field>`` dashed against the epoch, one colour per run; ``mAP`` is the validation box
-    AP@0.5. Lines are labelled ``"<run> train"`` / ``"<run> val"``. Returns the figure."""
+    AP@0.5 (``test_coco_eval_bbox[1]``, what the official ``plot_utils`` plots under that name; the
+    official curve used the row index as x, wrong with ``--eval_every``). Lines are labelled
+    ``"<run> train"`` / ``"<run> val"``. Returns the figure."""
     plt = _pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, len(fields), figsize=(5.5 * len(fields), 4.5), squeeze=False)
@@ -215,7 +201,8 @@ def load_coco_eval(path: str | Path) -> dict[str, Any]:
 
 
 def _class_mean(values: np.ndarray, axis: int) -> np.ndarray:
-    """Mean over classes of entries > -1 (pycocotools' -1: no ground truth); NaN where none."""
+    """Mean over classes of entries > -1 (pycocotools' -1: no ground truth, which the official
+    averages pulled down); NaN where none."""
     valid = values > -1
     total = np.where(valid, values, 0).sum(axis)
     count = valid.sum(axis)

@@ -3,25 +3,10 @@
     python tools/predict.py --checkpoint outputs/demo/checkpoint.pth photos/ more/*.jpg --output preds
     python tools/predict.py --hub detr_resnet50 --pretrained street.jpg --output preds --threshold 0.7
 
-Inputs are image files, folders (their image files) and glob patterns. Images are read with their
-EXIF orientation applied and preprocessed exactly as ``main.py --eval`` does for the checkpoint
-(its ``--val_size``/``--max_size``, ImageNet normalisation), batched (``--batch_size``) and run on
-``--device`` (optionally under ``--amp bf16``). ``--output DIR`` receives:
-
-* ``predictions.json``: the COCO results format (``image_id``, ``category_id``, ``bbox`` =
-  ``[x, y, width, height]`` in pixels of the original image, ``score``) plus ``file_name``;
-  ``image_id`` is the file name's number for COCO-style names (``000000039769.jpg``), else the
-  file name. Detections scoring at least ``--threshold`` (``--json_threshold 0`` keeps all, as a
-  COCO evaluation wants them);
-* ``<name>.png``: the image with boxes, class names and scores above ``--threshold``;
-* panoptic checkpoints (``--masks`` with a thing/stuff map, or the official panoptic models) also
-  ``panoptic/<name>.png`` (COCO panoptic PNG), ``panoptic.json`` (``segments_info`` per image, the
-  panopticapi layout) and ``<name>_panoptic.png`` (a coloured overlay).
-
-Class names are the checkpoint's (``id2label``); official checkpoints and hub models get the COCO
-names. Files that cannot be read are reported by name and skipped with a count; the command exits
-non-zero when none could be read. Every output file is written to a temporary name and renamed.
-Not in the official code (its notebooks show the same steps by hand).
+Inputs (files, folders, glob patterns) are read and preprocessed as ``main.py --eval`` does for the
+checkpoint (``tools.inference``); ``--output DIR`` receives ``predictions.json``, the drawings and,
+for panoptic models, COCO panoptic PNGs (``predict`` lists the files). Not in the official code,
+whose notebooks show the same steps by hand.
 """
 
 from __future__ import annotations
@@ -121,7 +106,25 @@ def panoptic_categories(names: dict[int, str], is_thing_map: dict[int, bool]) ->
 
 @torch.no_grad()
 def predict(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the command; returns a summary (``read``, ``unreadable``, ``detections``, ``output``)."""
+    """Run the command; returns a summary (``read``, ``unreadable``, ``detections``, ``output``).
+
+    Images are batched (``--batch_size``) and run on ``--device`` (optionally under ``--amp``).
+    ``--output DIR`` receives:
+
+    * ``predictions.json``: the COCO results format (``image_id``, ``category_id``, ``bbox`` =
+      ``[x, y, width, height]`` in pixels of the original image, ``score``) plus ``file_name``;
+      ``image_id`` is the file name's number for COCO-style names (``000000039769.jpg``), else the
+      file name. Detections scoring at least ``--threshold`` (``--json_threshold 0`` keeps all, as a
+      COCO evaluation wants them);
+    * ``<name>.png``: the image with boxes, class names and scores above ``--threshold``;
+    * panoptic checkpoints (``--masks`` with a thing/stuff map, or the official panoptic models) also
+      ``panoptic/<name>.png`` (COCO panoptic PNG), ``panoptic.json`` (``segments_info`` per image, the
+      panopticapi layout) and ``<name>_panoptic.png`` (a coloured overlay).
+
+    Class names are the checkpoint's (``id2label``); official checkpoints and hub models get the COCO
+    names. Files that cannot be read are reported by name and skipped with a count; the command fails
+    when none could be read. Every output file is written to a temporary name and renamed.
+    """
     files, notes = collect_images(args.inputs)
     for note in notes:
         print(f"note: {note}")

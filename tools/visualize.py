@@ -1,16 +1,10 @@
 """Draw a trained detector's predictions on images, tiled into one PNG a person can read.
 
-This is the demo's ``predictions.png``. Only predictions scoring at least ``threshold`` are drawn
-(the threshold is written in the picture's title), each as a solid box in its class's colour with
-a filled label (class name and score) whose font grows with the picture; the ground truth is drawn
-as thin dashed white boxes. Small images are upscaled (96 px demo images become 384 px tiles) so
-that boxes and labels are legible. The drawing is ``tools/drawing.py``'s; the model is rebuilt by
-``main.build_model_from_checkpoint`` (through ``tools.inference.load_detector``); images are read
-and preprocessed as ``tools/predict.py`` and ``main.py --eval`` do. Not in the official code, whose
-notebooks draw with matplotlib one image at a time.
-
-Usage: ``python tools/visualize.py --checkpoint outputs/demo/checkpoint.pth --coco_path DATA
---out predictions.png [--num_images 12 --threshold 0.5]``. Model flags come from the checkpoint.
+``python tools/visualize.py --checkpoint outputs/demo/checkpoint.pth --coco_path DATA --out
+predictions.png [--num_images 12 --threshold 0.5]`` (model flags come from the checkpoint) draws the
+predictions scoring at least the threshold and the ground truth (``draw_predictions``, with the
+drawing of ``tools/drawing.py``); it makes the demo's ``predictions.png``. Not in the official code,
+whose notebooks draw with matplotlib one image at a time.
 """
 
 from __future__ import annotations
@@ -50,7 +44,11 @@ def draw_predictions(
     """Predictions of ``checkpoint`` on the first ``num_images`` images of ``ann_file`` (scores
     ``>= threshold`` only) with the ground truth, each image upscaled until its longer side is at
     least ``min_side``, in ``columns`` columns under a title, as one PNG ``out`` (written atomically).
-    Class names: the annotation file's, else the checkpoint's."""
+    Class names: the annotation file's, else the checkpoint's. The threshold is written in the
+    title; predictions are solid boxes in their class's colour with filled labels, the ground truth
+    thin dashed white boxes; upscaling keeps boxes and labels legible (96 px demo images become 384
+    px tiles). The model is rebuilt by ``main.build_model_from_checkpoint`` (through
+    ``tools.inference.load_detector``); images are read and preprocessed as ``main.py --eval`` does."""
     loaded = load_detector(str(checkpoint))
     transform = eval_transform(loaded.args)
     coco = json.loads(Path(ann_file).read_text())

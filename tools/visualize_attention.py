@@ -2,24 +2,11 @@
 
     python tools/visualize_attention.py --checkpoint outputs/demo/checkpoint.pth image.jpg --output pictures/
 
-DETR (the two figures of the official attention notebook, ``detr_attention.ipynb``):
-
-* ``<name>_decoder_attention.png``: for each detected object, the image with its box beside the
-  last decoder layer's cross-attention of its query over the image (averaged over heads);
-* ``<name>_encoder_attention.png``: the last encoder layer's self-attention of a few reference
-  points (the centres of the best detections, or ``--points x,y ...`` in pixels) over the image.
-
-Deformable DETR: ``<name>_sampling_points.png``: for each detected object, one panel per feature
-level with the points its query samples in the last decoder layer (one colour per head, area
-proportional to the attention weight), its reference point (cross) and its box.
-
-The weights come from forward hooks put on the model for this one forward pass, so normal
-inference is untouched (attention runs with ``need_weights=False`` and fused kernels):
-``mha_weights`` recomputes ``softmax(Q K^T / sqrt(d))`` from the hooked ``nn.MultiheadAttention``'s
-inputs and parameters; for ``MSDeformAttn`` the outputs of its ``sampling_offsets`` and
-``attention_weights`` projections are captured and turned into sampling locations and weights as
-its forward does. The official notebook instead calls the attention modules with
-``need_weights=True`` through hooks on its own outputs and draws with matplotlib.
+DETR: ``<name>_decoder_attention.png`` and ``<name>_encoder_attention.png``, the two figures of the
+official notebook ``detr_attention.ipynb``; Deformable DETR: ``<name>_sampling_points.png``, where
+each detected object's query samples (``visualize`` lists them). The weights are captured by
+forward hooks for this one pass, so normal inference keeps its fused kernels; the official notebook
+calls the attention with ``need_weights=True`` instead, and draws with matplotlib.
 """
 
 from __future__ import annotations
@@ -71,7 +58,9 @@ def mha_weights(
     attn_mask: Tensor | None = None,
 ) -> Tensor:
     """The attention weights ``module`` computes for these inputs, averaged over heads:
-    ``softmax(Q K^T / sqrt(d) + masks)`` with Q, K projected by its own parameters.
+    ``softmax(Q K^T / sqrt(d) + masks)`` with Q, K projected by its own parameters. Recomputed from
+    the hooked module's inputs because inference runs attention with ``need_weights=False`` (fused
+    kernels), which returns no weights.
     ``query [L, B, E]``, ``key [S, B, E]`` (``[B, L, E]``, ``[B, S, E]`` if ``batch_first``),
     ``key_padding_mask [B, S]`` (True = ignored) -> ``[B, L, S]``."""
     if module.bias_k is not None:
@@ -367,7 +356,19 @@ def _parse_points(points: list[str] | None) -> list[tuple[float, float]] | None:
 
 
 def visualize(args: argparse.Namespace) -> list[Path]:
-    """Run the command; returns the pictures written."""
+    """Run the command; returns the pictures written.
+
+    DETR:
+
+    * ``<name>_decoder_attention.png``: for each detected object, the image with its box beside the
+      last decoder layer's cross-attention of its query over the image (averaged over heads);
+    * ``<name>_encoder_attention.png``: the last encoder layer's self-attention of a few reference
+      points (the centres of the best detections, or ``--points x,y ...`` in pixels) over the image.
+
+    Deformable DETR: ``<name>_sampling_points.png``: for each detected object, one panel per feature
+    level with the points its query samples in the last decoder layer (one colour per head, area
+    proportional to the attention weight), its reference point (cross) and its box.
+    """
     points = _parse_points(args.points)
     image = read_image(args.image)
     out = Path(args.output)

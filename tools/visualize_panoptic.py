@@ -1,21 +1,11 @@
 """Panoptic results for people and for tools: COCO panoptic PNG + JSON, and coloured overlays.
 
-Not part of the official DETR code (its panoptic notebook draws with detectron2). Functions:
-
-* ``write_coco_panoptic(predictions, out_dir, categories)``: ``PostProcessPanoptic`` outputs (with
-  ``image_id``/``file_name`` added) -> ``out_dir/panoptic/<file_name>`` PNGs and
-  ``out_dir/panoptic.json`` (the panopticapi layout, readable by ``datasets.panoptic_eval``).
-* ``panoptic_overlay(image, id_map, segments_info, categories)``: the image blended with one colour
-  per segment (stuff: the category's colour; things: a shade of it per instance), segment borders
-  in white and category names at the segments' centres.
-
-CLI, either the ground truth of a panoptic data set or a trained model's predictions on its
-validation images (the thing/stuff map comes from the data set's categories)::
-
-    python tools/visualize_panoptic.py --coco_path DATA --coco_panoptic_path DATA --out DIR [--checkpoint CKPT]
-
-writes ``DIR/overlay_<image id>.png`` for each image, and with ``--checkpoint`` also the COCO
-panoptic PNG + JSON of the predictions.
+``write_coco_panoptic`` writes ``PostProcessPanoptic`` outputs in the panopticapi layout (readable
+by ``datasets.panoptic_eval``); ``panoptic_overlay`` blends one colour per segment into the image.
+``python tools/visualize_panoptic.py --coco_path DATA --coco_panoptic_path DATA --out DIR
+[--checkpoint CKPT]`` writes ``DIR/overlay_<image id>.png`` of the ground truth of the validation
+images, or of a ``--masks`` model's predictions (and their PNG + JSON). Not in the official code,
+whose panoptic notebook draws with detectron2.
 """
 
 from __future__ import annotations
@@ -67,7 +57,8 @@ def panoptic_overlay(
     labels: bool = True,
 ) -> Image.Image:
     """``image`` (RGB, same size as ``id_map [H, W]``) with each segment of ``segments_info`` filled
-    in its colour at opacity ``alpha``, borders in white, names at the centres; void stays as is.
+    in its colour at opacity ``alpha`` (stuff: the category's colour; things: a shade of it per
+    instance), borders in white, names at the centres; void stays as is.
     ``scale`` enlarges the result (nearest) so small images stay readable."""
     if isinstance(categories, list):
         categories = {int(c["id"]): c for c in categories}

@@ -1,14 +1,8 @@
-"""Exponential moving average of a model's weights (``--ema``).
+"""Exponential moving average of a model's weights (``--ema``): ``ModelEma``.
 
-Not in the official DETR or Deformable DETR code; RF-DETR, detrex and YOLO trainers keep one and
-evaluate it beside the raw weights, since it is often the better model for small data sets and
-short fine-tuning runs. After each optimizer step::
-
-    decay_t = decay * (1 - exp(-updates / tau))      # ramps up from 0: early weights are not frozen in
-    ema = decay_t * ema + (1 - decay_t) * weights    # floating-point parameters and buffers
-
-Integer buffers (BatchNorm's ``num_batches_tracked``) are copied. The averaged copy lives on the
-model's device, never requires gradients, and is saved in checkpoints (``model_ema``).
+The averaged copy is evaluated beside the raw weights and saved in checkpoints (``model_ema``).
+Not in the official DETR or Deformable DETR code; RF-DETR, detrex and YOLO trainers keep one, since
+it is often the better model for small data sets and short fine-tuning runs.
 """
 
 from __future__ import annotations
@@ -22,7 +16,16 @@ from torch import nn
 
 
 class ModelEma:
-    """A frozen copy of ``model`` whose weights follow an exponential moving average of its weights."""
+    """A frozen copy of ``model`` whose weights follow an exponential moving average of its weights.
+
+    After each optimizer step (``update``)::
+
+        decay_t = decay * (1 - exp(-updates / tau))      # ramps up from 0: early weights are not frozen in
+        ema = decay_t * ema + (1 - decay_t) * weights    # floating-point parameters and buffers
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are copied. The copy lives on the model's
+    device and never requires gradients.
+    """
 
     def __init__(self, model: nn.Module, decay: float = 0.9997, tau: float = 2000.0) -> None:
         if not 0.0 < decay < 1.0:

@@ -1,17 +1,10 @@
 """Host (CPU) memory: keep freed memory in the process for reuse, as CUDA's caching allocator does.
 
-PyTorch allocates CPU tensors with the C library's ``malloc``. glibc serves large blocks (a
-feature map of a detection-sized batch is 50-200 MB) with ``mmap`` and gives them back to the
-kernel with ``munmap`` when they are freed, so every training step maps its activations afresh
-and the kernel zero-fills each 4 KiB page on first touch. On the 2-core development machine that
-was a quarter of a DETR training step's CPU time (system time 10.4 s of 34 s; the step 3.4-4.0 s
-instead of 2.6 s; docs/results.md). ``keep_freed_memory`` tells glibc (``mallopt``) to serve large
-blocks from its heap and not to trim the heap, so freed blocks are reused by the next step.
-
-The official code has no such setting (the same effect there: ``MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment). The cost: the process keeps its peak
-memory (resident set 2.5 instead of 2.0 GB in that measurement). Numbers are unchanged: only
-where memory comes from changes. Other C libraries (musl, macOS, Windows) are left alone.
+``apply_host_allocator`` is ``main.py --host_allocator keep|system``; ``keep_freed_memory`` sets
+glibc's ``mallopt`` so that large blocks come from the heap and the heap is not trimmed. Numbers are
+unchanged (only where memory comes from changes); the process keeps its peak memory; other C
+libraries (musl, macOS, Windows) are left alone. The official code has no such setting (the same
+effect there: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment).
 """
 
 from __future__ import annotations
@@ -43,7 +36,13 @@ def glibc() -> ctypes.CDLL | None:
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (no ``mmap`` for large blocks, no heap trimming), for
     this process and the processes it forks afterwards (DataLoader workers). Returns whether it
-    applies (glibc only); calling it again does nothing more."""
+    applies (glibc only); calling it again does nothing more.
+
+    Why: PyTorch allocates CPU tensors with ``malloc``. glibc serves large blocks (a feature map of
+    a detection-sized batch is 50-200 MB) with ``mmap`` and gives them back to the kernel with
+    ``munmap`` when they are freed, so every training step maps its activations afresh and the
+    kernel zero-fills each 4 KiB page on first touch, a large share of a CPU training step's time
+    (measured in docs/results.md, B). With this, freed blocks are reused by the next step."""
     global _applied
     if _applied:
         return True

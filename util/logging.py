@@ -1,11 +1,9 @@
 """Training-progress logging: smoothed meters, a periodic console logger and TensorBoard.
 
-Same interface as the official DETR ``SmoothedValue`` and ``MetricLogger`` (importable from
-``util.misc`` as before); the logger also reports an ETA and peak CUDA memory when on GPU.
-Additions: ``MetricLogger.state_dict()`` / ``load_state_dict()`` carry an epoch's running sums
-through a mid-epoch checkpoint (the resumed epoch logs the same averages as an uninterrupted
-one), ``log_every`` can add the whole run's ETA, and ``TensorboardLogger`` (``--tensorboard``,
-an optional extra) writes per-step losses and learning rates and per-epoch metrics.
+``SmoothedValue`` and ``MetricLogger`` have the official interface (importable from ``util.misc``
+as before); ``TensorboardLogger`` (``--tensorboard``, an optional extra) writes per-step losses and
+learning rates and per-epoch metrics. Beyond the official code, ``MetricLogger`` carries an epoch's
+running sums through a mid-epoch checkpoint (``state_dict``) and can report the whole run's ETA.
 """
 
 from __future__ import annotations
@@ -104,7 +102,8 @@ class MetricLogger:
         self.meters[name] = meter
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
-        """The running state of every meter (total, count, window), in insertion order."""
+        """The running state of every meter (total, count, window), in insertion order: saved in a
+        mid-epoch checkpoint, so that the resumed epoch logs the same averages as an uninterrupted one."""
         return {
             name: {
                 "total": m.total,

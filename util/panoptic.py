@@ -1,11 +1,9 @@
-"""COCO panoptic PNG encoding: segment ids <-> RGB colours, and reading a panoptic PNG.
+"""COCO panoptic PNG encoding: segment ids <-> RGB colours (``rgb2id``, ``id2rgb``), and ``read_panoptic_png``.
 
-A COCO panoptic PNG stores each pixel's segment id as ``R + 256 G + 256^2 B`` (0 is void), the
-convention of panopticapi's ``rgb2id`` / ``id2rgb``. The official DETR code and panopticapi each
-carry their own copies of these helpers; this module is the one implementation that the data
-sets, the PQ evaluation, the panoptic post-processor and the tools share. Differences from
-panopticapi: ``rgb2id`` ignores an alpha channel instead of mis-reading 4-channel arrays, and
-``id2rgb`` refuses ids that do not fit in 24 bits instead of wrapping them silently.
+A pixel's segment id is ``R + 256 G + 256^2 B`` (0 is void), panopticapi's convention. This is the
+one implementation that the data sets, the PQ evaluation, the panoptic post-processor and the tools
+share (the official code and panopticapi each carry their own copy); unlike panopticapi's, ``rgb2id``
+ignores an alpha channel and ``id2rgb`` refuses ids that do not fit in 24 bits instead of wrapping them.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
-"""Stopping a training run cleanly on a preemption or time-limit signal, at an optimizer-step
-boundary, so that a mid-epoch checkpoint can be written and the run resumed exactly.
+"""Stopping a training run cleanly on a preemption or time-limit signal, at an optimizer-step boundary.
 
-The official DETR code has no such mechanism: under submitit, the Slurm signal makes the
-``Trainer.checkpoint`` method requeue the job with ``--resume checkpoint.pth``, i.e. from the last
-*finished* epoch, losing the work done since; a plain run is simply killed. Here:
-
-* ``StopRequest`` installs handlers for ``SIGUSR1``, ``SIGUSR2`` (submitit's preemption signal)
-  and ``SIGTERM`` that only *record* the signal. The training loop polls ``should_stop()`` after
-  each optimizer step; in distributed mode the flag is all-reduced, so every rank stops after the
-  same step even when the signal reached only some of them.
-* The caller then saves a checkpoint and raises ``Preempted``. Handlers that were installed
-  before ours (submitit's requeue handler) are not lost: ``Preempted.replay_previous_handlers``
-  calls them once the checkpoint is on disk (``run_with_submitit.py`` does so on rank 0).
+``StopRequest`` records ``SIGUSR1``, ``SIGUSR2`` (submitit's preemption signal) and ``SIGTERM``; the
+training loop polls ``should_stop()`` after each optimizer step (all ranks agree), saves a mid-epoch
+checkpoint and raises ``Preempted``, whose ``replay_previous_handlers`` then calls the handlers
+installed before ours (submitit's requeue; ``run_with_submitit.py`` does so on rank 0). The official
+code requeues from the last finished epoch, losing the work done since; a plain run is simply killed.
 """
 
 from __future__ import annotations

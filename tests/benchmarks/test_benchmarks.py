@@ -1,13 +1,8 @@
 """The benchmark scripts work (not how fast) in their CPU modes on tiny shapes, including their
-comparisons with the official code:
-
-* against the real official clones when present (``$DETR_OFFICIAL_DIR``, default ``../official``
-  beside the repository: ``detr`` and ``deformable_detr`` folders; skipped when absent, as in CI):
-  the same weights give the same outputs and set loss in both code bases, and the table has both;
-* against a stand-in with the official repositories' layout (``main.get_args_parser``/``main.main``,
-  ``models.build_model``, ``engine``, ``util.misc``, ``datasets``), a copy of this project whose
-  ``build_model`` behaves as the official one (COCO's 91 classes, no ImageNet download): runs
-  everywhere and exercises the loading, the alternation and the table.
+comparisons with the official code: against the real official clones when present
+(``$DETR_OFFICIAL_DIR``, default ``../official`` beside the repository; skipped when absent, as in
+CI), where the same weights must give the same outputs and set loss in both code bases, and against
+a stand-in with the official repositories' layout (``standin``), which runs everywhere.
 """
 
 from __future__ import annotations
@@ -53,7 +48,10 @@ def official_clone(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder laid out as the official repositories are."""
+    """A folder laid out as the official repositories are (``main.get_args_parser``/``main.main``,
+    ``models.build_model``, ``engine``, ``util.misc``, ``datasets``): a copy of this project whose
+    ``build_model`` behaves as the official one (COCO's 91 classes, no ImageNet download). It
+    exercises the loading, the alternation and the table."""
     out = tmp_path_factory.mktemp("official") / "detr"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("models", "util", "datasets"):
