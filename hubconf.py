@@ -116,8 +116,8 @@ def detr_resnet101_panoptic(
 
 def _deformable_config(name: str, num_classes: int) -> ModelConfig:
     """The official recipe of entry ``name`` (the ``deformable_detr`` preset and its variant's changes)."""
-    return ModelConfig.preset("deformable_detr", num_classes=num_classes, load_backbone_weights=False,
-                              **_DEFORMABLE[name][1])  # fmt: skip
+    return ModelConfig.preset("deformable_detr", num_classes=num_classes, aux_loss=False,
+                              load_backbone_weights=False, **_DEFORMABLE[name][1])  # fmt: skip
 
 
 def _deformable(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):

@@ -32,6 +32,7 @@ timm backbones with fused BatchNorm + activation layers (EfficientNet, MobileNet
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -56,15 +57,12 @@ from util.checkpoint import (
     model_state_from_checkpoint,
     save_checkpoint,
 )
+from util.config import ModelConfig
 
 HF_ARCHITECTURES = ("DetrForObjectDetection", "DetrForSegmentation", "DeformableDetrForObjectDetection")
 BACKBONE_FORMATS = ("timm", "transformers")
-# main.py flags that define the architecture: every converted checkpoint's "args" holds all of them.
-ARCH_FLAGS = (
-    "model", "backbone", "dilation", "position_embedding", "hidden_dim", "nheads", "enc_layers", "dec_layers",
-    "dim_feedforward", "dropout", "num_queries", "num_classes", "masks", "pre_norm", "num_feature_levels",
-    "dec_n_points", "enc_n_points", "with_box_refine", "two_stage",
-)  # fmt: skip
+# The settings a converted checkpoint's "args" holds: the architecture (util.config) and the dropout.
+ARCH_FLAGS = (*ModelConfig().architecture(), "dropout")
 # torchvision ResNet -> (depths, transformers layer_type, stage widths); timm's ResNets of these names are
 # the same networks with the same parameter names.
 TORCHVISION_RESNETS = {
@@ -81,12 +79,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 _IMAGENET_MEAN, _IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-# Flags build_model needs that do not change the weights (matcher, losses): any valid value will do.
-_WEIGHT_NEUTRAL_ARGS = {
-    "aux_loss": False, "frozen_weights": None, "lr_backbone": 0.0, "backbone_weights": "none", "resume": "",
-    "set_cost_class": 1.0, "set_cost_bbox": 5.0, "set_cost_giou": 2.0, "bbox_loss_coef": 5.0, "giou_loss_coef": 2.0,
-    "mask_loss_coef": 1.0, "dice_loss_coef": 1.0, "eos_coef": 0.1, "focal_alpha": 0.25, "cls_loss_coef": 2.0,
-}  # fmt: skip
 # Our training flags <-> transformers' config fields (carried over when present).
 _LOSS_FIELDS = {
     "set_cost_class": "class_cost", "set_cost_bbox": "bbox_cost", "set_cost_giou": "giou_cost",
@@ -458,9 +450,12 @@ def _preprocessor_config(arch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_model_from_args(arch: Mapping[str, Any]) -> nn.Module:
-    """This project's model for architecture flags ``arch`` (random weights, nothing downloaded)."""
-    ns = argparse.Namespace(**{**_WEIGHT_NEUTRAL_ARGS, **dict(arch), "backbone_weights": "none", "lr_backbone": 0.0})
-    return build_model(ns)[0]
+    """This project's model for settings ``arch`` (random weights, nothing downloaded); settings
+    not in ``arch`` take their ``--model`` preset."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"model"}
+    values = {k: v for k, v in arch.items() if k in names and v is not None}
+    cfg = ModelConfig.preset(arch["model"], **values, load_backbone_weights=False, train_backbone=False)
+    return build_model(cfg)[0]
 
 
 def _check_batchnorm_act(model: nn.Module, arch: Mapping[str, Any], source: str) -> None:
@@ -518,8 +513,8 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
             with_box_refine=False, pre_norm=f"{p}transformer.encoder.norm.weight" in state,
             num_queries=int(state[f"{p}query_embed.weight"].shape[0]),
         )  # fmt: skip
-    defaults = {"backbone": "resnet50", "dilation": False, "nheads": 8, "dropout": 0.1, "position_embedding": "sine",
-                "num_queries": 300, "dec_n_points": 4, "enc_n_points": 4}  # fmt: skip
+    preset = ModelConfig.preset(model)
+    defaults = {flag: getattr(preset, flag) for flag in ARCH_FLAGS}
     arch: dict[str, Any] = {}
     for flag in ARCH_FLAGS:
         value = inferred.get(flag)

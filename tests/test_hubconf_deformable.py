@@ -3,6 +3,7 @@ URLs, download -> conversion -> cache -> load, fine-tuning heads, and one clear 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import urllib.error
 from pathlib import Path
@@ -40,10 +41,10 @@ def test_architectures_offline(name: str, monkeypatch: pytest.MonkeyPatch) -> No
 
 def _tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same entries with a tiny architecture (the download/convert/cache path does not depend on size)."""
-    full = hubconf._deformable_arch
+    full = hubconf._deformable_config
     small = {"backbone": "resnet18", "hidden_dim": 64, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
              "dim_feedforward": 32, "num_queries": 12}  # fmt: skip
-    monkeypatch.setattr(hubconf, "_deformable_arch", lambda name, n: {**full(name, n), **small})
+    monkeypatch.setattr(hubconf, "_deformable_config", lambda name, n: dataclasses.replace(full(name, n), **small))
 
 
 def test_pretrained_downloads_converts_and_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ def test_pretrained_downloads_converts_and_caches(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     torch.manual_seed(0)
     source = hubconf.deformable_detr_two_stage()
-    checkpoint_to_hf({"model": source.state_dict(), "args": hubconf._deformable_arch("deformable_detr_two_stage", 91)},
+    checkpoint_to_hf({"model": source.state_dict(), "args": hubconf._deformable_config("deformable_detr_two_stage", 91).architecture()},
                      tmp_path / "remote")  # fmt: skip
     urls = []
 
@@ -83,7 +84,7 @@ def test_missing_safetensors_file_falls_back_to_bin(monkeypatch: pytest.MonkeyPa
     _tiny(monkeypatch)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     source = hubconf.deformable_detr_single_scale()
-    checkpoint_to_hf({"model": source.state_dict(), "args": hubconf._deformable_arch("deformable_detr_single_scale", 91)},
+    checkpoint_to_hf({"model": source.state_dict(), "args": hubconf._deformable_config("deformable_detr_single_scale", 91).architecture()},
                      tmp_path / "remote")  # fmt: skip
     from safetensors.torch import load_file
 
