@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import features_per_image
+from models.per_image import features_per_image
 from util.misc import NestedTensor
 
 TIMM_PREFIX = "timm:"
@@ -110,7 +110,7 @@ class TimmBackbone(nn.Module):
         per_image: bool = False,
     ) -> None:
         super().__init__()
-        self.per_image = per_image  # models.backbone.features_per_image
+        self.per_image = per_image  # models.per_image.features_per_image
         timm = import_timm()
         unknown = [s for s in return_layers if s not in _STAGE_TO_INDEX]
         if unknown:

@@ -172,7 +172,7 @@ def check_training_fast_path(golden: dict, model: nn.Module, criterion: nn.Modul
 
 
 def check_per_image_backbone(golden: dict, model: nn.Module) -> None:
-    """``--backbone_per_image`` (``models.backbone.features_per_image``) on a copy of ``model``. The
+    """``--backbone_per_image`` (``models.per_image.features_per_image``) on a copy of ``model``. The
     fixture's first image fills the padded batch, so its features and every output of it (main,
     auxiliary, two-stage, masks) keep the official numbers; the second image, padded, now goes
     through the backbone alone, and its outputs move: officially they depend on the padding."""
