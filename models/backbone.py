@@ -1,23 +1,12 @@
-"""ResNet backbones returning padded feature maps, joined with a position encoding.
+"""Backbones returning padded feature maps, joined with a position encoding.
 
-As the official DETR ``models/backbone.py``: torchvision ResNets with ``FrozenBatchNorm2d``, the
-stem and ``layer1`` frozen, optional dilation of ``layer4`` (DC5), and the padding mask resized to
-each feature map. Differences:
+``build_backbone(BackboneConfig)`` returns a ``Joiner`` of the backbone and the position
+encoding; the backbone is a ``Backbone`` (a torchvision ResNet with ``FrozenBatchNorm2d``, the stem
+and ``layer1`` frozen, optional DC5 dilation) or, for ``timm:<name>``, a ``models.timm_backbone``
+one, chosen through ``BACKBONE_FAMILIES``.
 
-* ``return_layers`` names the returned stages explicitly (DETR: ``layer4`` or ``layer1-4`` for the
-  mask head; Deformable DETR: ``layer2-4``), so one class serves both models.
-* ``build_backbone`` picks the family through ``BACKBONE_FAMILIES`` (a plain dict): torchvision
-  ResNets (``resnet50``, ...) or any timm model (``timm:<name>``, ``models.timm_backbone``).
-* ``train_all_layers`` trains every stage with ordinary, learning ``BatchNorm2d``: the official
-  recipe assumes ImageNet weights, which cannot be had offline; from scratch, a frozen stem and
-  frozen normalisation cannot learn.
-* ``weights`` chooses ImageNet weights from torchvision (download), a local file, or none. The
-  official code always downloads them; a clear error replaces urllib's traceback when offline.
-* ``per_image`` (``--backbone_per_image``, off by default) runs the backbone on each image at its
-  own size instead of the padded batch (``features_per_image``): no work on padding, and features
-  that do not depend on the other images of the batch (officially they do, near the borders).
-* Not scriptable with ``torch.jit.script`` (the official backbone was; PyTorch deprecates
-  TorchScript): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
+Unlike the official backbone: explicit returned stages, optional learning BatchNorm, local or no
+ImageNet weights, an opt-in per-image mode (``models.per_image``) and no TorchScript.
 """
 
 from __future__ import annotations
@@ -82,14 +71,16 @@ _RESNET_CHANNELS = {
 
 
 class BackboneBase(nn.Module):
-    """Wraps a ResNet body; returns ``{str(i): NestedTensor}`` for each stage in ``return_layers``.
+    """Wraps a ResNet body; returns ``{str(i): NestedTensor}`` for each stage in ``return_layers``
+    (named explicitly, so one class serves DETR: ``layer4``, or ``layer1-4`` for the mask head, and
+    Deformable DETR: ``layer2-4``; officially a flag chose between two fixed sets).
 
     Trainable stages are ``layer2-4`` (all of them with ``train_all_layers``), none when
     ``train_backbone`` is False. Attributes: ``num_channels`` (channels of the last returned stage,
     as officially), ``feature_channels`` and ``strides`` (one entry per returned stage).
     """
 
-    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error (officially scriptable)
 
     def __init__(
         self,
@@ -135,7 +126,8 @@ class BackboneBase(nn.Module):
 
 
 def _load_weights(model: nn.Module, name: str, weights: str) -> None:
-    """Load ImageNet weights: ``"torchvision"`` downloads them, anything else is a local file."""
+    """Load ImageNet weights: ``"torchvision"`` downloads them (officially always; here a clear
+    error when offline instead of urllib's traceback), anything else is a local file."""
     if weights == "torchvision":
         enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1  # the weights DETR was trained from
         try:
@@ -175,7 +167,10 @@ BACKBONES: dict[str, Callable[[str, bool, Callable[[int], nn.Module]], nn.Module
 
 
 class Backbone(BackboneBase):
-    """ResNet backbone with frozen BatchNorm (the official one), or trainable BatchNorm."""
+    """ResNet backbone with frozen BatchNorm (the official one), or with ordinary, learning
+    ``BatchNorm2d`` in every stage (``train_all_layers``): the official recipe assumes ImageNet
+    weights, which cannot be had offline, and from scratch a frozen stem and frozen normalisation
+    cannot learn."""
 
     def __init__(
         self,
@@ -214,7 +209,7 @@ class Backbone(BackboneBase):
 class Joiner(nn.Sequential):
     """``Sequential(backbone, position_encoding)``: features and their position encodings."""
 
-    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error (officially scriptable)
 
     def __init__(self, backbone: BackboneBase, position_embedding: nn.Module) -> None:
         super().__init__(backbone, position_embedding)
@@ -244,7 +239,7 @@ class BackboneConfig:
     train_all_layers: bool = False
     weights: str | None = None  # "torchvision", "timm" (timm backbones), a path, or None (random init)
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
-    per_image: bool = False  # each image at its own size (features_per_image), not the padded batch
+    per_image: bool = False  # each image at its own size (models.per_image), not the padded batch as officially
 
     def __post_init__(self) -> None:
         if self.per_image and self.train_all_layers:
