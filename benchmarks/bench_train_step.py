@@ -39,7 +39,6 @@ from benchmarks.official import CodeBase, cleanup, load_official, official_args,
 from datasets.sampling import SeededDataset  # noqa: E402
 from engine import _float_outputs  # noqa: E402
 from models import build_model  # noqa: E402
-from models.fast_dropout import use_fast_dropout  # noqa: E402
 from models.optimize import fold_frozen_batchnorm_for_training  # noqa: E402
 from util.config import get_args_parser, resolve  # noqa: E402
 from util.host_memory import apply_host_allocator  # noqa: E402
@@ -74,11 +73,10 @@ CONFIGS = {
 # channels_last: the model in channels-last memory format (convolution rounding differs);
 # fold: --fold_frozen_bn (frozen BatchNorm folded into the convolutions while training; a backbone
 #   with learning BatchNorm, as the demo's, has nothing to fold);
-# fast_dropout: --fast_dropout (16-bit dropout masks; another random stream);
 # per_image: --backbone_per_image (the backbone on each image at its own size; border features
 #   change; needs the frozen BatchNorm backbone: not --config demo);
 # bf16: --amp bf16 autocast (AMX / AVX512-BF16 where the CPU has them).
-VARIANTS = ("official", "default", "fused", "channels_last", "fold", "fast_dropout", "per_image", "bf16")
+VARIANTS = ("official", "default", "fused", "channels_last", "fold", "per_image", "bf16")
 IMAGE_SIZES = {"demo": 96, "official_aug": 640, "tiny": 64}  # side of the generated images
 OURS_ONLY = {"--backbone_weights": 1, "--train_backbone_all": 0}  # flags the official parser lacks: value count
 
@@ -93,8 +91,6 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         if name == "fold":
             fold_frozen_batchnorm_for_training(self.model)
-        if name == "fast_dropout":
-            use_fast_dropout(self.model)
         if name == "per_image":
             if args.train_backbone_all:  # as BackboneConfig refuses it
                 raise SystemExit("variant per_image needs the frozen BatchNorm backbone (not --train_backbone_all)")

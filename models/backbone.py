@@ -1,29 +1,18 @@
-"""ResNet backbones returning padded feature maps, joined with a position encoding.
+"""Backbones returning padded feature maps, joined with a position encoding.
 
-As the official DETR ``models/backbone.py``: torchvision ResNets with ``FrozenBatchNorm2d``, the
-stem and ``layer1`` frozen, optional dilation of ``layer4`` (DC5), and the padding mask resized to
-each feature map. Differences:
+``build_backbone(BackboneConfig)`` returns a ``Joiner`` of the backbone and the position
+encoding; the backbone is a ``Backbone`` (a torchvision ResNet with ``FrozenBatchNorm2d``, the stem
+and ``layer1`` frozen, optional DC5 dilation) or, for ``timm:<name>``, a ``models.timm_backbone``
+one, chosen through ``BACKBONE_FAMILIES``.
 
-* ``return_layers`` names the returned stages explicitly (DETR: ``layer4`` or ``layer1-4`` for the
-  mask head; Deformable DETR: ``layer2-4``), so one class serves both models.
-* ``build_backbone`` picks the family through ``BACKBONE_FAMILIES`` (a plain dict): torchvision
-  ResNets (``resnet50``, ...) or any timm model (``timm:<name>``, ``models.timm_backbone``).
-* ``train_all_layers`` trains every stage with ordinary, learning ``BatchNorm2d``: the official
-  recipe assumes ImageNet weights, which cannot be had offline; from scratch, a frozen stem and
-  frozen normalisation cannot learn.
-* ``weights`` chooses ImageNet weights from torchvision (download), a local file, or none. The
-  official code always downloads them; a clear error replaces urllib's traceback when offline.
-* ``per_image`` (``--backbone_per_image``, off by default) runs the backbone on each image at its
-  own size instead of the padded batch (``features_per_image``): no work on padding, and features
-  that do not depend on the other images of the batch (officially they do, near the borders).
-* Not scriptable with ``torch.jit.script`` (the official backbone was; PyTorch deprecates
-  TorchScript): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
+Unlike the official backbone: explicit returned stages, optional learning BatchNorm, local or no
+ImageNet weights, an opt-in per-image mode (``models.per_image``) and no TorchScript.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +22,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
+from models.per_image import features_per_image
 from models.position_encoding import PositionEncodingConfig, build_position_encoding
 from util.misc import NestedTensor, refuse_torchscript
 
@@ -81,14 +71,16 @@ _RESNET_CHANNELS = {
 
 
 class BackboneBase(nn.Module):
-    """Wraps a ResNet body; returns ``{str(i): NestedTensor}`` for each stage in ``return_layers``.
+    """Wraps a ResNet body; returns ``{str(i): NestedTensor}`` for each stage in ``return_layers``
+    (named explicitly, so one class serves DETR: ``layer4``, or ``layer1-4`` for the mask head, and
+    Deformable DETR: ``layer2-4``; officially a flag chose between two fixed sets).
 
     Trainable stages are ``layer2-4`` (all of them with ``train_all_layers``), none when
     ``train_backbone`` is False. Attributes: ``num_channels`` (channels of the last returned stage,
     as officially), ``feature_channels`` and ``strides`` (one entry per returned stage).
     """
 
-    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error (officially scriptable)
 
     def __init__(
         self,
@@ -133,53 +125,9 @@ class BackboneBase(nn.Module):
         return out
 
 
-def image_sizes(mask: Tensor) -> list[tuple[int, int]]:
-    """``(height, width)`` of each image of a padded batch, from its padding mask ``[B, H, W]``
-    (True on padding; each image at the top left, as ``nested_tensor_from_tensor_list`` puts it)."""
-    valid = ~mask
-    heights = valid[:, :, 0].sum(1).tolist()
-    widths = valid[:, 0, :].sum(1).tolist()
-    return list(zip(heights, widths, strict=True))
-
-
-def features_per_image(
-    body: Callable[[Tensor], Mapping[str, Tensor]], images: Tensor, mask: Tensor
-) -> dict[str, NestedTensor]:
-    """``body`` run on each image at its own size (images of one size together), its feature maps
-    zero-padded to a batch again: ``images [B, 3, H, W]``, ``mask [B, H, W]`` -> per level
-    ``[B, C, h, w]`` and a mask that is False exactly on the features computed from an image.
-
-    The official backbone runs the padded batch: no convolution is spared on the padding, and the
-    features near an image's bottom and right borders depend on the other images of the batch
-    (the padding's activations after the first layer are not zero). Here they do not, which
-    changes those border features: an option (``--backbone_per_image``), for CPUs and large
-    images, where a convolution costs about the same per pixel at any batch size (a ResNet-18 DETR
-    step at the official augmentation, batch 4: 1.23x faster). Small images lose more to the
-    smaller convolutions than they save (16 images of 64-96 px: 0.69x). Needs BatchNorm that does
-    not learn from the batch (the official frozen one)."""
-    sizes = image_sizes(mask)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, size in enumerate(sizes):
-        groups.setdefault(size, []).append(i)
-    per_image: dict[str, list[Tensor]] = {}
-    for (h, w), indices in groups.items():
-        for name, x in body(images[indices, :, :h, :w]).items():  # copies the crops only
-            level = per_image.setdefault(name, [images.new_empty(0)] * len(sizes))
-            for j, i in enumerate(indices):
-                level[i] = x[j]
-    out: dict[str, NestedTensor] = OrderedDict()
-    for name, level in per_image.items():
-        height, width = max(x.shape[-2] for x in level), max(x.shape[-1] for x in level)
-        padded = torch.stack([F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in level])
-        level_mask = torch.ones(len(level), height, width, dtype=torch.bool, device=mask.device)
-        for i, x in enumerate(level):
-            level_mask[i, : x.shape[-2], : x.shape[-1]] = False
-        out[name] = NestedTensor(padded, level_mask)
-    return out
-
-
 def _load_weights(model: nn.Module, name: str, weights: str) -> None:
-    """Load ImageNet weights: ``"torchvision"`` downloads them, anything else is a local file."""
+    """Load ImageNet weights: ``"torchvision"`` downloads them (officially always; here a clear
+    error when offline instead of urllib's traceback), anything else is a local file."""
     if weights == "torchvision":
         enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1  # the weights DETR was trained from
         try:
@@ -219,7 +167,10 @@ BACKBONES: dict[str, Callable[[str, bool, Callable[[int], nn.Module]], nn.Module
 
 
 class Backbone(BackboneBase):
-    """ResNet backbone with frozen BatchNorm (the official one), or trainable BatchNorm."""
+    """ResNet backbone with frozen BatchNorm (the official one), or with ordinary, learning
+    ``BatchNorm2d`` in every stage (``train_all_layers``): the official recipe assumes ImageNet
+    weights, which cannot be had offline, and from scratch a frozen stem and frozen normalisation
+    cannot learn."""
 
     def __init__(
         self,
@@ -258,7 +209,7 @@ class Backbone(BackboneBase):
 class Joiner(nn.Sequential):
     """``Sequential(backbone, position_encoding)``: features and their position encodings."""
 
-    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
+    __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error (officially scriptable)
 
     def __init__(self, backbone: BackboneBase, position_embedding: nn.Module) -> None:
         super().__init__(backbone, position_embedding)
@@ -288,7 +239,7 @@ class BackboneConfig:
     train_all_layers: bool = False
     weights: str | None = None  # "torchvision", "timm" (timm backbones), a path, or None (random init)
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
-    per_image: bool = False  # each image at its own size (features_per_image), not the padded batch
+    per_image: bool = False  # each image at its own size (models.per_image), not the padded batch as officially
 
     def __post_init__(self) -> None:
         if self.per_image and self.train_all_layers:

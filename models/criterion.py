@@ -1,20 +1,12 @@
-"""The set-prediction criterion shared by DETR and Deformable DETR (Carion et al., 2020; Zhu et
-al., 2021): Hungarian matching, then classification, L1 + GIoU box, cardinality and mask terms.
+"""The set-prediction criterion of DETR and Deformable DETR (Carion et al., 2020; Zhu et al., 2021).
 
-Same terms, normalisation and numbers as the official ``SetCriterion`` of both repositories
-(``models/detr.py`` there, where it is still importable from here). Differences:
+``SetCriterion`` matches predictions to targets (``models.matcher``), then computes the
+classification, L1 + GIoU box, cardinality and mask terms, again for each auxiliary decoder
+output and the two-stage proposals; ``build_criterion`` builds it and its weight dict from a
+``LossConfig``.
 
-* One class for both models: ``focal_alpha=None`` is DETR's softmax cross-entropy with a
-  down-weighted no-object class (``eos_coef``); a float is Deformable DETR's sigmoid focal loss
-  with that alpha (``eos_coef`` unused), and two-stage ``enc_outputs`` get the ``_enc`` terms.
-* Targets with labels outside ``[0, num_classes)`` raise a clear error naming the image instead of
-  failing inside CUDA with a device-side assert.
-* ``build_criterion`` assembles the weight dict and loss list from a typed ``LossConfig`` for
-  both models (the official code repeats that in each ``build``).
-* Gradient accumulation (``group_targets``): the terms of one batch of a group of batches are
-  normalised over the whole group (box count; for the softmax cross-entropy the total class
-  weight, computable from the box counts before matching), so the group's summed loss equals
-  the loss of one batch as large as the group.
+The official numbers, in one class for both models (``focal_alpha`` picks the classification
+loss), with label checks and normalisation over a gradient-accumulation group added.
 """
 
 from __future__ import annotations
@@ -38,6 +30,11 @@ class SetCriterion(nn.Module):
     """Hungarian-matched set loss: classification, L1 + GIoU on boxes, cardinality error (logged),
     masks (focal + DICE) when asked. Auxiliary decoder layers get the same terms with ``_i`` suffixes
     and two-stage encoder proposals with ``_enc``.
+
+    ``focal_alpha=None`` is DETR's softmax cross-entropy with a down-weighted no-object class
+    (``eos_coef``); a float is Deformable DETR's sigmoid focal loss with that alpha (``eos_coef``
+    unused). The official ``SetCriterion`` of each repository (in ``models/detr.py`` there, where
+    it is still importable from here) is one of the two.
     """
 
     def __init__(
@@ -180,6 +177,8 @@ class SetCriterion(nn.Module):
         return self._loss_map()[loss](outputs, targets, indices, num_boxes, **kwargs)
 
     def _check_targets(self, targets: list[dict]) -> None:
+        """A clear error naming the image for labels outside ``[0, num_classes)``, instead of a
+        failure inside CUDA with a device-side assert (officially)."""
         for i, t in enumerate(targets):
             labels = t["labels"]
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
@@ -194,7 +193,10 @@ class SetCriterion(nn.Module):
         """``outputs`` of the model, ``targets`` per image (``labels [N_i]``, ``boxes [N_i, 4]``
         normalised cxcywh, ``masks [N_i, H, W]`` for the mask loss). Returns unweighted terms;
         weight them with ``weight_dict``. ``group_targets``: with gradient accumulation, the targets
-        of every batch of the group (this one included): the terms are normalised over all of them."""
+        of every batch of the group (this one included): the terms are normalised over all of them
+        (box count; for the softmax cross-entropy the total class weight, computable from the box
+        counts before matching), so the group's summed loss equals that of one batch as large as
+        the group."""
         self._check_targets(targets)
         outputs_without_aux = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
         indices = self.matcher(outputs_without_aux, targets)

@@ -1,26 +1,10 @@
-"""Deformable DETR (Zhu et al., 2021): multi-scale backbone features, deformable transformer,
-sigmoid class heads with focal loss, optional iterative box refinement and two-stage proposals.
+"""Deformable DETR (Zhu et al., 2021): ``DeformableDETR`` (multi-scale backbone features, the
+deformable transformer, sigmoid class and box heads per decoder layer, optional iterative box
+refinement and two-stage proposals), its top-k ``PostProcess``, and ``build``, which returns
+``(model, criterion, postprocessors)`` from a ``DeformableDETRConfig``.
 
-Same modules, parameter names (and state-dict order), initialisation and numbers as the official
-``models/deformable_detr.py``, so official checkpoints load with ``strict=True``. Differences:
-
-* ``build`` takes a typed ``DeformableDETRConfig``; ``num_classes`` is explicit (the official
-  code guesses 20 or 91 from the data set's name).
-* The criterion is the shared ``models.criterion.SetCriterion`` with ``focal_alpha`` set (one
-  implementation of both losses); ``_enc`` loss weights are only added with ``two_stage``
-  (officially they are always in the weight dict, unused without two-stage). The matcher's focal
-  cost keeps the official alpha of 0.25 whatever ``--focal_alpha`` (the loss's alpha) says.
-* ``num_queries``, ``num_feature_levels`` and ``two_stage`` are set once, in the transformer's
-  config (``DeformableDETRConfig`` reads them from there), and validated there.
-* ``PostProcess`` keeps ``min(100, Q * num_classes)`` detections (the official top-100 fails
-  with fewer candidates).
-* The model accepts a ``NestedTensor``, a ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images.
-* ``--num_feature_levels 2`` works (backbone ``layer3-4``; see ``models.deformable_config_from_args``);
-  the official code fails with 2 levels (3 backbone stages for 2 level embeddings).
-* ``--masks`` is not supported (as officially, where the segmentation variant is unfinished):
-  ``NotImplementedError``.
-* TorchScript is not supported (neither was it officially for Deformable DETR; ``torch.jit.script``
-  is deprecated by PyTorch): export with ``torch.export`` or to ONNX (``tools/export.py``).
+The official modules, parameter names, initialisation and numbers (official checkpoints load with
+``strict=True``), with the shared ``models.criterion``, typed configs and fixes for edge cases.
 """
 
 from __future__ import annotations
@@ -47,7 +31,11 @@ from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
 
 
 class DeformableDETR(nn.Module):
-    """Backbone (``Joiner``) + ``DeformableTransformer`` + per-decoder-layer class and box heads."""
+    """Backbone (``Joiner``) + ``DeformableTransformer`` + per-decoder-layer class and box heads.
+
+    ``num_feature_levels=2`` works (backbone ``layer3-4``, ``models.deformable_config_from_args``;
+    the official code fails: 3 backbone stages for 2 level embeddings). No TorchScript (neither
+    officially): export with ``torch.export`` or to ONNX (``tools/export.py``)."""
 
     __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
 
@@ -125,7 +113,8 @@ class DeformableDETR(nn.Module):
                 nn.init.constant_(box_embed.layers[-1].bias.data[2:], 0.0)
 
     def forward(self, samples: NestedTensor | Tensor | list[Tensor]) -> dict:
-        """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]``.
+        """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]`` (a ``NestedTensor``; a
+        ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images is accepted too).
 
         Returns ``pred_logits [B, Q, num_classes]`` (sigmoid logits), ``pred_boxes [B, Q, 4]``
         (normalised cxcywh), with ``aux_loss`` the ``aux_outputs`` of the earlier decoder layers,
@@ -182,7 +171,8 @@ class DeformableDETR(nn.Module):
 
 class PostProcess(nn.Module):
     """COCO-API format: the top-100 (query, class) pairs by sigmoid score over the whole image,
-    boxes in absolute xyxy pixels."""
+    boxes in absolute xyxy pixels; ``min(100, Q * num_classes)`` with fewer candidates (the
+    official top-100 fails there)."""
 
     def __init__(self, num_select: int = 100) -> None:
         super().__init__()
@@ -212,8 +202,9 @@ class PostProcess(nn.Module):
 @dataclass
 class DeformableDETRConfig:
     """Everything ``build`` needs. ``num_classes`` is the number of sigmoid logits (max category
-    id + 1; no no-object class). ``num_queries``, ``num_feature_levels`` and ``two_stage`` are the
-    transformer's (``transformer.num_queries``, ...), readable here."""
+    id + 1; no no-object class; the official code guesses 20 or 91 from the data set's name).
+    ``num_queries``, ``num_feature_levels`` and ``two_stage`` are the transformer's
+    (``transformer.num_queries``, ...), set and validated there once, readable here."""
 
     num_classes: int = 91
     aux_loss: bool = True
@@ -238,7 +229,11 @@ class DeformableDETRConfig:
 
 
 def build(cfg: DeformableDETRConfig) -> tuple[nn.Module, SetCriterion, dict[str, nn.Module]]:
-    """Returns ``(model, criterion, postprocessors)`` as the official ``build(args)``."""
+    """Returns ``(model, criterion, postprocessors)`` as the official ``build(args)``. The criterion
+    is the shared ``SetCriterion`` with ``focal_alpha``; its ``_enc`` weights exist only with
+    ``two_stage`` (officially always, unused without). The matcher's focal cost keeps the official
+    alpha of 0.25 whatever the loss's ``focal_alpha`` (``models.matcher``). ``masks`` is refused, as
+    the official segmentation variant is unfinished."""
     if cfg.masks:
         raise NotImplementedError(
             "--masks is not supported with --model deformable_detr (the official Deformable DETR has no "

@@ -1,23 +1,10 @@
-"""Deformable DETR's transformer (Zhu et al., 2021): multi-scale deformable-attention encoder,
-decoder with deformable cross-attention, optional iterative box refinement and two-stage
-proposals.
+"""Deformable DETR's transformer (Zhu et al., 2021): ``DeformableTransformer``, a multi-scale
+deformable-attention encoder and a decoder with deformable cross-attention, optional iterative
+box refinement and two-stage proposals; ``build_deformable_transformer`` builds it from a
+``DeformableTransformerConfig`` (``attn_impl`` picks the attention's implementation, ``models.ops``).
 
-Same modules, parameter names, initialisation and numbers as the official
-``models/deformable_transformer.py``, so official checkpoints load with ``strict=True``.
-Differences:
-
-* ``build_deformable_transformer`` takes a typed ``DeformableTransformerConfig`` (the official
-  misspelled ``build_deforamble_transformer`` is kept as an alias).
-* The two-stage proposal position embedding uses ``d_model // 2`` frequencies per coordinate
-  (the official code hard-codes 128, which only fits ``d_model = 256``; identical there).
-* ``attn_impl`` selects the deformable-attention implementation (see ``models.ops``).
-* The top-k of two-stage proposals is clamped to the number of encoder tokens.
-* ``return_intermediate_dec`` defaults to True (Deformable DETR always uses it).
-* The layers get the level sizes as a ``LevelSizes`` (a list of ``(h, w)`` holding the official
-  ``[L, 2]`` tensor too; tensors are still accepted): no device-to-host copy per layer, and sizes
-  that stay symbolic under ``torch.export``, so that exported models take any image size. For the
-  same reason the pixel grids use ``arange`` (the values of the official ``linspace``, whose step
-  count ``torch.export`` would fix to the example's size).
+The official modules, parameter names and numbers (official checkpoints load with ``strict=True``),
+exportable with ``torch.export`` for any image size and usable with any ``d_model``.
 """
 
 from __future__ import annotations
@@ -105,7 +92,8 @@ class DeformableTransformerEncoder(nn.Module):
         reference_points_list = []
         for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
-                torch.arange(h, dtype=torch.float32, device=device) + 0.5,  # = linspace(0.5, h - 0.5, h)
+                # = the official linspace(0.5, h - 0.5, h), whose step count torch.export would fix
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
                 torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
@@ -317,7 +305,9 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
-        """Sine embedding of proposal boxes: ``[B, K, 4]`` (unactivated) -> ``[B, K, 2 * d_model]``."""
+        """Sine embedding of proposal boxes: ``[B, K, 4]`` (unactivated) -> ``[B, K, 2 * d_model]``,
+        with ``d_model // 2`` frequencies per coordinate (the official code hard-codes 128, which
+        only fits ``d_model = 256``; identical there)."""
         num_pos_feats = self.d_model // 2
         temperature = 10000
         scale = 2 * math.pi
@@ -344,7 +334,7 @@ class DeformableTransformer(nn.Module):
             valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
             valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.arange(h, dtype=torch.float32, device=memory.device),  # = linspace(0, h - 1, h)
+                torch.arange(h, dtype=torch.float32, device=memory.device),  # = linspace(0, h - 1, h), exportable
                 torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
@@ -398,7 +388,9 @@ class DeformableTransformer(nn.Module):
         src_flatten_t = torch.cat(src_flatten, 1)
         mask_flatten_t = torch.cat(mask_flatten, 1)
         lvl_pos_embed_flatten_t = torch.cat(lvl_pos_embed_flatten, 1)
-        spatial_shapes = LevelSizes(spatial_shapes_list, device=src_flatten_t.device)  # a list with .tensor [L, 2]
+        # The level sizes as a list of (h, w) holding the official [L, 2] tensor too (tensors are still
+        # accepted): no device-to-host copy per layer, and sizes that stay symbolic under torch.export.
+        spatial_shapes = LevelSizes(spatial_shapes_list, device=src_flatten_t.device)
         sizes = spatial_shapes.tensor
         level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
@@ -415,7 +407,7 @@ class DeformableTransformer(nn.Module):
             output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten_t, spatial_shapes)
             enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
             enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
-            topk = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])
+            topk = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])  # officially not clamped
             topk_proposals = torch.topk(enc_outputs_class[..., 0], topk, dim=1)[1]
             topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
             topk_coords_unact = topk_coords_unact.detach()

@@ -1,14 +1,9 @@
-"""DETR: the detector and its box post-processor (Carion et al., 2020).
+"""DETR (Carion et al., 2020): the ``DETR`` detector (backbone, transformer, class and box heads
+over learned object queries), its box ``PostProcess``, and ``build``, which returns ``(model,
+criterion, postprocessors)`` from a ``DETRConfig`` (with ``masks``: ``models.segmentation``).
 
-Same modules, parameter names and numbers as the official ``models/detr.py``. Differences:
-
-* ``build`` takes a typed ``DETRConfig`` instead of the whole ``args`` namespace;
-  ``num_classes`` is explicit (no guess from the data set's name).
-* The set criterion lives in ``models.criterion`` (shared with Deformable DETR);
-  ``from models.detr import SetCriterion`` keeps working.
-* The model accepts a ``NestedTensor``, a ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images.
-* TorchScript is not supported (the official model could be scripted with ``torch.jit.script``,
-  which PyTorch now deprecates): export with ``torch.export`` or to ONNX (``tools/export.py``).
+The official modules, parameter names and numbers, with typed configs, the criterion in
+``models.criterion`` (re-exported here) and no TorchScript.
 """
 
 from __future__ import annotations
@@ -47,7 +42,8 @@ class DETR(nn.Module):
         self.aux_loss = aux_loss
 
     def forward(self, samples: NestedTensor | Tensor | list[Tensor]) -> dict:
-        """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]``.
+        """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]`` (a ``NestedTensor``; a
+        ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images is accepted too).
 
         Returns ``pred_logits [B, Q, num_classes + 1]``, ``pred_boxes [B, Q, 4]`` (normalised
         cxcywh) and, with ``aux_loss``, ``aux_outputs`` (the same for each earlier decoder layer).
@@ -106,7 +102,7 @@ class MLP(nn.Module):
 @dataclass
 class DETRConfig:
     """Everything ``build`` needs. ``num_classes`` is the max category id + 1 (the no-object
-    logit is added on top)."""
+    logit is added on top; the official code guesses it from the data set's name)."""
 
     num_classes: int = 91
     num_queries: int = 100

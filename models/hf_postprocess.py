@@ -1,19 +1,11 @@
-"""Post-processing with Hugging Face transformers' API: ``post_process_object_detection``,
-``post_process_semantic_segmentation``, ``post_process_instance_segmentation`` and
-``post_process_panoptic_segmentation`` of ``DetrImageProcessor``, and the sigmoid top-k
-``post_process_object_detection`` of ``DeformableDetrImageProcessor``.
+"""Post-processing with Hugging Face transformers' API, for this project's models:
+``post_process_object_detection``, ``post_process_semantic_segmentation``,
+``post_process_instance_segmentation`` and ``post_process_panoptic_segmentation`` of
+``DetrImageProcessor``, and ``post_process_object_detection_sigmoid`` (Deformable DETR's top-k).
+Inputs are this project's output dicts or objects with transformers' names (``logits``, ...).
 
-Not in the official code (its ``PostProcess`` / ``PostProcessSegm`` / ``PostProcessPanoptic`` are
-in ``models.detr`` and ``models.segmentation``). Same arguments, return structures and numbers as
-transformers 5, computed with this project's own code. Inputs may be this project's output dicts
-(``pred_logits``, ``pred_boxes``, ``pred_masks``) or objects with transformers' names (``logits``,
-``pred_boxes``, ``pred_masks``). Differences from transformers:
-
-* Panoptic segment ids are unique. transformers, after a fused class (``label_ids_to_fuse``)
-  reappears, restarts its counter at that class's id, so a later segment can reuse an id already
-  given to another one (two segments merged in the map). Wherever transformers' ids are unique the
-  results are identical; otherwise they are identical up to that renumbering.
-* ``target_sizes`` rows may be tensors, tuples or lists everywhere.
+Not in the official code; transformers 5's arguments, return structures and numbers, but for
+panoptic segment ids, which are unique here (``_segments``).
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from util import box_ops
 
 logger = logging.getLogger(__name__)
 
-Sizes = Tensor | Sequence[Sequence[int]] | None
+Sizes = Tensor | Sequence[Sequence[int]] | None  # target_sizes: rows of tensors, tuples or lists in every function
 
 
 class AttributeDict(dict):
@@ -144,7 +136,12 @@ def _segments(
     """One image: ``mask_probs [K, h, w]`` of the kept queries -> segment-id map ``[H, W]`` (int32,
     0 = none) and one info dict per segment. Every pixel goes to the query with the highest
     score-weighted mask probability; a query becomes a segment when it wins pixels and keeps more than
-    ``overlap_mask_area_threshold`` of its own mask (score-weighted probability >= ``mask_threshold``)."""
+    ``overlap_mask_area_threshold`` of its own mask (score-weighted probability >= ``mask_threshold``).
+
+    Segment ids are unique, unlike transformers': after a fused class (``label_ids_to_fuse``)
+    reappears, transformers restarts its counter at that class's id, so a later segment can reuse
+    an id already given to another one (two segments merged in the map). Wherever transformers'
+    ids are unique the results are identical; otherwise they are identical up to that renumbering."""
     if target_size is not None:
         mask_probs = F.interpolate(mask_probs[None], size=target_size, mode="bilinear", align_corners=False)[0]
     height, width = mask_probs.shape[1:]

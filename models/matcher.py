@@ -1,15 +1,9 @@
-"""Hungarian matching between predictions and ground-truth boxes (DETR, Carion et al., 2020).
+"""Hungarian matching between predictions and ground-truth boxes (Carion et al., 2020):
+``HungarianMatcher`` (class cost: softmax probability for DETR, sigmoid focal cost for Deformable
+DETR; L1 distance of normalised cxcywh boxes; negative generalized IoU), solved per image with
+``scipy.optimize.linear_sum_assignment``; ``build_matcher`` builds it from a ``MatcherConfig``.
 
-Same costs as the official matchers: softmax class probability (DETR) or the sigmoid focal cost
-(Deformable DETR, ``focal=True``), L1 box distance in normalised cxcywh, and negative generalized
-IoU; solved per image with ``scipy.optimize.linear_sum_assignment``. The cost matrix for the whole
-batch is built once and moved to the CPU once, as officially.
-
-The focal class cost uses ``alpha = 0.25`` and ``gamma = 2`` whatever ``--focal_alpha`` says, as the
-official Deformable DETR matcher hard-codes them (``--focal_alpha`` is the loss's alpha only), so
-``MatcherConfig`` has no alpha; ``HungarianMatcher(focal_alpha=...)`` still allows another one.
-Which class cost applies follows the model's classification (softmax for DETR, sigmoid for
-Deformable DETR): ``build_matcher``'s ``focal`` argument, set by the model's builder, not a flag.
+The official matchers' costs and numbers, both models' in one class.
 """
 
 from __future__ import annotations
@@ -75,14 +69,18 @@ class HungarianMatcher(nn.Module):
         cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
 
         c = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
-        c = c.view(bs, num_queries, -1).cpu()
+        c = c.view(bs, num_queries, -1).cpu()  # the whole batch's costs, moved to the CPU once (as officially)
         indices = [linear_sum_assignment(m[i]) for i, m in enumerate(c.split(sizes, -1))]
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
 
 
 @dataclass
 class MatcherConfig:
-    """Weights of the class, L1 box and GIoU costs (``--set_cost_class/bbox/giou``)."""
+    """Weights of the class, L1 box and GIoU costs (``--set_cost_class/bbox/giou``).
+
+    No alpha: the focal class cost uses ``alpha = 0.25`` and ``gamma = 2`` whatever ``--focal_alpha``
+    says, as the official Deformable DETR matcher hard-codes them (``--focal_alpha`` is the loss's
+    alpha only); ``HungarianMatcher(focal_alpha=...)`` still allows another one."""
 
     set_cost_class: float = 1
     set_cost_bbox: float = 5
@@ -90,7 +88,8 @@ class MatcherConfig:
 
 
 def build_matcher(cfg: MatcherConfig, focal: bool = False) -> HungarianMatcher:
-    """DETR's softmax class cost, or with ``focal`` Deformable DETR's (alpha 0.25, gamma 2, as officially)."""
+    """DETR's softmax class cost, or with ``focal`` Deformable DETR's (alpha 0.25, gamma 2, as officially).
+    ``focal`` follows the model's classification (set by the model's builder), not a flag."""
     return HungarianMatcher(
         cost_class=cfg.set_cost_class, cost_bbox=cfg.set_cost_bbox, cost_giou=cfg.set_cost_giou, focal=focal
     )

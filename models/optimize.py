@@ -1,41 +1,11 @@
-"""Inference fast paths for DETR, panoptic DETR and Deformable DETR: ``optimize_for_inference``.
+"""Fast paths for DETR, panoptic DETR and Deformable DETR. Inference: ``optimize_for_inference``
+(``inference_model_from_args`` for ``main.py --eval_optimize``) returns an ``InferenceModel``, a
+copy with BatchNorm folded into the backbone's convolutions (``fold_batchnorm``), channels-last,
+oneDNN-fused ResNet blocks on CPUs (``fuse_resnet_blocks``), optional autocast and
+``torch.compile``. Training: ``fold_frozen_batchnorm_for_training`` (``--fold_frozen_bn``) applies
+frozen BatchNorm inside the convolution weights.
 
-The official code evaluates the training graph as it is. Here one entry point prepares a copy of
-a trained model for inference (evaluation, ``tools/``, hub models); each step can be switched off:
-
-* ``fold_bn`` (default on): the backbone's BatchNorm layers (frozen, or learning ones in eval
-  mode) are folded into the convolution before them (torchvision ResNet's ``convN``/``bnN`` and
-  ``downsample`` pairs), computed in float64: one convolution with a bias instead of a
-  convolution plus two full passes over the feature map. Exact up to float32 rounding; the
-  golden parity tests of the official numbers pass with it on.
-* ``channels_last`` (default: on for CPUs, and on GPUs with ``amp``): the backbone's
-  convolutions run on NHWC tensors, oneDNN's native layout on CPUs and the tensor cores' on
-  GPUs. Exact up to rounding.
-* ``fuse`` (default: on for CPUs with oneDNN, after folding): each ResNet block runs as oneDNN
-  convolutions with their bias, ReLU and residual addition fused in
-  (``torch.ops.mkldnn._convolution_pointwise``, the kernels ``torch.compile`` emits on CPUs) and
-  weights reordered once into oneDNN's blocked layout, instead of a convolution followed by separate
-  passes over the feature map for the bias, the ReLU and the addition. The same arithmetic: exact
-  up to rounding. On other devices the blocks fall back to the unfused operations.
-* ``amp="bf16"`` (CPUs with AVX512-BF16 / AMX, GPUs) or ``"fp16"`` (GPUs): autocast inside the
-  model, outputs returned in float32. Changes the outputs slightly (measured in docs/speed.md):
-  opt-in.
-* ``compile=True``: ``torch.compile`` with frozen weights (inductor ``freezing``: weights become
-  constants, oneDNN prepacks them, convolution + bias + ReLU/add are fused). Pays off for a fixed
-  input size (serving, benchmarks); every new input size compiles again.
-
-Attention already runs through PyTorch's fused ``scaled_dot_product_attention`` kernels
-(``need_weights=False``, ``models/transformer.py``). The returned ``InferenceModel`` is called like
-the model and returns the same outputs; it stays in eval mode and runs without autograd; its
-``state_dict`` is not a checkpoint (the BatchNorm layers are gone): save the original model.
-
-Training has one fast path of its own, ``fold_frozen_batchnorm_for_training`` (``main.py
---fold_frozen_bn``, opt-in): the official backbone follows each convolution by a frozen BatchNorm,
-two full passes over the feature map forward and one backward; folded, the frozen scale multiplies
-the (small) weight instead, ``conv(x, W * s) + b``, and autograd carries the gradient to ``W``. The
-modules, parameters and ``state_dict`` stay as they are (only the blocks' ``forward`` changes), so
-checkpoints, EMA, DDP and ``optimize_for_inference`` work unchanged. Exact up to rounding: the
-golden gradient parity tests pass with it on.
+Not in the official code, which runs the training graph as it is; all exact up to rounding but ``amp``.
 """
 
 from __future__ import annotations
@@ -315,7 +285,13 @@ def fold_frozen_batchnorm_for_training(model: nn.Module) -> int:
     layers are all frozen (``FrozenBatchNorm2d``) apply them folded into its convolutions
     (``conv(x, W * s) + b``), in training and in evaluation alike. Parameters, buffers and
     ``state_dict`` are unchanged; blocks with learning BatchNorm keep their own forward. Returns the
-    number of folded (convolution, BatchNorm) pairs. ``unfold_frozen_batchnorm`` undoes it."""
+    number of folded (convolution, BatchNorm) pairs. ``unfold_frozen_batchnorm`` undoes it.
+
+    The official backbone follows each convolution by a frozen BatchNorm: two full passes over the
+    feature map forward and one backward. Folded, the frozen scale multiplies the (small) weight
+    instead and autograd carries the gradient to ``W``; only the blocks' ``forward`` changes, so
+    checkpoints, EMA, DDP and ``optimize_for_inference`` work unchanged. Exact up to rounding: the
+    golden gradient parity tests pass with it on."""
     count = 0
     for module in list(model.modules()):
         folded = _FOLDED_CLASSES.get(type(module))
@@ -371,7 +347,8 @@ class InferenceOptions:
 class InferenceModel(nn.Module):
     """A model prepared by ``optimize_for_inference``: ``forward`` takes what the model takes and
     returns the same dict (float32 tensors also under autocast), without autograd. The prepared
-    model is ``.model``. Eval mode only: ``train()`` raises."""
+    model is ``.model``. Eval mode only: ``train()`` raises. Its ``state_dict`` is not a checkpoint
+    (the BatchNorm layers are gone): save the original model."""
 
     def __init__(self, model: nn.Module, options: InferenceOptions) -> None:
         super().__init__()
@@ -416,13 +393,26 @@ def optimize_for_inference(
 ) -> InferenceModel:
     """Prepare ``model`` (DETR, DETRsegm or Deformable DETR; also inside DDP) for inference.
 
-    ``fold_bn``: fold BatchNorm into the backbone convolutions (exact up to rounding).
-    ``channels_last``: NHWC backbone; ``None`` chooses it on CPUs, and on GPUs with ``amp``.
-    ``fuse``: oneDNN convolutions with fused bias/ReLU/residual (needs ``fold_bn``); ``None``
-    chooses it on CPUs with oneDNN, unless compiling (inductor fuses by itself).
-    ``amp``: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast (opt-in: changes outputs slightly).
-    ``compile``: ``torch.compile`` with frozen weights (for a fixed input size).
+    ``fold_bn``: fold the backbone's BatchNorm layers (frozen, or learning ones in eval mode) into
+    the convolutions before them, in float64: one convolution with a bias instead of a convolution
+    plus two passes over the feature map. Exact up to float32 rounding (the golden parity tests
+    pass with it on).
+    ``channels_last``: NHWC backbone (oneDNN's native layout on CPUs, the tensor cores' on GPUs);
+    ``None`` chooses it on CPUs, and on GPUs with ``amp``.
+    ``fuse``: each ResNet block as oneDNN convolutions with their bias, ReLU and residual addition
+    fused in (``torch.ops.mkldnn._convolution_pointwise``, what ``torch.compile`` emits on CPUs),
+    weights reordered once into oneDNN's blocked layout; the same arithmetic. Needs ``fold_bn``;
+    ``None`` chooses it on CPUs with oneDNN, unless compiling (inductor fuses by itself); other
+    devices fall back to the unfused operations.
+    ``amp``: ``"none"``, ``"bf16"`` (CPUs with AVX512-BF16 / AMX, GPUs) or ``"fp16"`` (GPUs)
+    autocast inside the model, outputs in float32 (opt-in: changes outputs slightly, see
+    docs/results.md).
+    ``compile``: ``torch.compile`` with frozen weights (inductor ``freezing``): pays off for a fixed
+    input size; every new input size compiles again.
     ``inplace``: change ``model`` itself instead of a deep copy (it cannot be trained afterwards).
+
+    Attention needs nothing here: it already runs through PyTorch's fused
+    ``scaled_dot_product_attention`` (``need_weights=False``, ``models/transformer.py``).
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"optimize_for_inference: amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")

@@ -1,11 +1,9 @@
-"""Positional encodings for image features: sine (Vaswani et al., generalised to 2-D) and learned.
+"""Positional encodings for image features, ``[B, 2 * num_pos_feats, H, W]``: ``PositionEmbeddingSine``
+(Vaswani et al.'s sine, generalised to 2-D: the official DETR encoding; ``offset=-0.5`` gives
+Deformable DETR's) and ``PositionEmbeddingLearned``, built by ``build_position_encoding`` from a
+``PositionEncodingConfig``.
 
-``PositionEmbeddingSine`` is the official DETR encoding. Deformable DETR uses the same encoding
-with the pixel coordinates shifted by ``offset=-0.5`` before normalisation; that is one argument
-here instead of a second class. Both encodings return ``[B, 2 * num_pos_feats, H, W]``.
-
-Unlike the official encodings, these are not scriptable with ``torch.jit.script`` (deprecated by
-PyTorch): export the model with ``torch.export`` or to ONNX (``tools/export.py``).
+The official encodings, Deformable DETR's variant as one argument instead of a second class, no TorchScript.
 """
 
 from __future__ import annotations
@@ -22,7 +20,8 @@ from util.misc import NestedTensor, refuse_torchscript
 
 class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of the (optionally normalised) row and column index of each
-    non-padded pixel. Padding (``mask == True``) does not advance the coordinates.
+    non-padded pixel. Padding (``mask == True``) does not advance the coordinates. ``offset`` shifts
+    the coordinates before normalisation (Deformable DETR: -0.5, a second class officially).
     """
 
     __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error

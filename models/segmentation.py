@@ -1,31 +1,11 @@
-"""DETR for segmentation: a mask head on top of a (possibly frozen) DETR, and the instance and
-panoptic post-processors (Carion et al., 2020, section 4.4).
+"""DETR for segmentation (Carion et al., 2020, section 4.4): ``DETRsegm`` wraps a (possibly frozen)
+``DETR`` and adds ``bbox_attention`` (``MHAttentionMap``: attention maps of each query over the
+encoder memory) and ``mask_head`` (``MaskHeadSmallConv``: an FPN-style decoder over layer3-1 giving
+one mask logit map per query at stride 4); ``PostProcessSegm`` and ``PostProcessPanoptic`` turn
+its outputs into instance masks and COCO panoptic PNGs.
 
-Same modules, parameter names and numbers as the official ``models/segmentation.py``:
-``DETRsegm`` wraps a ``DETR`` as ``detr`` and adds ``bbox_attention`` (``MHAttentionMap``, one
-attention map per query and head over the encoder memory) and ``mask_head``
-(``MaskHeadSmallConv``, an FPN-style decoder over the backbone's layer3, layer2 and layer1 that
-outputs one mask logit map per query at stride 4). Differences:
-
-* The FPN widths are read off the backbone (``feature_channels``) instead of being hard-coded to
-  ResNet-50's ``[1024, 512, 256]``, so ResNet-18/34 backbones work too.
-* ``GroupNorm`` uses ``gcd(8, channels)`` groups instead of always 8: identical for every
-  official configuration (``hidden_dim >= 128`` with 8 heads), and small models (``hidden_dim``
-  32 or 64) no longer fail with "channels not divisible by groups".
-* With ``freeze_detr``, learning ``BatchNorm2d`` layers inside the DETR (``--train_backbone_all``)
-  keep their running statistics (eval mode) during training; the official backbone only has
-  ``FrozenBatchNorm2d``, so official configurations are unaffected.
-* ``PostProcessPanoptic`` follows the official algorithm step by step (keep confident non-"no-object"
-  queries, bilinear upsampling, per-pixel argmax, merging of stuff queries of the same class,
-  iterative removal of segments of at most 4 pixels, nearest resizing to the original size,
-  segment id = index of the kept query, so the first segment has id 0 as officially). One
-  addition: queries whose class is not in ``is_thing_map`` are dropped like "no-object" ones (the
-  official code raises ``KeyError`` there, or writes a category the evaluation rejects), so a map
-  derived from the data set's categories always yields evaluable output.
-* ``dice_loss`` and ``sigmoid_focal_loss`` live in ``models.losses``, ``rgb2id`` / ``id2rgb`` in
-  ``util.panoptic``; all are re-exported here.
-* ``DETRsegm`` is not scriptable with ``torch.jit.script`` (the official one was; PyTorch deprecates
-  TorchScript): export with ``torch.export`` or to ONNX (``tools/export.py``).
+The official modules, parameter names and numbers, made to work with other backbones, small models
+and classes missing from ``is_thing_map``.
 """
 
 from __future__ import annotations
@@ -64,6 +44,8 @@ def _expand(tensor: Tensor, length: int) -> Tensor:
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
+    """``gcd(8, channels)`` groups (officially always 8: identical for every official configuration,
+    ``hidden_dim >= 128`` with 8 heads, and small models, ``hidden_dim`` 32 or 64, no longer fail)."""
     return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
@@ -72,7 +54,9 @@ class DETRsegm(nn.Module):
     logits at the stride of layer1) to DETR's outputs. The backbone must return layer1-4.
 
     ``freeze_detr``: the wrapped DETR's parameters get ``requires_grad=False`` (the official second
-    stage of panoptic training, where only the mask head learns).
+    stage of panoptic training, where only the mask head learns). The FPN widths are read off the
+    backbone (``feature_channels``; officially ResNet-50's ``[1024, 512, 256]``), so ResNet-18/34
+    backbones work too.
     """
 
     __prepare_scriptable__ = refuse_torchscript  # torch.jit.script: a clear error
@@ -269,6 +253,14 @@ class PostProcessPanoptic(nn.Module):
 
     ``is_thing_map``: ``{category_id: bool}`` for every class the model can predict.
     ``threshold``: minimum class probability for a query to be kept.
+
+    The official algorithm step by step: keep confident non-"no-object" queries, bilinear
+    upsampling, per-pixel argmax, merging of stuff queries of the same class, iterative removal of
+    segments of at most 4 pixels, nearest resizing to the original size, segment id = index of the
+    kept query (the first is 0). One addition: queries whose class is not in ``is_thing_map`` are
+    dropped like "no-object" ones (the official code raises ``KeyError`` there, or writes a
+    category the evaluation rejects), so a map derived from the data set's categories always yields
+    evaluable output.
     """
 
     def __init__(self, is_thing_map: dict[int, bool], threshold: float = 0.85) -> None:

@@ -1,26 +1,10 @@
-"""timm backbones (``--backbone timm:<name>``): any timm model that supports ``features_only``.
+"""timm backbones (``--backbone timm:<name>``): ``TimmBackbone`` is ``timm.create_model(name,
+features_only=True, out_indices=...)`` with the interface of ``models.backbone.BackboneBase``
+(``num_channels``, ``feature_channels``, ``strides``, padded ``NestedTensor`` features), so DETR,
+the mask head and Deformable DETR use it unchanged. timm is optional (``requirements-extra.txt``):
+imported when such a backbone is built (``import_timm``), its absence one clear error.
 
-Not in the official code, which only has torchvision ResNets. The backbone is
-``timm.create_model(name, features_only=True, out_indices=...)`` with the interface of
-``models.backbone.BackboneBase`` (``num_channels``, ``feature_channels``, ``strides``, padded
-``NestedTensor`` features), so DETR, the mask head and Deformable DETR use it unchanged:
-
-* The ResNet stage names the models ask for map to timm's last four feature levels:
-  ``layer4`` is the last level (DETR), ``layer2-4`` the last three (Deformable DETR, which adds its
-  extra strided level on top as officially), ``layer1-4`` the last four (mask head). With timm's
-  ResNets these are exactly ``layer1-4``, with the same parameter names as torchvision's, so a
-  ``timm:resnet50`` and a ``resnet50`` checkpoint are interchangeable.
-* The official training semantics carry over: BatchNorm is frozen (timm's ``freeze_batch_norm_2d``,
-  which also handles timm's fused BatchNorm + activation layers) and the stem and first stride-4
-  stage are frozen; ``train_backbone=False`` (``--lr_backbone 0``) freezes everything;
-  ``train_all_layers`` (``--train_backbone_all``) trains every parameter with learning BatchNorm.
-* ``weights``: ``"timm"`` (or the flag's default ``"torchvision"``) loads timm's pretrained
-  weights (a download from the Hugging Face hub), a path loads a local file (a timm state dict, or
-  a DETR-family checkpoint whose backbone is taken), ``None`` starts from random weights.
-* ``dilation`` (DC5) is timm's ``output_stride=16``.
-
-timm is an optional dependency (``requirements-extra.txt``): it is imported when such a backbone
-is built, and its absence is one clear error.
+Not in the official code, which only has torchvision ResNets; the official training semantics carry over.
 """
 
 from __future__ import annotations
@@ -34,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import features_per_image
+from models.per_image import features_per_image
 from util.misc import NestedTensor
 
 TIMM_PREFIX = "timm:"
@@ -97,6 +81,20 @@ class TimmBackbone(nn.Module):
     Attributes as ``BackboneBase``: ``num_channels`` (channels of the last returned level),
     ``feature_channels`` and ``strides`` (one entry per returned level); ``model_name`` and
     ``out_indices`` (negative, from the last level) say what was built.
+
+    * ``return_layers``: the ResNet stage names the models ask for map to timm's last four feature
+      levels: ``layer4`` the last (DETR), ``layer2-4`` the last three (Deformable DETR, which adds
+      its extra strided level on top as officially), ``layer1-4`` the last four (mask head). With
+      timm's ResNets these are exactly ``layer1-4``, with torchvision's parameter names, so
+      ``timm:resnet50`` and ``resnet50`` checkpoints are interchangeable.
+    * As officially, BatchNorm is frozen (timm's ``freeze_batch_norm_2d``, which also handles timm's
+      fused BatchNorm + activation layers) and so are the stem and the first stride-4 stage;
+      ``train_backbone=False`` (``--lr_backbone 0``) freezes everything; ``train_all_layers``
+      (``--train_backbone_all``) trains every parameter with learning BatchNorm.
+    * ``weights``: ``"timm"`` (or the flag's default ``"torchvision"``) loads timm's pretrained
+      weights (a download from the Hugging Face hub), a path a local file (a timm state dict, or a
+      DETR-family checkpoint whose backbone is taken), ``None`` nothing (random weights).
+    * ``dilation`` (DC5) is timm's ``output_stride=16``.
     """
 
     def __init__(
@@ -110,7 +108,7 @@ class TimmBackbone(nn.Module):
         per_image: bool = False,
     ) -> None:
         super().__init__()
-        self.per_image = per_image  # models.backbone.features_per_image
+        self.per_image = per_image  # models.per_image.features_per_image
         timm = import_timm()
         unknown = [s for s in return_layers if s not in _STAGE_TO_INDEX]
         if unknown:

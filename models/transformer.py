@@ -1,11 +1,10 @@
-"""The DETR encoder-decoder transformer (Carion et al., 2020).
+"""The DETR encoder-decoder transformer (Carion et al., 2020): ``Transformer`` (post-norm layers, or
+pre-norm with ``normalize_before``; positional encodings added to queries and keys at every
+layer; a final decoder ``LayerNorm`` on each returned intermediate output), built by
+``build_transformer`` from a ``TransformerConfig``.
 
-Same architecture, parameter names and numbers as the official ``models/transformer.py``:
-post-norm layers (or pre-norm with ``normalize_before``), positional encodings added to queries
-and keys at every layer, a final decoder ``LayerNorm`` applied to each returned intermediate
-output. Differences: attention runs with ``need_weights=False`` so PyTorch may use its fused
-scaled-dot-product kernels (flash / memory-efficient on GPU); the layers are built from a small
-typed config.
+The official architecture, parameter names and numbers; attention without weights
+(``need_weights=False``), so PyTorch may run its fused scaled-dot-product kernels.
 """
 
 from __future__ import annotations

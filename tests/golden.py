@@ -153,28 +153,16 @@ def check_training_fast_path(golden: dict, model: nn.Module, criterion: nn.Modul
     one ill-conditioned gradient: Deformable DETR's first input projection (1x1 convolution +
     GroupNorm of 4-channel groups over a few positions) amplifies rounding-level changes of the
     backbone features: any change of convolution kernel moves it (channels-last alone: 4.4e-4 of
-    its scale on deformable_tiny.pt, the folding the same), so 1e-3 of the scale there.
-
-    With it, ``models.fast_dropout.use_fast_dropout`` (``--fast_dropout``) with every dropout
-    probability set to 1e-6, under 1/131072: nothing is dropped (the fixtures have no dropout) but
-    the fast path runs, the attention through its explicit arithmetic."""
+    its scale on deformable_tiny.pt, the folding the same), so 1e-3 of the scale there."""
     import copy
 
-    from models.fast_dropout import drop_threshold, use_fast_dropout
     from models.optimize import fold_frozen_batchnorm_for_training
     from util.misc import NestedTensor
 
     folded = copy.deepcopy(model)
     n_frozen = sum(type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
     assert fold_frozen_batchnorm_for_training(folded) == n_frozen > 0
-    n_attention = sum(type(m) is nn.MultiheadAttention for m in model.modules())
-    assert use_fast_dropout(folded) >= n_attention > 0 and drop_threshold(1e-6) == 0
-    for m in folded.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 1e-6
-        elif isinstance(m, nn.MultiheadAttention):
-            m.dropout = 1e-6
-    folded.train()  # the fixtures' numbers are from eval mode, the same without dropout
+    folded.train()  # the fixtures' numbers are from eval mode, the same without dropout (they have none)
     assert {k: v.shape for k, v in folded.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     folded.zero_grad()
     out = folded(NestedTensor(golden["samples_tensors"], golden["samples_mask"]))
@@ -184,7 +172,7 @@ def check_training_fast_path(golden: dict, model: nn.Module, criterion: nn.Modul
 
 
 def check_per_image_backbone(golden: dict, model: nn.Module) -> None:
-    """``--backbone_per_image`` (``models.backbone.features_per_image``) on a copy of ``model``. The
+    """``--backbone_per_image`` (``models.per_image.features_per_image``) on a copy of ``model``. The
     fixture's first image fills the padded batch, so its features and every output of it (main,
     auxiliary, two-stage, masks) keep the official numbers; the second image, padded, now goes
     through the backbone alone, and its outputs move: officially they depend on the padding."""

@@ -1,19 +1,9 @@
-"""Multi-scale deformable attention (Zhu et al., 2021): the ``MSDeformAttn`` module and the
-functional op with selectable implementations.
+"""Multi-scale deformable attention (Zhu et al., 2021): the ``MSDeformAttn`` module (official
+parameter names, initialisation and forward semantics) and the functional ``ms_deform_attn``,
+which runs an implementation of ``MS_DEFORM_ATTN_IMPLS`` (``pytorch`` on any device, ``triton``
+on CUDA; ``impl="auto"`` picks with ``resolve_impl`` and says its choice once per process).
 
-``MSDeformAttn`` has the official parameter names (``sampling_offsets``, ``attention_weights``,
-``value_proj``, ``output_proj``), initialisation and forward semantics, so official checkpoints
-load unchanged. Differences from the official ``models/ops``:
-
-* no compiled CUDA extension: the op is chosen from ``MS_DEFORM_ATTN_IMPLS`` (a plain dict):
-  ``pytorch`` (``grid_sample``, any device/dtype, the official ``ms_deform_attn_core_pytorch``
-  semantics) or ``triton`` (JIT-compiled forward and backward kernels, CUDA).
-  ``impl="auto"`` picks ``triton`` for CUDA tensors when Triton imports, else ``pytorch``; the
-  choice is printed once per process.
-* ``im2col_step`` is kept as an attribute for compatibility but unused.
-* a bad ``d_model``/``n_heads`` combination raises ``ValueError`` naming both values.
-* ``input_spatial_shapes`` may also be a list of ``(h, w)`` or a ``LevelSizes`` (what
-  ``DeformableTransformer`` passes: no device-to-host copy, dynamic sizes under ``torch.export``).
+Unlike the official ``models/ops``: no compiled CUDA extension, and ``im2col_step`` unused.
 """
 
 from __future__ import annotations
@@ -121,7 +111,7 @@ class MSDeformAttn(nn.Module):
             )
         resolve_impl(impl)  # validate the name early
         self.impl = impl
-        self.im2col_step = 64
+        self.im2col_step = 64  # the official extension's batching; kept as an attribute, unused
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -161,7 +151,9 @@ class MSDeformAttn(nn.Module):
     ) -> Tensor:
         """``query [B, Q, C]``; ``reference_points [B, Q, L, 2]`` (x, y in [0, 1], padded area
         included) or ``[B, Q, L, 4]`` (boxes: offsets scale with the box size);
-        ``input_flatten [B, S, C]``, ``input_spatial_shapes [L, 2]`` (or a list of ``(h, w)``),
+        ``input_flatten [B, S, C]``, ``input_spatial_shapes [L, 2]`` (or a list of ``(h, w)``, or
+        the ``LevelSizes`` ``DeformableTransformer`` passes: no device-to-host copy, sizes dynamic
+        under ``torch.export``),
         ``input_level_start_index [L]``,
         ``input_padding_mask [B, S]`` (True = padding) -> ``[B, Q, C]``."""
         n, len_q, _ = query.shape

@@ -1,17 +1,9 @@
-"""Multi-scale deformable attention, the reference implementation in plain PyTorch.
+"""Multi-scale deformable attention in plain PyTorch: ``ms_deform_attn_pytorch`` (each head's value
+map sampled bilinearly at the sampling locations with ``grid_sample``, weighted by the attention
+weights; any device and dtype, differentiable by autograd) and ``LevelSizes``, the level sizes as
+a list and as a tensor.
 
-Same semantics as the official ``ms_deform_attn_core_pytorch`` (Zhu et al., 2021): for each
-query, head, level and point, bilinearly sample the head's value map at ``sampling_locations``
-(normalised ``[0, 1]`` coordinates, ``(x, y)``) with ``F.grid_sample(mode="bilinear",
-padding_mode="zeros", align_corners=False)``, i.e. pixel coordinate ``loc * size - 0.5`` and
-zero outside the map, and sum the samples weighted by ``attention_weights``. Differences: the
-sampling grids of all levels are built in one go, the level sizes are read once to the host, and
-without autograd (inference) each level's samples are weighted and summed as soon as they are
-taken: the official code stacks every level's samples first, a tensor ``L`` times the size of
-one level's, twice at the peak (at COCO encoder shapes on a CPU: 0.4 instead of 1.1 GB, and a
-faster forward). With autograd the official stacked order is kept (its backward is faster).
-It runs on any device and dtype and is differentiable by autograd (also in float64); mixed
-dtypes (autocast: bf16 values, fp32 locations) are computed in the promoted dtype.
+The official ``ms_deform_attn_core_pytorch``'s semantics, with a lower peak memory at inference.
 """
 
 from __future__ import annotations
@@ -68,7 +60,16 @@ def ms_deform_attn_pytorch(
     or a list of ``(h, w)``),
     ``level_start_index [L]`` (unused here: the split follows ``spatial_shapes``),
     ``sampling_locations [B, Q, H, L, P, 2]``, ``attention_weights [B, Q, H, L, P]``
-    -> ``[B, Q, H * D]``."""
+    -> ``[B, Q, H * D]``.
+
+    As the official ``ms_deform_attn_core_pytorch``: for each query, head, level and point, the
+    head's value map sampled at ``sampling_locations`` (normalised ``[0, 1]`` coordinates, ``(x, y)``)
+    with ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)``, i.e. pixel
+    coordinate ``loc * size - 0.5`` and zero outside the map, the samples summed weighted by
+    ``attention_weights``. The sampling grids of all levels are built in one go and the level sizes
+    read to the host once. Without autograd each level's samples are weighted and summed as soon
+    as they are taken; the official code stacks every level's samples first, a tensor ``L`` times
+    one level's, twice at the peak (kept with autograd, where its backward is faster)."""
     # Mixed precision: bf16 values with fp32 locations (autocast) are sampled in the wider dtype,
     # as grid_sample needs one dtype and locations lose pixels in bf16.
     dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)

@@ -1,20 +1,10 @@
-"""Multi-scale deformable attention as Triton kernels (forward and backward), JIT compiled.
+"""Multi-scale deformable attention as Triton kernels, forward and backward, JIT compiled:
+``ms_deform_attn_triton`` computes exactly what ``ms_deform_attn_pytorch`` computes, without its
+per-level ``grid_sample`` calls and ``[B*H, D, Q, L*P]`` intermediate. With ``TRITON_INTERPRET=1``
+set before Triton is imported, the kernels run in Triton's interpreter on CPU tensors (slow; the
+tests' way without a GPU).
 
-Computes exactly what ``ms_deform_attn_pytorch`` computes (bilinear sampling with zero padding,
-``align_corners=False``: pixel coordinate ``loc * size - 0.5``), without the per-level
-``grid_sample`` calls and the ``[B*H, D, Q, L*P]`` intermediate of the reference. Differences from
-the official CUDA extension (``MSDeformAttnFunction``): no build step (Triton compiles at first
-use), no ``im2col_step`` batching, any of fp32/bf16/fp16 inputs (also mixed, e.g. bf16 values
-with fp32 sampling locations) with fp32 accumulation, and gradients of the value accumulated
-with fp32 atomic adds into an fp32 buffer, then cast to the value's dtype.
-
-One program handles ``BLOCK_Q`` queries of one (batch, head) pair and all ``D`` channels of that
-head; it loops over levels and points. Each (query, head, level, point) belongs to one program,
-so the gradients of sampling locations and attention weights need no atomics; the gradient of the
-value does (several queries sample the same pixel).
-
-With ``TRITON_INTERPRET=1`` set before Triton is imported, the kernels run in Triton's
-interpreter on CPU tensors (slow; used by the tests when there is no GPU).
+Unlike the official CUDA extension: no build step, no ``im2col_step``, fp32/bf16/fp16 (also mixed) inputs.
 """
 
 from __future__ import annotations
@@ -56,6 +46,10 @@ def _point_coords(loc_ptr, attn_ptr, idx, mask_q, hl, wl):
     return x0, y0, fx, fy, aw, wf, hf
 
 
+# One program handles BLOCK_Q queries of one (batch, head) pair and all D channels of that head; it
+# loops over levels and points, accumulating in fp32. Each (query, head, level, point) belongs to one
+# program, so the gradients of sampling locations and attention weights need no atomics; the gradient
+# of the value does (several queries sample the same pixel).
 @triton.jit
 def _ms_deform_attn_fwd_kernel(
     value_ptr,
@@ -226,6 +220,7 @@ class MSDeformAttnTritonFunction(torch.autograd.Function):
         b, s, nh, d = value.shape
         _, q, _, nl, npts, _ = sampling_locations.shape
         grad_out = grad_out.contiguous()
+        # fp32 atomic adds into an fp32 buffer, cast to the value's dtype at the end
         grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
         grad_loc = torch.empty(sampling_locations.shape, dtype=torch.float32, device=value.device)
         grad_attn = torch.empty(attention_weights.shape, dtype=torch.float32, device=value.device)
