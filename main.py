@@ -42,7 +42,7 @@ from util.checkpoint import (
     prepare_output_dir,
 )
 from util.ema import ModelEma
-from util.host_memory import apply_host_allocator
+from util.host_memory import keep_freed_memory
 from util.logging import MetricLogger, TensorboardLogger, read_log, write_log_line
 from util.misc import collate_fn
 from util.optim import apply_schedule_changes, build_optimizer, build_scheduler, param_groups
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         except CheckpointError as e:
             raise SystemExit(f"error: {e}") from e
     device, amp_dtype = torch.device(args.device), AMP_DTYPES[args.amp]
-    apply_host_allocator("keep")  # freed CPU memory kept for the next step; before DataLoader workers fork
+    keep_freed_memory()  # freed CPU memory kept for the next step (Linux); before DataLoader workers fork
     seed = args.seed + dist_utils.get_rank()
     torch.manual_seed(seed)
     random.seed(seed)

@@ -1,6 +1,6 @@
 """Host (CPU) memory: keep freed memory in the process for reuse, as CUDA's caching allocator does.
 
-``apply_host_allocator`` is ``main.py --host_allocator keep|system``; ``keep_freed_memory`` sets
+``main.py`` calls ``keep_freed_memory`` (``apply_host_allocator`` is the benchmarks' ``--host_allocator keep|system``); ``keep_freed_memory`` sets
 glibc's ``mallopt`` so that large blocks come from the heap and the heap is not trimmed. Numbers are
 unchanged (only where memory comes from changes); the process keeps its peak memory; other C
 libraries (musl, macOS, Windows) are left alone. The official code has no such setting (the same
@@ -59,7 +59,7 @@ def keeps_freed_memory() -> bool:
 
 
 def apply_host_allocator(mode: str) -> bool:
-    """``main.py --host_allocator``: ``keep`` calls ``keep_freed_memory``; ``system`` leaves the C
+    """The benchmarks' ``--host_allocator``: ``keep`` calls ``keep_freed_memory``; ``system`` leaves the C
     library's defaults. Returns whether freed memory is kept."""
     if mode not in ("keep", "system"):
         raise ValueError(f"--host_allocator: unknown '{mode}', choose keep or system")
