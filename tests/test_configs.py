@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_main import TINY
+from tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "configs").glob("*.sh"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_main import TINY
+from tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 

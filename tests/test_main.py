@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY
 
 import main as main_module
 from util.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = [
-    "--backbone", "resnet18", "--backbone_weights", "none", "--train_backbone_all",
-    "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "2",
-    "--dim_feedforward", "64", "--num_queries", "8", "--batch_size", "4", "--num_workers", "0",
-    "--train_scales", "64", "--val_size", "64", "--max_size", "64", "--device", "cpu", "--print_freq", "50",
-]  # fmt: skip
 
 
 def parse(argv: list[str]):
@@ -96,13 +90,13 @@ def _state_of(path: Path) -> dict:
 def test_resume_is_exact(synthetic_coco, tmp_path, capsys, case):
     """2 epochs in one go == 1 epoch + resume for 1 more (weights, optimizer, scheduler, RNG; the
     fp16 loss scaler), in fp32 and with mixed precision. ``cpu_opt_ins``: the CPU training options
-    that change the recipe (``--fast_dropout``'s random stream, ``--backbone_per_image``; with
-    ``--fold_frozen_bn``) given to the first runs only: the resumed run takes them from the checkpoint."""
+    that change the recipe (``--backbone_per_image``; with ``--fold_frozen_bn``) given to the first
+    runs only: the resumed run takes them from the checkpoint."""
     amp = case if case in ("bf16", "fp16") else "none"
     base, opt_ins = TINY, []
     if case == "cpu_opt_ins":  # the official frozen BatchNorm backbone, which --backbone_per_image needs
         base = [a for a in TINY if a != "--train_backbone_all"]
-        opt_ins = ["--fast_dropout", "--backbone_per_image", "--fold_frozen_bn"]
+        opt_ins = ["--backbone_per_image", "--fold_frozen_bn"]
     common = [*base, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5", "--amp", amp]
     main_module.main(parse([*common, *opt_ins, "--epochs", "2", "--output_dir", str(tmp_path / "full")]))
     main_module.main(parse([*common, *opt_ins, "--epochs", "1", "--output_dir", str(tmp_path / "part")]))
@@ -112,7 +106,7 @@ def test_resume_is_exact(synthetic_coco, tmp_path, capsys, case):
                "--resume", str(tmp_path / "part" / "checkpoint.pth")])
     )  # fmt: skip
     if opt_ins:
-        assert "--fast_dropout: 16 dropout and attention modules switched" in capsys.readouterr().out
+        assert "frozen BatchNorm layers folded" in capsys.readouterr().out
     full, part = _state_of(tmp_path / "full" / "checkpoint.pth"), _state_of(tmp_path / "part" / "checkpoint.pth")
     assert full["epoch"] == part["epoch"] == 1
     for k, v in full["model"].items():

@@ -24,7 +24,8 @@ from data_faults import (
     write_json,
 )
 from golden import DATA_DIR
-from test_main import TINY, _expect_exit, parse
+from test_main import _expect_exit, parse
+from tiny import TINY
 
 import main as main_module
 from models import build_model

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_main import TINY
+from tiny import TINY
 
 import main as main_module
 from util.checkpoint import CheckpointSaver, save_checkpoint

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_main import TINY
 from test_preemption import RUN, _children, assert_same_run, reference  # noqa: F401  (fixture)
+from tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
