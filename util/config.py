@@ -145,11 +145,11 @@ class ModelConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelConfig:
         """From ``main.get_args_parser()``'s flags; ``None`` presets take ``--model``'s values."""
-        values = _read(cls, args)
-        lr_backbone = args.lr_backbone if args.lr_backbone is not None else PRESETS[values["model"]]["lr_backbone"]
+        values, given = _read(cls, args), vars(args)
+        lr_backbone = _read(TrainConfig, args)["lr_backbone"]
         values["train_backbone"] = lr_backbone > 0
-        values["load_backbone_weights"] = not (args.resume or args.frozen_weights)
-        values["panoptic_is_thing_map"] = vars(args).get("panoptic_is_thing_map")
+        values["load_backbone_weights"] = not (given.get("resume") or given.get("frozen_weights"))
+        values["panoptic_is_thing_map"] = given.get("panoptic_is_thing_map")
         return cls(**values)
 
     @classmethod
@@ -262,7 +262,8 @@ class DataConfig:
         values = _read(cls, args)
         values["voc_years"] = parse_years(values["voc_years"])
         values["train_scales"] = tuple(int(s) for s in values["train_scales"])
-        return cls(**values, masks=args.masks, num_classes=args.num_classes, rank=rank, world_size=world_size)
+        model = _read(ModelConfig, args)
+        return cls(**values, masks=model["masks"], num_classes=model["num_classes"], rank=rank, world_size=world_size)
 
     def split_name(self, image_set: str, defaults: dict[str, str]) -> str:
         """The VOC list / YOLO yaml key of ``image_set``: ``train_split`` / ``val_split``, else ``defaults``."""
@@ -494,13 +495,11 @@ def _plain(value: Any) -> Any:
 
 
 def _read(part: type, args: argparse.Namespace) -> dict[str, Any]:
-    """A part's settings from a namespace; ``None`` presets filled from ``args.model``."""
+    """A part's settings from a namespace. A setting the namespace lacks (one made by the official
+    code's parser, which predates it) takes its declared default; ``None`` presets take ``--model``'s."""
     values = vars(args)
-    missing = [f.name for f in settings_of(part) if f.name not in values]
-    if missing:
-        raise AttributeError(f"the namespace lacks {missing}: make it with main.get_args_parser()")
-    out = {f.name: values[f.name] for f in settings_of(part)}
-    preset = PRESETS[values["model"]]
+    out = {f.name: values.get(f.name, default_of(f)) for f in settings_of(part)}
+    preset = PRESETS[values.get("model", "detr")]
     return {k: (preset[k] if v is None and k in preset else v) for k, v in out.items()}
 
 
