@@ -442,7 +442,7 @@ def inference_model_from_args(model: nn.Module, args: Any) -> nn.Module:
     """The model ``main.py`` evaluates, from ``--eval_optimize`` (``none``: the model itself;
     ``fast``: BatchNorm folding + channels-last; ``compile``: also ``torch.compile``) and
     ``--amp`` (``bf16``/``fp16`` autocast inside the prepared model)."""
-    mode, amp = getattr(args, "eval_optimize", "fast"), getattr(args, "amp", "none")
+    mode, amp = args.eval_optimize, args.amp
     if mode not in ("none", "fast", "compile"):
         raise ValueError(f"--eval_optimize: unknown '{mode}', choose from none, fast, compile")
     if mode == "none" or (amp == "fp16" and next(_unwrap(model).parameters()).device.type == "cpu"):

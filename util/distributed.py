@@ -109,7 +109,7 @@ def init_distributed_mode(args: Any) -> None:
         return
 
     args.distributed = True
-    use_cuda = str(getattr(args, "device", "cuda")).startswith("cuda") and torch.cuda.is_available()
+    use_cuda = (args.device is None or str(args.device).startswith("cuda")) and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(args.gpu)
     args.dist_backend = "nccl" if use_cuda else "gloo"
