@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import main as detection  # noqa: E402
+from util import config  # noqa: E402
 
 INSTALL_HINT = (
     "run_with_submitit.py needs the optional package submitit: "
@@ -126,8 +127,8 @@ class Trainer:
     which calls ``checkpoint()`` and requeues the job; it continues exactly where it stopped. With
     ``--device cpu``, ``--ngpus`` counts CPU processes per node (gloo) and no GPU is requested."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, args: argparse.Namespace, given: set[str] | None = None) -> None:
+        self.args, self.given = args, given
 
     def __call__(self) -> dict[str, Any]:
         if str(ROOT) not in sys.path:
@@ -137,7 +138,7 @@ class Trainer:
 
         rank = self._setup_distributed()
         try:
-            return detection_main.main(self.args)
+            return detection_main.main(self.args, given=self.given)
         except Preempted as e:
             print(f"{e}", flush=True)
             if rank == 0:
@@ -157,7 +158,7 @@ class Trainer:
         args.dist_url = _init_file(Path(args.job_dir)).as_uri()
         args.resume = "auto"  # the newest readable checkpoint in output_dir (mid-epoch included)
         print(f"requeuing with --resume auto from {args.output_dir}", flush=True)
-        return submitit.helpers.DelayedSubmission(type(self)(args))
+        return submitit.helpers.DelayedSubmission(type(self)(args, self.given))
 
     def _setup_distributed(self) -> int:
         """Ranks from submitit's job environment, exported as torchrun would; ``%j`` expanded."""
@@ -176,10 +177,10 @@ class Trainer:
         return env.global_rank
 
 
-def submit(args: argparse.Namespace) -> Any:
-    """Submit the training job; returns the submitit job."""
+def submit(args: argparse.Namespace, given: set[str] | None = None) -> Any:
+    """Submit the training job (``given``: the flags given on the command line); returns the submitit job."""
     submitit = _submitit()
-    detection.resolve_args(copy.deepcopy(args))  # flag errors now, not in the queue (device left to the nodes)
+    config.resolve(args)  # flag errors now, not in the queue (a resolved copy: the device is left to the nodes)
     if args.cluster == "slurm" and shutil.which("sbatch") is None:
         raise SystemExit(
             "error: Slurm not found (no sbatch on PATH): use --cluster local to run on this machine, "
@@ -213,7 +214,7 @@ def submit(args: argparse.Namespace) -> Any:
         name="detr",
         **kwargs,
     )
-    job = executor.submit(Trainer(args))
+    job = executor.submit(Trainer(args, given))
     print(f"Submitted job_id: {job.job_id}")
     print(f"Logs and checkpoints: {str(job_dir).replace('%j', str(job.job_id))}")
     return job
@@ -221,8 +222,8 @@ def submit(args: argparse.Namespace) -> Any:
 
 def main() -> None:
     _submitit()  # a clear message before parsing when submitit is missing
-    args = detection.parse_args(parser=get_args_parser())  # remembers which flags were given
-    submit(args)
+    argv = sys.argv[1:]
+    submit(get_args_parser().parse_args(argv), given=config.given_settings(argv))
 
 
 if __name__ == "__main__":
