@@ -1,25 +1,8 @@
-"""Training and evaluation loops: ``train_one_epoch`` and ``evaluate``, as in the official DETR
-``engine.py``.
-
-Differences in ``train_one_epoch``:
-
-* Non-finite values stop training cleanly instead of ``sys.exit``: model outputs are checked
-  before the matcher (whose GIoU would fail on them), the loss after its all-reduce, and the
-  gradient norm before the optimizer step, so the weights are still those before the bad step.
-  Learning BatchNorm statistics, which the forward pass itself updates, are put back to their
-  values before the step. Every rank raises the same ``NonFiniteError`` after the same step (a
-  rank's bad outputs turn its losses into NaN, which the loss all-reduce carries to all ranks); it
-  names the epoch, the iteration, where the values appeared (tensor, loss terms or parameters, and
-  on which rank) and the image ids of the batch on every rank.
-* ``grad_accum_steps``: one optimizer step per that many loader batches, with the loss
-  normalised as for one batch that many times larger (the criterion gets the whole group's
-  targets), and DDP's gradient all-reduce only on the last micro-batch.
-* Optional mixed precision (``amp_dtype``, with ``scaler`` for fp16), an EMA of the weights
-  (``ema``), ``on_step`` after each optimizer step (mid-epoch checkpoints, preemption),
-  ``metric_logger`` to continue a resumed epoch's running sums, ``log_scalars`` for per-step
-  TensorBoard scalars, and one host synchronisation per micro-batch for all logged loss terms.
-
-``evaluate`` computes COCO box AP (and mask AP / PQ when the post-processors for them are given).
+"""Training and evaluation loops, as in the official DETR ``engine.py``: ``train_one_epoch`` (with
+gradient accumulation, mixed precision, an EMA and a callback after each optimizer step) and
+``evaluate`` (COCO box AP, mask AP and PQ when their post-processors are given, VOC mAP), plus what
+a run writes of an evaluation (``save_eval``, ``primary_metric``). Differs from the official code:
+non-finite values raise ``NonFiniteError`` before the optimizer step instead of ``sys.exit``.
 """
 
 from __future__ import annotations
@@ -42,7 +25,13 @@ from util.train_state import TrainState
 
 class NonFiniteError(FloatingPointError):
     """A NaN or infinite value in the outputs, the loss or the gradients; raised before the
-    optimizer step, so the weights are those before the bad step."""
+    optimizer step, so the weights are those before the bad step.
+
+    Model outputs are checked before the matcher (whose GIoU would fail on them), the loss after
+    its all-reduce, the gradient norm before the step; learning BatchNorm statistics, which the
+    forward pass updates, are put back. Every rank raises the same error after the same step (a
+    rank's bad outputs turn its losses into NaN, which the all-reduce carries to all ranks); it
+    names the epoch, the iteration, where the values appeared and the image ids on every rank."""
 
     def __init__(self, epoch: int, iteration: int, where: str, image_ids: list[int], losses: dict[str, float]) -> None:
         self.epoch, self.iteration, self.where, self.image_ids, self.losses = epoch, iteration, where, image_ids, losses
