@@ -20,7 +20,7 @@ from models import build_model
 from models.detr import DETR, PostProcess
 from models.pretrained import _DEFORMABLE, PRETRAINED, _hf_hub_checkpoint, pretrained_checkpoint, pretrained_names
 from util.checkpoint import CheckpointError as _CheckpointError
-from util.checkpoint import load_checkpoint, load_model_state, model_state_from_checkpoint
+from util.checkpoint import load_checkpoint, load_finetune_weights, load_model_state, model_state_from_checkpoint
 from util.config import ModelConfig
 
 dependencies = ["torch", "torchvision", "scipy"]
@@ -33,20 +33,22 @@ def _make_detr(backbone_name: str, dilation: bool = False, num_classes: int = 91
     return build_model(cfg)[0]
 
 
-def _load_pretrained(model: nn.Module, url: str, num_classes: int, default_classes: int) -> None:
-    state = model_state_from_checkpoint(load_checkpoint(url), url)
-    if num_classes != default_classes:  # fine-tuning: keep all but the class head
-        head = "detr.class_embed." if any(k.startswith("detr.") for k in state) else "class_embed."
-        own = model.state_dict()
-        state = {k: (own[k] if k.startswith(head) else v) for k, v in state.items()}
-        print(f"pretrained weights loaded without the {num_classes}-class head ({default_classes} in the checkpoint)")
-    load_model_state(model, state, url)
+def _load_pretrained(model: nn.Module, ckpt: dict, source: str, num_classes: int, default_classes: int) -> None:
+    """Load a pretrained checkpoint strictly; with another ``num_classes``, every weight but the class
+    heads (which keep their fresh initialisation), as ``main.py --finetune`` does."""
+    state = model_state_from_checkpoint(ckpt, source)
+    if num_classes == default_classes:
+        load_model_state(model, state, source)
+    else:
+        notes = load_finetune_weights(model, state, source)
+        print(f"pretrained weights loaded without the {num_classes}-class heads ({default_classes} in {source}); "
+              + notes[-1])  # fmt: skip
 
 
 def _detr(name: str, backbone: str, dilation: bool, pretrained: bool, num_classes: int, return_postprocessor: bool):
     model = _make_detr(backbone, dilation=dilation, num_classes=num_classes)
     if pretrained:
-        _load_pretrained(model, PRETRAINED[name], num_classes, 91)
+        _load_pretrained(model, load_checkpoint(PRETRAINED[name]), PRETRAINED[name], num_classes, 91)
     return (model, PostProcess()) if return_postprocessor else model
 
 
@@ -80,7 +82,7 @@ def _detr_panoptic(
 
     model = _make_detr(backbone, dilation=dilation, num_classes=num_classes, mask=True)
     if pretrained:
-        _load_pretrained(model, PRETRAINED[name], num_classes, 250)
+        _load_pretrained(model, load_checkpoint(PRETRAINED[name]), PRETRAINED[name], num_classes, 250)
     if return_postprocessor:
         is_thing_map = {i: i <= 90 for i in range(250)}
         return model, PostProcessPanoptic(is_thing_map, threshold=threshold)
@@ -130,15 +132,7 @@ def _deformable(name: str, pretrained: bool, num_classes: int, return_postproces
         expected = _deformable_config(name, ckpt["args"]["num_classes"]).architecture()
         if any(ckpt["args"].get(k, v) != v for k, v in expected.items()):
             raise _CheckpointError(f"{path} is not the {name} architecture: {ckpt['args']}")
-        state = model_state_from_checkpoint(ckpt, str(path))
-        if num_classes != expected["num_classes"]:  # fine-tuning: keep all but the class heads
-            own = model.state_dict()
-            heads = ("class_embed.", "transformer.decoder.class_embed.")
-            state = {k: (own[k] if k.startswith(heads) else v) for k, v in state.items()}
-            print(
-                f"pretrained weights loaded without the {num_classes}-class heads ({expected['num_classes']} in {path})"
-            )
-        load_model_state(model, state, str(path))
+        _load_pretrained(model, ckpt, str(path), num_classes, expected["num_classes"])
     return (model, DeformablePostProcess()) if return_postprocessor else model
 
 

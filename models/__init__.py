@@ -158,16 +158,17 @@ def _count_indices(state: dict, prefix: str) -> int:
     return len([i for i in found if i.isdigit()])
 
 
-def architecture_from_state_dict(state: dict) -> dict:
-    """The command-line architecture flags that a model state dict determines by its keys and shapes.
+def architecture_from_state_dict(state: dict, nheads: int | None = None) -> dict:
+    """The architecture settings that a model state dict determines by its keys and shapes.
 
-    Lets ``main.py --eval --resume`` (and the tools) rebuild a checkpoint's model when the checkpoint
-    stores no flags (bare state dicts, some official files). Returns only what the weights tell:
-    ``model``, ``num_classes``, ``num_queries``, ``hidden_dim``, ``enc_layers``, ``dec_layers``,
-    ``dim_feedforward``, ``pre_norm`` (DETR), ``masks``, ``position_embedding`` (learned or not),
-    ``backbone`` (torchvision ResNets), ``train_backbone_all`` (learning BatchNorm), and for
-    Deformable DETR ``num_feature_levels``, ``with_box_refine``, ``two_stage``. Not determined by
-    shapes: ``nheads``, ``dilation``, the number of sampling points per head.
+    The one reading of architecture off weights: ``models.loading.checkpoint_settings`` (``main.py
+    --resume`` / ``--eval``, the tools, ``hubconf``) and the Hugging Face converter use it. Returns
+    only what the weights tell: ``model``, ``num_classes``, ``num_queries``, ``hidden_dim``,
+    ``enc_layers``, ``dec_layers``, ``dim_feedforward``, ``pre_norm`` (DETR), ``masks``,
+    ``position_embedding`` (learned or not), ``backbone`` (torchvision ResNets), ``train_backbone_all``
+    (learning BatchNorm), and for Deformable DETR ``num_feature_levels``, ``with_box_refine``,
+    ``two_stage`` and, given ``nheads`` (which shapes do not tell), ``enc_n_points`` / ``dec_n_points``.
+    Not determined by shapes: ``nheads``, ``dilation``.
     """
     masks = any(k.startswith("detr.") for k in state)
     p = "detr." if masks else ""
@@ -183,8 +184,18 @@ def architecture_from_state_dict(state: dict) -> dict:
         ffn = state.get(f"{p}transformer.decoder.layers.0.linear1.weight")
     if ffn is not None:
         out["dim_feedforward"], out["hidden_dim"] = int(ffn.shape[0]), int(ffn.shape[1])
+    elif f"{p}input_proj.weight" in state:  # DETR without transformer layers
+        out["hidden_dim"] = int(state[f"{p}input_proj.weight"].shape[0])
     if deformable:
-        out["num_feature_levels"] = int(state[f"{p}transformer.level_embed"].shape[0])
+        out["num_feature_levels"], out["hidden_dim"] = map(int, state[f"{p}transformer.level_embed"].shape)
+        if nheads:  # sampling_offsets: [heads * levels * points * 2, hidden_dim]
+            for flag, key in (
+                ("enc_n_points", "encoder.layers.0.self_attn"),
+                ("dec_n_points", "decoder.layers.0.cross_attn"),
+            ):
+                offsets = state.get(f"{p}transformer.{key}.sampling_offsets.weight")
+                if offsets is not None:
+                    out[flag] = int(offsets.shape[0]) // (nheads * out["num_feature_levels"] * 2)
         out["two_stage"] = f"{p}transformer.enc_output.weight" in state
         out["with_box_refine"] = f"{p}transformer.decoder.bbox_embed.0.layers.0.weight" in state
         query = state.get(f"{p}query_embed.weight")

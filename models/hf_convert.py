@@ -467,70 +467,23 @@ def _check_batchnorm_act(model: nn.Module, arch: Mapping[str, Any], source: str)
                               "replaces with BatchNorm without the activation: its model would compute differently")  # fmt: skip
 
 
-def _count_layers(state: Mapping[str, Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    found = {int(m[1]) for k in state if (m := pattern.match(k))}
-    return max(found) + 1 if found else 0
-
-
 def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Architecture flags of a checkpoint (this project's or an official one): read off the weights
-    where they show (layers, widths, queries, levels, refinement, two-stage, masks, pre-norm,
-    position embedding), from its ``args`` otherwise (backbone, dilation, heads), and checked
-    against its ``args``."""
-    state = model_state_from_checkpoint(dict(ckpt), source)
+    """Every architecture setting (``ARCH_FLAGS``) of a checkpoint, this project's or an official
+    one: what ``models.loading.checkpoint_settings`` reads off its weights and settings, the
+    ``--model`` preset for the rest, and the loss settings it stores (``_LOSS_FIELDS``)."""
+    from models.loading import checkpoint_settings
+
+    try:
+        settings, _ = checkpoint_settings(dict(ckpt), source)
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from e
+    if settings["masks"] and settings["model"] == "deformable_detr":
+        raise ConversionError(f"{source}: a Deformable DETR with a mask head is not supported")
+    preset = ModelConfig.preset(settings["model"])
+    arch = {flag: getattr(preset, flag) if settings.get(flag) is None else settings[flag] for flag in ARCH_FLAGS}
     saved = ckpt.get("args") or {}
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
-    masks = any(k.startswith("mask_head.") for k in state)
-    p = "detr." if masks else ""
-    deformable = f"{p}transformer.level_embed" in state
-    model = "deformable_detr" if deformable else "detr"
-    if masks and deformable:
-        raise ConversionError(f"{source}: a Deformable DETR with a mask head is not supported")
-    head = state.get(f"{p}class_embed.0.bias" if deformable else f"{p}class_embed.bias")  # sigmoid / softmax + 1
-    enc_layers = _count_layers(state, f"{p}transformer.encoder.layers.")
-    ffn_layer = f"{p}transformer.{'encoder' if enc_layers else 'decoder'}.layers.0.linear1.weight"
-    inferred: dict[str, Any] = {
-        "model": model,
-        "masks": masks,
-        "enc_layers": enc_layers,
-        "dec_layers": _count_layers(state, f"{p}transformer.decoder.layers."),
-        "dim_feedforward": int(state[ffn_layer].shape[0]) if ffn_layer in state else None,
-        "num_classes": int(head.numel()) - (0 if deformable else 1) if head is not None else None,
-        "position_embedding": "learned" if f"{p}backbone.1.row_embed.weight" in state else None,
-    }
-    if deformable:
-        levels, hidden = state["transformer.level_embed"].shape
-        two_stage = "transformer.enc_output.weight" in state
-        inferred.update(
-            hidden_dim=int(hidden), num_feature_levels=int(levels), two_stage=two_stage, pre_norm=False,
-            with_box_refine=any(k.startswith("transformer.decoder.bbox_embed.") for k in state),
-            num_queries=None if two_stage else int(state["query_embed.weight"].shape[0]),
-        )  # fmt: skip
-    else:
-        inferred.update(
-            hidden_dim=int(state[f"{p}input_proj.weight"].shape[0]), num_feature_levels=4, two_stage=False,
-            with_box_refine=False, pre_norm=f"{p}transformer.encoder.norm.weight" in state,
-            num_queries=int(state[f"{p}query_embed.weight"].shape[0]),
-        )  # fmt: skip
-    preset = ModelConfig.preset(model)
-    defaults = {flag: getattr(preset, flag) for flag in ARCH_FLAGS}
-    arch: dict[str, Any] = {}
-    for flag in ARCH_FLAGS:
-        value = inferred.get(flag)
-        if value is None:
-            value = saved.get(flag, defaults.get(flag))
-        elif saved.get(flag) is not None and saved[flag] != value and flag != "position_embedding":
-            raise ConversionError(f"{source}: args say --{flag} {saved[flag]} but the weights have {value}")
-        arch[flag] = value
-    if deformable:  # points per attention head: sampling_offsets is [heads * levels * points * 2, d]
-        for flag, layer in (("enc_n_points", "encoder"), ("dec_n_points", "decoder")):
-            key = f"transformer.{layer}.layers.0.{'self_attn' if layer == 'encoder' else 'cross_attn'}.sampling_offsets.weight"
-            if key in state:
-                arch[flag] = int(state[key].shape[0]) // (arch["nheads"] * arch["num_feature_levels"] * 2)
-    for flag in _LOSS_FIELDS:
-        if saved.get(flag) is not None:
-            arch[flag] = saved[flag]
+    arch.update({flag: saved[flag] for flag in _LOSS_FIELDS if saved.get(flag) is not None})
     return arch
 
 

@@ -35,20 +35,33 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return load_checkpoint(path)
 
 
+# Settings the weights determine unambiguously: a stored value that disagrees is an error.
+_SHAPE_SETTINGS = ("model", "masks", "hidden_dim", "enc_layers", "dec_layers", "dim_feedforward", "num_queries",
+                   "num_feature_levels", "two_stage", "with_box_refine", "pre_norm", "enc_n_points", "dec_n_points")  # fmt: skip
+
+
 def checkpoint_settings(ckpt: dict[str, Any], source: str) -> tuple[dict[str, Any], bool]:
     """The settings a checkpoint determines, and whether it is an official one. This project's
     checkpoints store theirs as a dict; official ones an ``argparse.Namespace`` of which only the
-    architecture is used. What the weights' keys and shapes tell fills the gaps (and wins for
-    ``num_classes``, read off the class head)."""
+    architecture is used. What the weights' keys and shapes tell (``architecture_from_state_dict``)
+    fills the gaps and wins for ``num_classes``, read off the class head; a stored setting that the
+    weights contradict is a ``CheckpointError`` naming both."""
     stored = ckpt.get("args")
     official = not isinstance(stored, dict)
     values = dict(vars(stored)) if isinstance(stored, argparse.Namespace) else dict(stored or {})
     if official:
         architecture = config.all_settings(config.ARCHITECTURE)
         values = {k: v for k, v in values.items() if k in architecture and k != "num_classes"}
-    inferred = architecture_from_state_dict(model_state_from_checkpoint(ckpt, source))
+    state = model_state_from_checkpoint(ckpt, source)
+    model = architecture_from_state_dict(state)["model"]
+    nheads = values.get("nheads") or config.ModelConfig.preset(model).nheads
+    inferred = architecture_from_state_dict(state, nheads)
     if "num_classes" in inferred:
         values["num_classes"] = inferred.pop("num_classes")
+    conflicts = [f"--{k} {values[k]} in its settings but {inferred[k]} in its weights" for k in _SHAPE_SETTINGS
+                 if values.get(k) is not None and k in inferred and values[k] != inferred[k]]  # fmt: skip
+    if conflicts:
+        raise CheckpointError(f"{source}: " + "; ".join(conflicts))
     return {**inferred, **values}, official
 
 

@@ -158,7 +158,7 @@ def test_unsupported_and_never_partial(detr_folder: Path, tmp_path: Path, monkey
     model = hf_convert.build_model_from_args(effnet)
     with pytest.raises(ConversionError, match=r"timm:efficientnet_b0 has \['FrozenBatchNormAct2d'\] layers"):
         checkpoint_to_hf({"model": model.state_dict(), "args": effnet}, tmp_path / "out")
-    with pytest.raises(ConversionError, match="args say --enc_layers 3 but the weights have 1"):
+    with pytest.raises(ConversionError, match="--enc_layers 3 in its settings but 1 in its weights"):
         checkpoint_to_hf({**ckpt, "args": {**ckpt["args"], "enc_layers": 3}}, tmp_path / "out")
 
     checkpoint_to_hf(ckpt, tmp_path / "out")  # an existing folder is replaced only by a complete one

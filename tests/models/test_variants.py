@@ -42,9 +42,11 @@ def test_forward_backward(name):
     torch.manual_seed(0)
     args = resolve(get_args_parser().parse_args([*TINY, *VARIANTS[name]]))
     model, criterion, postprocessors = build_model(args)
-    read_back = architecture_from_state_dict(model.state_dict())
+    read_back = architecture_from_state_dict(model.state_dict(), nheads=args.nheads)
     assert {"model", "num_classes", "hidden_dim", "enc_layers", "dec_layers", "backbone"} <= set(read_back)
     assert {k: getattr(args, k) for k in read_back} == read_back
+    if args.model == "deformable_detr":
+        assert {"enc_n_points", "dec_n_points", "num_feature_levels", "two_stage"} <= set(read_back)
     model.train()
     images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64)]
     out = model(images)
@@ -62,3 +64,18 @@ def test_forward_backward(name):
     with torch.no_grad():
         results = postprocessors["bbox"](model(images), torch.tensor([[64, 80], [48, 64]]))
     assert len(results) == 2 and results[0]["boxes"].shape[-1] == 4
+
+
+def test_stored_settings_contradicting_the_weights_are_named():
+    """One reading of a checkpoint's architecture: stored settings fill what the weights do not tell,
+    and a stored setting the weights contradict is an error naming both values."""
+    from models.loading import checkpoint_settings
+    from util.checkpoint import CheckpointError
+
+    args = resolve(get_args_parser().parse_args([*TINY, *VARIANTS["deformable_box_refine"]]))
+    state = build_model(args)[0].state_dict()
+    stored = {"model": "deformable_detr", "nheads": 2, "dilation": False, "dec_n_points": 4}
+    settings, official = checkpoint_settings({"model": state, "args": stored}, "ckpt.pth")
+    assert not official and settings["num_classes"] == 5 and settings["dec_n_points"] == 4
+    with pytest.raises(CheckpointError, match=r"ckpt.pth: --dec_layers 6 in its settings but 2 in its weights"):
+        checkpoint_settings({"model": state, "args": {**stored, "dec_layers": 6}}, "ckpt.pth")
