@@ -1,5 +1,6 @@
-"""Training and evaluation loops, as in the official DETR ``engine.py``: ``train_one_epoch`` (with
-gradient accumulation, mixed precision, an EMA and a callback after each optimizer step) and
+"""Training and evaluation loops, as in the official DETR ``engine.py``: ``train_one_epoch`` and the
+``train_steps`` it runs (with gradient accumulation, mixed precision and an EMA; yielding after each
+optimizer step, so that ``main.py``'s loop logs and handles stop requests) and
 ``evaluate`` (COCO box AP, mask AP and PQ when their post-processors are given, VOC mAP), plus what
 a run writes of an evaluation (``save_eval``, ``primary_metric``). Differs from the official code:
 non-finite values raise ``NonFiniteError`` before the optimizer step instead of ``sys.exit``.
@@ -187,29 +188,52 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     max_norm: float = 0,
+    **options: Any,
+) -> dict[str, float]:
+    """One pass over ``data_loader`` with ``state``'s optimizer, as officially; returns the epoch's
+    averaged (over ranks) loss terms. ``options``: those of ``train_steps``."""
+    logger = options.pop("metric_logger", None) or MetricLogger(delimiter="  ")
+    for _ in train_steps(model, criterion, data_loader, state, device, epoch, max_norm, logger, **options):
+        pass
+    return epoch_stats(logger)
+
+
+def epoch_stats(metric_logger: MetricLogger) -> dict[str, float]:
+    """The epoch's averages of ``metric_logger``'s meters, synchronised over ranks (and printed)."""
+    metric_logger.synchronize_between_processes()
+    print("Averaged stats:", metric_logger)
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+
+
+def train_steps(
+    model: nn.Module,
+    criterion: nn.Module,
+    data_loader: Iterable,
+    state: TrainState,
+    device: torch.device,
+    epoch: int,
+    max_norm: float,
+    metric_logger: MetricLogger,
     *,
     amp_dtype: torch.dtype | None = None,
     grad_accum_steps: int = 1,
     print_freq: int = 10,
     start_iter: int = 0,
-    metric_logger: MetricLogger | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
     run_eta: Callable[[float], float] | None = None,
-) -> dict[str, float]:
-    """One pass over ``data_loader`` with ``state``'s optimizer (and its fp16 loss scaler and EMA,
-    when set); returns the epoch's averaged (over ranks) loss terms.
+) -> Iterator[tuple[int, dict[str, float]]]:
+    """The optimizer steps of one pass over ``data_loader`` with ``state``'s optimizer (and its fp16
+    loss scaler and EMA, when set): after each step, yields ``(i, scalars)``, ``i`` being the index of
+    the step's last loader batch and ``scalars`` its weighted losses and learning rates, so that the
+    caller's loop handles logging and stop requests. ``metric_logger`` accumulates the epoch's meters
+    (a resumed epoch passes the one restored from its checkpoint; ``epoch_stats`` averages it).
 
     ``start_iter``: loader batches of this epoch already done (mid-epoch resume: the loader must
-    then yield only the remaining ones). ``on_step(i, scalars)`` runs after each optimizer step,
-    ``i`` being the index of the step's last loader batch, ``scalars`` its losses and learning
-    rates. ``metric_logger``: the logger to update (a resumed epoch passes the one restored from
-    its checkpoint); a new one by default. Raises ``NonFiniteError`` (see the module docstring).
+    then yield only the remaining ones). ``run_eta(seconds left in the epoch)``: seconds left in the
+    run, for the progress lines. Raises ``NonFiniteError`` (see that class).
     """
     optimizer, scaler, ema = state.optimizer, state.scaler, state.ema
     model.train()
     criterion.train()
-    if metric_logger is None:
-        metric_logger = MetricLogger(delimiter="  ")
     if "lr" not in metric_logger.meters:
         metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     if "class_error" not in metric_logger.meters:
@@ -263,13 +287,8 @@ def train_one_epoch(
         metric_logger.update(loss=sum(scaled.values()), **scaled, **unscaled)
         metric_logger.update(class_error=terms.get("class_error", 0.0))
         metric_logger.update(lr=optimizer.param_groups[0]["lr"])
-        if on_step is not None:
-            lrs = {f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
-            on_step(it, {"loss": sum(scaled.values()), **scaled, **lrs})
-
-    metric_logger.synchronize_between_processes()
-    print("Averaged stats:", metric_logger)
-    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+        lrs = {f"lr/group{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+        yield it, {"loss": sum(scaled.values()), **scaled, **lrs}
 
 
 @torch.no_grad()

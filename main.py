@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 import datasets
 import util.distributed as dist_utils
 from datasets.sampling import ResumableSampler, SeededDataset
-from engine import NonFiniteError, evaluate, metrics_by_name, primary_metric, save_eval, train_one_epoch
+from engine import NonFiniteError, epoch_stats, evaluate, metrics_by_name, primary_metric, save_eval, train_steps
 from models import build_model
 from models.hf_convert import ConversionError
 from models.loading import checkpoint_settings, read_checkpoint
@@ -43,7 +43,7 @@ from util.checkpoint import (
 )
 from util.ema import ModelEma
 from util.host_memory import keep_freed_memory
-from util.logging import MetricLogger, TensorboardLogger, read_log, write_log_line
+from util.logging import MetricLogger, RunClock, TensorboardLogger, read_log, write_log_line
 from util.misc import collate_fn
 from util.optim import apply_schedule_changes, build_optimizer, build_scheduler, param_groups
 from util.preemption import Preempted, StopRequest
@@ -254,7 +254,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     try:
         print("Start training")
         start_time = time.time()
-        timing = {"epoch": 0.0, "eval": 0.0, "epochs_timed": 0}
+        clock = RunClock(args.epochs)
         for epoch in range(start_epoch, args.epochs):
             first_iter = start_iter if epoch == start_epoch else 0
             sampler_train.set_epoch(epoch, start_index=first_iter * args.batch_size)
@@ -262,42 +262,32 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             train_logger = MetricLogger(delimiter="  ")
             if first_iter and state.meters is not None:
                 train_logger.load_state_dict(state.meters)
-            epoch_start = time.time()
-
-            def run_eta(left: float, epoch: int = epoch, epoch_start: float = epoch_start) -> float:
-                """Seconds left in the run: this epoch, its evaluation, and the epochs after it."""
-                per_epoch = (timing["epoch"] / timing["epochs_timed"] if timing["epochs_timed"]
-                             else time.time() - epoch_start + left)  # fmt: skip
-                return left + timing["eval"] + (args.epochs - epoch - 1) * (per_epoch + timing["eval"])
-
-            def on_step(it: int, scalars: dict[str, float], epoch: int = epoch, logger: MetricLogger = train_logger):
-                """After each optimizer step: position, TensorBoard, stop signals (save, then stop)."""
-                state.mark_step(epoch, it + 1)
-                state.global_step += 1
-                if tensorboard is not None:
-                    tensorboard.log(scalars, state.global_step, prefix="train/")
-                signum = stop.should_stop(device)
-                if signum:
-                    state.meters = logger.state_dict()
-                    path = saver.save_recovery(state, epoch, it)
-                    raise Preempted(signum, epoch, it, path, stop.previous_handlers(signum))
-
+            clock.start_epoch(epoch)
+            steps = train_steps(
+                train_model, criterion, data_loader_train, state, device, epoch, args.clip_max_norm, train_logger,
+                amp_dtype=amp_dtype, grad_accum_steps=args.grad_accum_steps, print_freq=args.print_freq,
+                start_iter=first_iter, run_eta=clock.run_eta,
+            )  # fmt: skip
             try:
-                train_stats = train_one_epoch(
-                    train_model, criterion, data_loader_train, state, device, epoch, args.clip_max_norm,
-                    amp_dtype=amp_dtype, grad_accum_steps=args.grad_accum_steps, print_freq=args.print_freq,
-                    start_iter=first_iter, metric_logger=train_logger, on_step=on_step, run_eta=run_eta,
-                )  # fmt: skip
+                for it, scalars in steps:  # after each optimizer step: position, TensorBoard, stop signals
+                    state.mark_step(epoch, it + 1)
+                    state.global_step += 1
+                    if tensorboard is not None:
+                        tensorboard.log(scalars, state.global_step, prefix="train/")
+                    signum = stop.should_stop(device)
+                    if signum:  # save, then stop
+                        state.meters = train_logger.state_dict()
+                        path = saver.save_recovery(state, epoch, it)
+                        raise Preempted(signum, epoch, it, path, stop.previous_handlers(signum))
             except NonFiniteError as e:
                 state.meters = train_logger.state_dict()
                 raise SystemExit(
                     f"error: {e}. Training stopped; {saver.save_nonfinite(state)}. The last finished epoch's "
                     "checkpoint.pth is untouched. Usual causes: a learning rate too high for this data, or a corrupt image."
                 ) from e
+            train_stats = epoch_stats(train_logger)
             dist_utils.broadcast_buffers(model, *([state.ema.module] if state.ema is not None else []))
-            if first_iter == 0:
-                timing["epoch"] += time.time() - epoch_start
-                timing["epochs_timed"] += 1
+            clock.end_epoch(whole=first_iter == 0)
             with warnings.catch_warnings():
                 # No optimizer step ran in this epoch (resumed at its last step, or every fp16 step skipped
                 # for inf gradients): PyTorch warns about the order, the restored scheduler state is right.
@@ -312,7 +302,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
                 eval_start = time.time()
                 test_stats = evaluate_and_save(epoch)
-                timing["eval"] = time.time() - eval_start
+                clock.eval_seconds = time.time() - eval_start
             log_epoch(epoch, train_stats, test_stats)
             state.mark_evaluated()
         if (pending or start_epoch < args.epochs) and state.evaluated and state.epoch + 1 == args.epochs:

@@ -1,7 +1,7 @@
 """Test helper launched by torchrun: runs main.py's ``main`` and saves this rank's weights as they
 were when training started (``rank{r}_initial.pth``) and at the end (``rank{r}.pth``).
 
-The wrapper around ``train_one_epoch`` only records the model being trained and copies its
+The wrapper around ``train_steps`` only records the model being trained and copies its
 weights before the first epoch; the training itself is main.py's, unchanged.
 """
 
@@ -16,7 +16,7 @@ import main as main_module  # noqa: E402
 from util.distributed import get_rank  # noqa: E402
 
 seen = {}
-_real = main_module.train_one_epoch
+_real = main_module.train_steps
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -30,7 +30,7 @@ def _recording(model, *a, **k):
     return _real(model, *a, **k)
 
 
-main_module.train_one_epoch = _recording
+main_module.train_steps = _recording
 
 if __name__ == "__main__":
     out_dir, argv = Path(sys.argv[1]), sys.argv[2:]

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine import NonFiniteError, train_one_epoch
+from engine import NonFiniteError, train_one_epoch, train_steps
 from models.detr import SetCriterion
 from models.matcher import HungarianMatcher
+from util.logging import MetricLogger
 from util.misc import nested_tensor_from_tensor_list
 from util.train_state import TrainState
 
@@ -56,14 +57,10 @@ def test_nan_gradient_stops_before_the_step_and_names_the_parameter():
 
     model.head.weight.register_hook(poison)
     before = {}
-
-    def remember(it, scalars):
-        before.update({k: v.clone() for k, v in model.state_dict().items()})
-
+    state, logger = TrainState(model, optimizer), MetricLogger()
     with pytest.raises(NonFiniteError) as e:
-        train_one_epoch(
-            model, _criterion(), _loader(), TrainState(model, optimizer), torch.device("cpu"), 0, 0.1, on_step=remember
-        )
+        for _ in train_steps(model, _criterion(), _loader(), state, torch.device("cpu"), 0, 0.1, logger):
+            before.update({k: v.clone() for k, v in model.state_dict().items()})
     assert "iteration 1: gradients of head.weight" in str(e.value)
     for k, v in model.state_dict().items():  # weights and BatchNorm statistics of after step 0
         assert torch.equal(v, before[k]), k

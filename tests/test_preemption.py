@@ -66,20 +66,16 @@ def reference(synthetic_coco, tmp_path_factory) -> Path:
 def _interrupt_at(monkeypatch, epoch: int, iteration: int, sig: int) -> None:
     """Send ``sig`` to this very process during step ``iteration`` of ``epoch`` (a real signal,
     delivered while training; deterministic, so the test knows where the run must stop)."""
-    real = main_module.train_one_epoch
+    real = main_module.train_steps
 
     def wrapped(*a, **k):
         ep = a[5]
-        on_step = k["on_step"]
-
-        def on_step_with_signal(it: int, scalars: dict) -> None:
+        for it, scalars in real(*a, **k):
             if (ep, it) == (epoch, iteration):
                 os.kill(os.getpid(), sig)
-            on_step(it, scalars)
+            yield it, scalars
 
-        return real(*a, **{**k, "on_step": on_step_with_signal})
-
-    monkeypatch.setattr(main_module, "train_one_epoch", wrapped)
+    monkeypatch.setattr(main_module, "train_steps", wrapped)
 
 
 @pytest.mark.slow

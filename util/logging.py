@@ -164,6 +164,31 @@ class MetricLogger:
         print(f"{header} Total time: {total_time} ({(time.time() - start) / max(n, 1):.4f} s / it)", flush=True)
 
 
+class RunClock:
+    """Seconds spent per training epoch and per evaluation so far, for the whole run's ETA that
+    ``MetricLogger.log_every`` prints (``run_eta=clock.run_eta``)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.epoch, self.epoch_start = epochs, 0, time.time()
+        self.epoch_seconds, self.epochs_timed, self.eval_seconds = 0.0, 0, 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.epoch_start = epoch, time.time()
+
+    def end_epoch(self, whole: bool) -> None:
+        """Count the epoch's time (``whole``: not a resumed part of one)."""
+        if whole:
+            self.epoch_seconds += time.time() - self.epoch_start
+            self.epochs_timed += 1
+
+    def run_eta(self, left: float) -> float:
+        """Seconds left in the run, given ``left`` seconds in this epoch's training: this epoch, its
+        evaluation, and the epochs after it."""
+        per_epoch = (self.epoch_seconds / self.epochs_timed if self.epochs_timed
+                     else time.time() - self.epoch_start + left)  # fmt: skip
+        return left + self.eval_seconds + (self.epochs - self.epoch - 1) * (per_epoch + self.eval_seconds)
+
+
 class TensorboardLogger:
     """``--tensorboard``: scalars for TensorBoard under ``<output_dir>/tensorboard`` (rank 0 only).
     Needs the ``tensorboard`` package (an optional extra)."""
