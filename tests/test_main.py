@@ -31,25 +31,44 @@ def run_main_subprocess(argv: list[str], env_extra: dict | None = None, **kw) ->
     )
 
 
-@pytest.mark.slow
-def test_train_then_eval_command_line(synthetic_coco, tmp_path):
-    """Train through the real command line (with --ema, --tensorboard, --keep_checkpoints 1), then
-    evaluate the checkpoint without repeating its flags: same numbers."""
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(synthetic_coco, tmp_path_factory) -> tuple[Path, str]:
+    """One run through the real command line (with --ema, --tensorboard, --keep_checkpoints 1): its
+    output folder and its standard output."""
+    out = tmp_path_factory.mktemp("trained") / "run"
     proc = run_main_subprocess(
         [*TINY, "--coco_path", str(synthetic_coco), "--output_dir", str(out), "--epochs", "2", "--lr_drop", "1",
          "--ema", "--tensorboard", "--keep_checkpoints", "1"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "num_classes = 4 (from max category id" in proc.stdout
-    assert "run eta: " in proc.stdout  # progress with the whole run's ETA
-    log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    return out, proc.stdout
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_run_prints_its_classes_and_the_run_eta(trained):
+    assert "num_classes = 4 (from max category id" in trained[1]
+    assert "run eta: " in trained[1]  # progress with the whole run's ETA
+
+
+@pytest.mark.slow
+def test_run_logs_each_epoch_and_evaluates_the_ema_weights_too(trained):
+    out, _ = trained
+    log = _log(out)
     assert [e["epoch"] for e in log] == [0, 1]
     assert len(log[-1]["test_coco_eval_bbox"]) == 12 and "train_loss" in log[0]
-    assert len(log[-1]["test_ema_coco_eval_bbox"]) == 12  # the EMA weights are evaluated too
+    assert len(log[-1]["test_ema_coco_eval_bbox"]) == 12
     summary = json.loads((out / "eval.json").read_text())
     assert {"AP", "AP50", "AR100"} <= set(summary["bbox"]) and summary["epoch"] == 1
     assert {"AP", "AP50"} <= set(summary["ema"]["bbox"])
+
+
+@pytest.mark.slow
+def test_run_keeps_the_checkpoints_it_is_asked_to(trained):
+    out, _ = trained
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and {"model", "optimizer", "lr_scheduler", "rng", "args", "model_ema"} <= set(ckpt)
     assert ckpt["id2label"] == {1: "red rectangle", 2: "green ellipse", 3: "blue triangle"}
@@ -58,16 +77,26 @@ def test_train_then_eval_command_line(synthetic_coco, tmp_path):
     assert not (out / "checkpoint_prev.pth").exists()  # --keep_checkpoints 1
     best = torch.load(out / "checkpoint_best.pth", weights_only=True)
     assert best["best"]["metric"] == "AP" and "optimizer" not in best
+    log = _log(out)
     assert best["best"]["value"] == max(max(e["test_coco_eval_bbox"][0], e["test_ema_coco_eval_bbox"][0]) for e in log)
+
+
+@pytest.mark.slow
+def test_run_writes_tensorboard_scalars_per_step_and_per_evaluation(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(out / "tensorboard"))
+    events = EventAccumulator(str(trained[0] / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/loss_giou", "train/lr/group0", "val_model/bbox_AP", "val_ema/bbox_AP50"} <= scalars
     assert len(events.Scalars("train/loss")) == 6
 
-    # --eval without the model flags: the architecture and image size come from the checkpoint
+
+@pytest.mark.slow
+def test_eval_without_the_model_flags_gives_the_same_numbers(trained, synthetic_coco, tmp_path):
+    """--eval --resume takes the architecture and image size from the checkpoint, and removes what a
+    killed save left in its output folder."""
+    out, _ = trained
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / ".checkpoint.pth.x1y2.tmp").write_bytes(b"0" * 64)  # left by a killed save
     proc = run_main_subprocess(
@@ -79,7 +108,7 @@ def test_train_then_eval_command_line(synthetic_coco, tmp_path):
     assert "removed 1 temporary file(s) of interrupted saves" in proc.stdout
     assert not (tmp_path / "eval" / ".checkpoint.pth.x1y2.tmp").exists()
     evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert evaluated["bbox"] == summary["bbox"]  # same weights, same data: same numbers
+    assert evaluated["bbox"] == json.loads((out / "eval.json").read_text())["bbox"]  # same weights, same data
 
 
 def _state_of(path: Path) -> dict:

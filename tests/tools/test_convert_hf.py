@@ -14,7 +14,7 @@ import torch
 from models.hf_convert import build_model_from_args
 from tools.convert_hf import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARCH = {"model": "detr", "backbone": "resnet18", "dilation": False, "position_embedding": "sine", "hidden_dim": 32,
         "nheads": 8, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 32, "dropout": 0.1, "num_queries": 4,
         "num_classes": 3, "masks": False, "pre_norm": False, "num_feature_levels": 4, "dec_n_points": 4,
