@@ -86,9 +86,7 @@ def build_model_from_checkpoint(
     is not a model checkpoint."""
     source = str(checkpoint)
     ckpt = read_checkpoint(source)
-    args = config.get_args_parser().parse_args([])
-    for k, v in (overrides or {}).items():
-        setattr(args, k, v)
+    args = config.default_args(**(overrides or {}))
     stored, official = checkpoint_settings(ckpt, source)
     notes, _ = config.inherit(args, set(overrides or {}), stored, "eval", official)
     for note in notes:

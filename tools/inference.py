@@ -126,9 +126,7 @@ def load_detector(
         raise ValueError(f"--hub: unknown entry '{hub}'; hubconf has {', '.join(sorted(entries))}")
     model = entries[hub](pretrained=pretrained)
     model = model[0] if isinstance(model, tuple) else model
-    args = config.get_args_parser().parse_args([])
-    for k, v in (overrides or {}).items():
-        setattr(args, k, v)
+    args = config.default_args(**(overrides or {}))
     args.model = "deformable_detr" if is_deformable(model) else "detr"
     args.masks = hasattr(model, "mask_head")
     args.num_classes = num_classes_of(model)

@@ -393,6 +393,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_arguments(argparse.ArgumentParser("Set transformer detector", add_help=False))
 
 
+def default_args(**values: Any) -> argparse.Namespace:
+    """The parser's defaults with ``values`` (setting -> value) in their place, as if given on the
+    command line; unknown names are an error."""
+    args = get_args_parser().parse_args([])
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    vars(args).update(values)
+    return args
+
+
 def given_settings(argv: Sequence[str]) -> set[str]:
     """The settings that ``argv`` gives (whatever their value)."""
     parser = add_arguments(argparse.ArgumentParser(add_help=False), suppress_defaults=True)
