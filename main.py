@@ -41,7 +41,7 @@ from util.checkpoint import (
     model_state_from_checkpoint,
     prepare_output_dir,
 )
-from util.ema import ModelEma
+from util.ema import build_ema
 from util.host_memory import keep_freed_memory
 from util.logging import MetricLogger, TensorboardLogger, read_log, write_log_line
 from util.misc import collate_fn
@@ -138,7 +138,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     state = TrainState(
         model, optimizer, build_scheduler(optimizer, args),
         scaler=torch.amp.GradScaler(device.type) if args.amp == "fp16" else None,
-        ema=ModelEma(model, decay=args.ema_decay) if args.ema else None,
+        ema=build_ema(model, args, len(dataset_train or ()), dist_utils.get_world_size()) if args.ema else None,
         epoch=args.start_epoch, args=config.saved(args), id2label=datasets.dataset_id2label(reference),
         is_thing_map=vars(args).get("panoptic_is_thing_map"),
     )  # fmt: skip
