@@ -28,6 +28,7 @@ import util.distributed as dist_utils
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteError, evaluate, metrics_by_name, primary_metric, save_eval, train_one_epoch
 from models import build_model
+from models.backbone import check_backbone_name
 from models.hf_convert import ConversionError
 from models.loading import checkpoint_settings, read_checkpoint
 from models.optimize import fold_frozen_batchnorm_for_training, inference_model_from_args
@@ -86,6 +87,10 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             print(f"{source}: {note}")
     args = config.resolve(args)
     print(args)
+    try:  # names checked before the data, whose reading takes minutes on a large set
+        check_backbone_name(args.backbone)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     output_dir = Path(args.output_dir) if args.output_dir else None
     writes = output_dir is not None and dist_utils.is_main_process()
     if writes:  # a run that cannot save is refused now

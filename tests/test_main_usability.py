@@ -1,5 +1,6 @@
-"""main.py on a short fine-tune (issue 22 item 8): the EMA warm-up sized to the run and said in the
-log, and a weights-only checkpoint resumed with one line saying the optimizer starts fresh."""
+"""main.py for a new user (issue 22 items 6 and 8): a bad --backbone refused before the data are
+read; on a short fine-tune, the EMA warm-up sized to the run and said in the log, and a weights-only
+checkpoint resumed with one line saying the optimizer starts fresh."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def test_short_run_ema_and_weights_only_resume(synthetic_coco, tmp_path):
         f"warning: {out / 'checkpoint_best.pth'} holds weights only (no optimizer state): the optimizer and "
         "learning-rate schedule start fresh from this run's settings"
     ]
+
+
+def test_bad_backbone_refused_before_the_data(tmp_path):
+    proc = run_main_subprocess(["--backbone", "resnet51", "--coco_path", str(tmp_path / "nowhere"), "--device", "cpu"])
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --backbone: unknown 'resnet51', choose from ['resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50']"
+    )
+    assert "data:" not in proc.stdout and "nowhere" not in proc.stderr
