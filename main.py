@@ -28,6 +28,7 @@ import util.distributed as dist_utils
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteError, epoch_stats, evaluate, metrics_by_name, primary_metric, save_eval, train_steps
 from models import build_model
+from models.backbone import check_backbone_name
 from models.hf_convert import ConversionError
 from models.loading import checkpoint_settings, read_checkpoint
 from models.optimize import fold_frozen_batchnorm_for_training, inference_model_from_args
@@ -41,7 +42,7 @@ from util.checkpoint import (
     model_state_from_checkpoint,
     prepare_output_dir,
 )
-from util.ema import ModelEma
+from util.ema import build_ema
 from util.host_memory import keep_freed_memory
 from util.logging import MetricLogger, RunClock, TensorboardLogger, read_log, write_log_line
 from util.misc import collate_fn
@@ -86,6 +87,10 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
             print(f"{source}: {note}")
     args = config.resolve(args)
     print(args)
+    try:  # names checked before the data, whose reading takes minutes on a large set
+        check_backbone_name(args.backbone)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     output_dir = Path(args.output_dir) if args.output_dir else None
     writes = output_dir is not None and dist_utils.is_main_process()
     if writes:  # a run that cannot save is refused now
@@ -138,7 +143,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     state = TrainState(
         model, optimizer, build_scheduler(optimizer, args),
         scaler=torch.amp.GradScaler(device.type) if args.amp == "fp16" else None,
-        ema=ModelEma(model, decay=args.ema_decay) if args.ema else None,
+        ema=build_ema(model, args, len(dataset_train or ()), dist_utils.get_world_size()) if args.ema else None,
         epoch=args.start_epoch, args=config.saved(args), id2label=datasets.dataset_id2label(reference),
         is_thing_map=vars(args).get("panoptic_is_thing_map"),
     )  # fmt: skip

@@ -12,23 +12,32 @@ known ones. Every builder checks its split before returning it (``datasets.check
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch.utils.data
-from pycocotools.coco import COCO
-
-from datasets import coco, coco_panoptic, voc, yolo
 from datasets.config import DataConfig, data_config_from_args
 from datasets.problems import DatasetError, Problem, raise_if_problems
-from datasets.sampling import SeededDataset
+
+if TYPE_CHECKING:
+    import torch.utils.data
+    from pycocotools.coco import COCO
+
+
+def _builder(module: str) -> Callable[[str, DataConfig], torch.utils.data.Dataset]:
+    """``datasets.<module>.build``, imported on first use: importing the package (as ``python -m
+    datasets.coco_eval`` does) loads neither torch nor torchvision."""
+
+    def build(image_set: str, cfg: DataConfig) -> torch.utils.data.Dataset:
+        return importlib.import_module(f"datasets.{module}").build(image_set, cfg)
+
+    build.__qualname__ = f"{module}.build"
+    return build
+
 
 # dataset_file -> builder(image_set, cfg)
 DATASET_BUILDERS: dict[str, Callable[[str, DataConfig], torch.utils.data.Dataset]] = {
-    "coco": coco.build,
-    "coco_panoptic": coco_panoptic.build,
-    "voc": voc.build,
-    "yolo": yolo.build,
+    name: _builder(name) for name in ("coco", "coco_panoptic", "voc", "yolo")
 }
 
 
@@ -59,6 +68,10 @@ def build_datasets(args: Any, splits: Sequence[str] = ("train", "val")) -> dict[
 
 
 def _unwrap(dataset: Any) -> Any:
+    import torch.utils.data
+
+    from datasets.sampling import SeededDataset
+
     while isinstance(dataset, (torch.utils.data.Subset, SeededDataset)):
         dataset = dataset.dataset
     return dataset

@@ -4,13 +4,15 @@
 data flag of ``main.py`` is accepted, e.g. ``--train_images DIR``, ``--check_images full``,
 ``--num_classes N``) builds each split as ``main.py`` does, which runs the start-up check of
 ``datasets.split_check``, prints every problem and exits with status 1 when training would be
-refused; ``run_check`` is the same from Python. The README's "Bad input" section says what is checked.
+refused; ``run_check`` is the same from Python. Boxes that training clips or drops are listed under
+each split (``box_notes``). The README's "Bad input" section says what is checked.
 Not in the official code, which fails on the first bad value.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +36,47 @@ def _positional_paths(cfg_args: argparse.Namespace, paths: list[str]) -> None:
         cfg_args.coco_path = paths[0]
     if len(paths) > (2 if kind == "coco_panoptic" else 1):
         raise SystemExit(f"error: too many paths for --dataset_file {kind}: {paths}")
+
+
+# What training does with each kind of box (``ConvertCocoPolysToMask``: clamp to the image, then
+# drop the boxes left without area), in the order they are reported.
+_BOX_KINDS = {
+    "size": "with zero or negative width or height: training drops them",
+    "outside": "entirely outside the image: training drops them",
+    "negative": "with negative x or y: training clips them at 0",
+    "past": "reaching past the image's right or bottom edge: training clips them to the image",
+}
+_NAMED = 5  # annotations named per kind
+
+
+def box_notes(data: dict[str, Any]) -> list[str]:
+    """One line per kind of non-crowd box that training changes or drops (``_BOX_KINDS``) in a COCO
+    dict whose images have their sizes, with the count and the first annotations (YOLO: the label
+    file and line). A box counts once, under its first kind."""
+    sizes = {img["id"]: (img.get("width") or math.inf, img.get("height") or math.inf) for img in data["images"]}
+    found: dict[str, list[str]] = {kind: [] for kind in _BOX_KINDS}
+    for ann in data["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        width, height = sizes.get(ann["image_id"], (math.inf, math.inf))
+        if w <= 0 or h <= 0:
+            kind = "size"
+        elif x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            kind = "outside"
+        elif x < 0 or y < 0:
+            kind = "negative"
+        elif x + w > width or y + h > height:
+            kind = "past"
+        else:
+            continue
+        found[kind].append(str(ann.get("label_line") or f"annotation id {ann.get('id')}"))
+    lines = []
+    for kind, names in found.items():
+        if names:
+            more = f", and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+            lines.append(f"{len(names)} box(es) {_BOX_KINDS[kind]} ({', '.join(names[:_NAMED])}{more})")
+    return lines
 
 
 def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[str, Any], Any]) -> int:
@@ -60,6 +103,9 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
             f"{split}: OK: {len(ds)} images, {stats.get('num_annotations', '?')} annotations, "
             f"max category id {max_category_id(ds)}"
         )
+        if hasattr(ds, "coco"):  # box data sets (COCO, VOC, YOLO)
+            for line in box_notes(ds.coco.dataset):
+                print(f"  - {line}")
     reference = built.get("train", built.get("val"))
     if reference is not None:
         num_classes = args.num_classes or max_category_id(reference) + 1
@@ -92,4 +138,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "run_check"]
+__all__ = ["box_notes", "main", "run_check"]

@@ -22,15 +22,15 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from util.distributed import all_gather
+if TYPE_CHECKING:
+    import torch
 
 COCO_STAT_NAMES: list[str] = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 SUPPORTED_IOU_TYPES = ("bbox", "segm")
@@ -189,13 +189,24 @@ def stats_to_dict(stats: Iterable[float], prefix: str = "") -> dict[str, float]:
     return {prefix + name: v for name, v in zip(COCO_STAT_NAMES, values)}
 
 
+def all_gather(data: Any) -> list[Any]:
+    """``util.distributed.all_gather``, imported on first use (the offline command needs no torch)."""
+    from util.distributed import all_gather as gather
+
+    return gather(data)
+
+
 def _xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
+    import torch
+
     x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack([x0, y0, x1 - x0, y1 - y0], dim=-1)
 
 
 def prepare_for_coco_detection(image_id: int, prediction: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     """``{"boxes" [N, 4] absolute xyxy, "scores" [N], "labels" [N]}`` -> COCO box results."""
+    import torch
+
     boxes = _xyxy_to_xywh(torch.as_tensor(prediction["boxes"]).detach().float().cpu()).tolist()
     scores = torch.as_tensor(prediction["scores"]).detach().float().cpu().tolist()
     labels = torch.as_tensor(prediction["labels"]).detach().cpu().tolist()
@@ -207,6 +218,8 @@ def prepare_for_coco_detection(image_id: int, prediction: Mapping[str, torch.Ten
 
 def prepare_for_coco_segmentation(image_id: int, prediction: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     """``{"masks" [N, 1, H, W] or [N, H, W] (probabilities or bool), "scores", "labels"}`` -> COCO RLE results."""
+    import torch
+
     masks = torch.as_tensor(prediction["masks"]).detach().cpu()
     if masks.ndim == 4:
         masks = masks[:, 0]
@@ -258,7 +271,7 @@ class CocoEvaluator:
     def update(self, predictions: Mapping[Any, Mapping[str, torch.Tensor]]) -> None:
         """Add ``{image_id: {"scores" [N], "labels" [N], "boxes" [N, 4] abs xyxy, "masks"? [N, 1, H, W]}}``."""
         for key, prediction in predictions.items():
-            image_id = int(key.item() if isinstance(key, torch.Tensor) else key)
+            image_id = int(key.item() if hasattr(key, "item") else key)  # a tensor or numpy scalar, or an int
             if image_id not in self.coco_gt.imgs:
                 raise KeyError(f"CocoEvaluator.update: image id {image_id} is not in the ground-truth annotations")
             self.img_ids.append(image_id)

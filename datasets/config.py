@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from util import distributed as dist_utils
 from util.config import CHECK_IMAGES_LEVELS, OFFICIAL_TRAIN_SCALES, DataConfig, parse_years
 
 _FIELDS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
@@ -20,6 +19,8 @@ OFFICIAL_VAL_SIZE: int = _FIELDS["val_size"]
 def data_config_from_args(args: Any) -> DataConfig:
     """``main.py``'s flags -> ``DataConfig``; ``rank`` / ``world_size`` from the initialised
     process group (1 process otherwise)."""
+    from util import distributed as dist_utils  # torch: imported when a data set is built
+
     return DataConfig.from_args(args, rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size())
 
 

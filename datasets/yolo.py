@@ -24,6 +24,8 @@ from datasets.split_check import probe_images
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 DEFAULT_SPLITS = {"train": "train", "val": "val"}
+# Coordinates this close outside [0, 1] are float rounding (1.0000001 from exporters): clipped, counted.
+ROUNDING = 1e-6
 
 
 def load_data_yaml(path: Path) -> dict[str, Any]:
@@ -96,11 +98,14 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def parse_label_file(path: Path, names: dict[int, str]) -> tuple[list[tuple[int, list[float], int]], list[Problem]]:
-    """``[(class, [x0, y0, x1, y1] normalised, line number)]`` and the problems of one label file
-    (a line with a wrong number of fields or non-numbers, a class index beyond ``names``, a
-    coordinate outside ``[0, 1]``), each with its line."""
-    objects, problems = [], []
+def parse_label_file(
+    path: Path, names: dict[int, str]
+) -> tuple[list[tuple[int, list[float], int]], list[Problem], list[int]]:
+    """``[(class, [x0, y0, x1, y1] normalised, line number)]``, the problems of one label file (a
+    line with a wrong number of fields or non-numbers, a class index beyond ``names``, a coordinate
+    outside ``[0, 1]`` by more than ``ROUNDING``), each with its line, and the numbers of the lines
+    whose coordinates were clipped to ``[0, 1]`` (within ``ROUNDING`` of it: exporters' float rounding)."""
+    objects, problems, clipped = [], [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -120,9 +125,12 @@ def parse_label_file(path: Path, names: dict[int, str]) -> tuple[list[tuple[int,
             problems.append(Problem(str(path), what, line=number))
             continue
         coords = values[1:]
-        if not all(math.isfinite(c) and 0.0 <= c <= 1.0 for c in coords):
+        if not all(math.isfinite(c) and -ROUNDING <= c <= 1.0 + ROUNDING for c in coords):
             problems.append(Problem(str(path), f"has a coordinate outside [0, 1]: {line.strip()!r}", line=number))
             continue
+        if not all(0.0 <= c <= 1.0 for c in coords):
+            coords = [min(max(c, 0.0), 1.0) for c in coords]
+            clipped.append(number)
         if len(coords) == 4:
             cx, cy, w, h = coords
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
@@ -130,7 +138,7 @@ def parse_label_file(path: Path, names: dict[int, str]) -> tuple[list[tuple[int,
             xs, ys = coords[0::2], coords[1::2]
             box = [min(xs), min(ys), max(xs), max(ys)]
         objects.append((int(cls), box, number))
-    return objects, problems
+    return objects, problems, clipped
 
 
 @dataclass
@@ -179,7 +187,7 @@ def read_yolo_split(yaml_file: Path, split_key: str, cfg: DataConfig | None = No
     probe_cfg = dataclasses.replace(cfg, check_images="header") if cfg.check_images == "none" else cfg
     infos = dict(zip(names_of, probe_images(names_of, probe_cfg, cache, label=f"data: {split_key}: ")))
     root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else yaml_file.parent
-    images, annotations, unlabelled = [], [], 0
+    images, annotations, unlabelled, clipped = [], [], 0, []
     for image_id, image in enumerate(paths, start=1):
         entry: dict[str, Any] = {"id": image_id, "file_name": os.path.relpath(image, root)}
         info = infos.get(str(image))
@@ -190,8 +198,9 @@ def read_yolo_split(yaml_file: Path, split_key: str, cfg: DataConfig | None = No
         if not labels.is_file():
             unlabelled += 1
             continue
-        objects, label_problems = parse_label_file(labels, names)
+        objects, label_problems, clipped_lines = parse_label_file(labels, names)
         problems += label_problems
+        clipped += [f"{labels}:{number}" for number in clipped_lines]
         if "width" not in entry:  # unreadable image: reported by the image check
             continue
         w, h = entry["width"], entry["height"]
@@ -209,6 +218,11 @@ def read_yolo_split(yaml_file: Path, split_key: str, cfg: DataConfig | None = No
                 }
             )
     notes = [f"{unlabelled} image(s) without a label file: no objects"] if unlabelled else []
+    if clipped:
+        notes.append(
+            f"{len(clipped)} label line(s) with a coordinate within {ROUNDING:g} outside [0, 1] (float rounding): "
+            f"clipped to [0, 1] (first: {clipped[0]})"
+        )
     if cache is not None:
         notes.append(cache.describe())
     categories = [{"id": i, "name": n} for i, n in names.items()]
@@ -241,6 +255,7 @@ def build(image_set: str, cfg: DataConfig | Any) -> Any:
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "ROUNDING",
     "YoloSplit",
     "build",
     "class_names",

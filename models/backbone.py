@@ -183,8 +183,7 @@ class Backbone(BackboneBase):
         weights: str | None = None,
         per_image: bool = False,
     ) -> None:
-        if name not in BACKBONES:
-            raise ValueError(f"--backbone: unknown '{name}', choose from {sorted(BACKBONES)}")
+        check_backbone_name(name)
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"--dilation needs a bottleneck ResNet (resnet50/101/152), not {name}")
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d if train_all_layers else FrozenBatchNorm2d
@@ -291,6 +290,13 @@ def backbone_family(name: str) -> str:
     if family not in BACKBONE_FAMILIES:
         raise ValueError(f"--backbone {name}: unknown family '{family}', choose from {sorted(BACKBONE_FAMILIES)}")
     return family
+
+
+def check_backbone_name(name: str) -> None:
+    """``ValueError`` for a ``--backbone`` of no known family, or no torchvision ResNet; builds
+    nothing, so that ``main.py`` checks it before reading the data."""
+    if backbone_family(name) == "torchvision" and name not in BACKBONES:
+        raise ValueError(f"--backbone: unknown '{name}', choose from {sorted(BACKBONES)}")
 
 
 def build_backbone(cfg: BackboneConfig) -> Joiner:

@@ -39,6 +39,7 @@ from tools.inference import (  # noqa: E402
     eval_transform,
     is_deformable,
     load_from_arguments,
+    prepare_output_folder,
     read_image,
     run_command,
 )
@@ -172,8 +173,6 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     require_packages(args.format)
     output = Path(args.output)
     image = read_image(args.image) if args.image else generated_picture()
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"--output: folder {output.parent} does not exist")
     args.device = args.device or "cpu"
     loaded = load_from_arguments(args, attn_impl="pytorch")  # the portable deformable-attention path
     for module in loaded.model.modules():  # also for hub models: the portable path, never Triton
@@ -195,6 +194,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         "std": json.dumps(list(IMAGENET_STD)),
         "id2label": json.dumps({str(k): v for k, v in class_names(loaded).items()}),
     }
+    prepare_output_folder(output.parent)  # created as predict.py and visualize.py create theirs
     result = export_checked(wrapper, example, inputs, args.format, output, metadata, args.tolerance, args.opset)
     size_mb = output.stat().st_size / 2**20
     print(f"wrote {output} ({args.format}, {size_mb:.1f} MiB, exported in {result['seconds']:.1f} s); input 'images' "

@@ -14,6 +14,7 @@ import glob
 import inspect
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from datasets.coco import transforms_from_args
 from datasets.coco_names import COCO_NUM_CLASSES, COCO_PANOPTIC_NAMES
+from tools.arguments import add_model_arguments
 from util.checkpoint import CheckpointError
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
@@ -37,18 +39,6 @@ class UnreadableImageError(ValueError):
 # --------------------------------------------------------------------------------------------
 # The detector
 # --------------------------------------------------------------------------------------------
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The tools' common flags: ``--checkpoint`` or ``--hub`` (+ ``--pretrained``), ``--device``,
-    and the evaluation sizes ``--val_size``/``--max_size`` (default: the checkpoint's)."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint of this project (or an official one): path or URL")
-    source.add_argument("--hub", help="a hubconf entry instead, e.g. detr_resnet50")
-    parser.add_argument("--pretrained", action="store_true", help="with --hub: the published weights (download)")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--val_size", type=int, default=None, help="shorter image side (default: the checkpoint's)")
-    parser.add_argument("--max_size", type=int, default=None, help="longer-side cap (default: the checkpoint's)")
 
 
 def load_from_arguments(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -325,6 +315,23 @@ def unique_stem(path: Path, taken: set[str]) -> str:
     return name
 
 
+class Progress:
+    """One line every ``every`` seconds (and at the end) for inputs of more than ``min_total`` images."""
+
+    def __init__(self, total: int, min_total: int = 20, every: float = 5.0) -> None:
+        self.total, self.min_total, self.every = total, min_total, every
+        self.start = self.last = time.time()
+
+    def update(self, done: int) -> None:
+        now = time.time()
+        if self.total < self.min_total or (now - self.last < self.every and done < self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        print(f"  {done}/{self.total} images, {rate:.1f} images/s, {eta:.0f} s left", flush=True)
+
+
 def autocast(device: str, amp: str) -> Any:
     """``torch.autocast`` for ``--amp bf16|fp16`` on ``device``; a no-op context for ``none``."""
     import contextlib
@@ -338,6 +345,7 @@ def autocast(device: str, amp: str) -> Any:
 __all__ = [
     "CheckpointError",
     "IMAGE_SUFFIXES",
+    "Progress",
     "USER_ERRORS",
     "add_model_arguments",
     "load_from_arguments",

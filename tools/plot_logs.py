@@ -5,7 +5,8 @@ three figures of the popular DETR fine-tuning fork (``FORK_FIGURES``: ``loss_mAP
 ``loss_terms.png``, ``errors.png``) and ``precision_recall.png`` from each run's ``eval/latest.pth``
 into ``--out_dir`` (default: the run's folder); ``--out FILE`` also writes ``make demo``'s one-row
 ``curves.png``. Unlike the official ``util/plot_utils.py``: no pandas or seaborn, x is each line's
-epoch (the official mAP curve used the row index), and classes without ground truth are left out.
+epoch (the official mAP curve used the row index), classes without ground truth are left out, and
+runs get distinct colours and marked points (one-epoch runs show).
 """
 
 from __future__ import annotations
@@ -97,32 +98,50 @@ def _save(fig: Any, out: str | Path) -> Path:
     return out
 
 
-def plot_logs(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write a 1x3 figure (losses, loss terms, AP) for the given runs to ``out``; returns the path."""
+def _marker(points: Sequence[Any]) -> str | None:
+    """A marker on every point of a short curve, so that a one-epoch run still shows its value."""
+    return "o" if len(points) < 30 else None
+
+
+def _run_colours(count: int) -> list[Any]:
+    """One clearly distinct colour per run (matplotlib's qualitative cycle, then tab20)."""
+    plt = _pyplot()
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return list(cycle[:count]) if count <= len(cycle) else list(plt.get_cmap("tab20")(np.arange(count) % 20))
+
+
+def summary_figure(run_dirs: Sequence[str | Path]) -> Any:
+    """A 1x3 figure (total loss, loss terms, AP) of the given runs: one colour per run, train solid
+    and val dashed, the terms told apart by line style; points marked on short runs. Returns the figure."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for run in run_dirs:
+    for run, colour in zip(run_dirs, _run_colours(len(run_dirs))):
         log = read_log(run)
         name = _run_name(run)
-        axes[0].plot(*_series(log, "train_loss"), label=f"{name} train")
-        val = _series(log, "test_loss")
-        if val[0]:
-            axes[0].plot(*val, "--", label=f"{name} val")
-        epochs = [e["epoch"] for e in log]
-        for term in ("loss_ce", "loss_bbox", "loss_giou"):
-            axes[1].plot(epochs, [e.get(f"train_{term}_unscaled", float("nan")) for e in log], label=f"{name} {term}")
-        ep, ap = _series(log, "test_coco_eval_bbox", 0)
-        if ep:
-            axes[2].plot(ep, _series(log, "test_coco_eval_bbox", 1)[1], "o-", label=f"{name} AP50")
-            axes[2].plot(ep, ap, "s-", label=f"{name} AP")
+        for ax, style, label, (x, y) in (
+            (axes[0], "-", "train", _series(log, "train_loss")),
+            (axes[0], "--", "val", _series(log, "test_loss")),
+            *[(axes[1], style, term, _series(log, f"train_{term}_unscaled"))
+              for style, term in zip(("-", "--", ":"), ("loss_ce", "loss_bbox", "loss_giou"))],
+            (axes[2], "-", "AP50", _series(log, "test_coco_eval_bbox", 1)),
+            (axes[2], "--", "AP", _series(log, "test_coco_eval_bbox", 0)),
+        ):  # fmt: skip
+            if x:
+                ax.plot(x, y, style, color=colour, marker=_marker(x), label=f"{name} {label}")
     for ax, title in zip(axes, ("total loss", "loss terms (train, unweighted)", "held-out box AP")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     axes[2].set_ylim(0, 1)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
+
+
+def plot_logs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write ``summary_figure(run_dirs)`` to ``out`` (its folder created); returns the path."""
+    return _save(summary_figure(run_dirs), out)
 
 
 def plot_fields(run_dirs: Sequence[str | Path], fields: Sequence[str]) -> Any:
@@ -132,10 +151,9 @@ def plot_fields(run_dirs: Sequence[str | Path], fields: Sequence[str]) -> Any:
     official curve used the row index as x, wrong with ``--eval_every``). Lines are labelled
     ``"<run> train"`` / ``"<run> val"``. Returns the figure."""
     plt = _pyplot()
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, len(fields), figsize=(5.5 * len(fields), 4.5), squeeze=False)
-    for i, run in enumerate(run_dirs):
-        log, name, colour = read_log(run), _run_name(run), colours[i % len(colours)]
+    for run, colour in zip(run_dirs, _run_colours(len(run_dirs))):
+        log, name = read_log(run), _run_name(run)
         for ax, field in zip(axes[0], fields):
             if field == "mAP":
                 curves = [("val", "--", _series(log, "test_coco_eval_bbox", 1))]
@@ -143,8 +161,7 @@ def plot_fields(run_dirs: Sequence[str | Path], fields: Sequence[str]) -> Any:
                 curves = [("train", "-", _series(log, f"train_{field}")), ("val", "--", _series(log, f"test_{field}"))]
             for split, style, (epochs, values) in curves:
                 if epochs:
-                    ax.plot(epochs, values, style, color=colour, marker="." if len(epochs) < 30 else None,
-                            label=f"{name} {split}")  # fmt: skip
+                    ax.plot(epochs, values, style, color=colour, marker=_marker(epochs), label=f"{name} {split}")
     for ax, field in zip(axes[0], fields):
         ax.set_title("mAP (val, AP@0.5)" if field == "mAP" else field)
         ax.set_xlabel("epoch")
@@ -228,14 +245,15 @@ def precision_recall_curves(data: dict[str, Any]) -> dict[str, Any]:
 
 def plot_precision_recall(files: Sequence[str | Path], naming_scheme: str = "iter") -> tuple[Any, Any]:
     """The official ``plot_precision_recall``: precision / recall and scores / recall of each saved
-    evaluation, darker blue for later files; names are the file stems (``iter``) or the run folders
-    (``exp_id``). Prints mAP@50, mean score and F1 per file. Returns ``(fig, axes)``."""
+    evaluation, one distinct colour per file (the official darker blues were hard to tell apart);
+    names are the file stems (``iter``) or the run folders (``exp_id``). Prints mAP@50, mean score
+    and F1 per file. Returns ``(fig, axes)``."""
     if naming_scheme not in ("iter", "exp_id"):
         raise ValueError(f"naming_scheme: unknown '{naming_scheme}', choose from ['exp_id', 'iter']")
     plt = _pyplot()
     paths = [Path(f) for f in files]
     names = [p.resolve().parts[-3] if naming_scheme == "exp_id" else p.stem for p in paths]
-    colours = plt.get_cmap("Blues")(np.linspace(0.45, 1.0, len(paths)))
+    colours = _run_colours(len(paths))
     fig, axes = plt.subplots(1, 2, figsize=(16, 5))
     for path, name, colour in zip(paths, names, colours):
         c = precision_recall_curves(load_coco_eval(path))

@@ -14,35 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 if not __package__:  # run as ``python tools/predict.py``
     import _repo_root  # noqa: F401
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from tools import drawing  # noqa: E402
-from tools.inference import (  # noqa: E402
-    UnreadableImageError,
-    add_model_arguments,
-    atomic_write,
-    autocast,
-    batch_images,
-    class_names,
-    collect_images,
-    eval_transform,
-    load_from_arguments,
-    original_sizes,
-    prepare_output_folder,
-    read_image,
-    remove_if_empty,
-    run_command,
-    save_png,
-    unique_stem,
-)
+from tools.arguments import add_model_arguments  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -58,6 +36,33 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision")
     parser.add_argument("--no_drawings", action="store_true", help="only the JSON files")
     return parser
+
+
+if __name__ == "__main__":
+    get_parser().parse_args()  # --help and bad arguments answered before torch is imported
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tools import drawing  # noqa: E402
+from tools.inference import (  # noqa: E402
+    Progress,
+    UnreadableImageError,
+    atomic_write,
+    autocast,
+    batch_images,
+    class_names,
+    collect_images,
+    eval_transform,
+    load_from_arguments,
+    original_sizes,
+    prepare_output_folder,
+    read_image,
+    remove_if_empty,
+    run_command,
+    save_png,
+    unique_stem,
+)
 
 
 def image_id_of(path: Path) -> int | str:
@@ -78,23 +83,6 @@ def coco_results(result: dict[str, torch.Tensor], image_id: int | str, file_name
             "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], "score": round(score, 5),
         })  # fmt: skip
     return out
-
-
-class Progress:
-    """One line every ``every`` seconds (and at the end) for inputs of more than ``min_total`` images."""
-
-    def __init__(self, total: int, min_total: int = 20, every: float = 5.0) -> None:
-        self.total, self.min_total, self.every = total, min_total, every
-        self.start = self.last = time.time()
-
-    def update(self, done: int) -> None:
-        now = time.time()
-        if self.total < self.min_total or (now - self.last < self.every and done < self.total):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        print(f"  {done}/{self.total} images, {rate:.1f} images/s, {eta:.0f} s left", flush=True)
 
 
 def panoptic_categories(names: dict[int, str], is_thing_map: dict[int, bool]) -> list[dict[str, Any]]:

@@ -21,6 +21,24 @@ from typing import Any
 if not __package__:  # run as ``python tools/visualize_attention.py``
     import _repo_root  # noqa: F401
 
+from tools.arguments import add_model_arguments  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Attention pictures of DETR and Deformable DETR on one image.")
+    add_model_arguments(parser)
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("--output", default=".", help="folder for the pictures (default: the current one)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="objects whose score reaches it are drawn")
+    parser.add_argument("--max_objects", type=int, default=6)
+    parser.add_argument("--points", nargs="+", default=None, metavar="X,Y",
+                        help="DETR encoder figure: reference points in pixels (default: centres of the detections)")  # fmt: skip
+    return parser
+
+
+if __name__ == "__main__":
+    get_parser().parse_args()  # --help and bad arguments answered before torch is imported
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -30,7 +48,6 @@ from torch import Tensor, nn  # noqa: E402
 from models.ops.ms_deform_attn_pytorch import level_sizes  # noqa: E402
 from tools import drawing  # noqa: E402
 from tools.inference import (  # noqa: E402
-    add_model_arguments,
     batch_images,
     class_names,
     core_model,
@@ -328,18 +345,6 @@ def sampling_points_figure(image: Image.Image, samp: DeformableSampling, queries
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Attention pictures of DETR and Deformable DETR on one image.")
-    add_model_arguments(parser)
-    parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("--output", default=".", help="folder for the pictures (default: the current one)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="objects whose score reaches it are drawn")
-    parser.add_argument("--max_objects", type=int, default=6)
-    parser.add_argument("--points", nargs="+", default=None, metavar="X,Y",
-                        help="DETR encoder figure: reference points in pixels (default: centres of the detections)")  # fmt: skip
-    return parser
 
 
 def _parse_points(points: list[str] | None) -> list[tuple[float, float]] | None:

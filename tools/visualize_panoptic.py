@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -111,7 +110,6 @@ def write_coco_panoptic(
     return path
 
 
-@torch.no_grad()
 def predict_panoptic(
     checkpoint: str | Path | LoadedModel, dataset: Any, threshold: float = 0.85, num_images: int = 8
 ) -> list[dict]:
@@ -119,6 +117,8 @@ def predict_panoptic(
     ``tools.inference.load_detector``; trained with ``--masks``) on the first ``num_images`` of
     ``dataset`` (a ``CocoPanoptic`` with the validation transforms); ``PostProcessPanoptic`` outputs
     at the original image size, with ``image_id`` and ``file_name``."""
+    import torch
+
     from models.segmentation import PostProcessPanoptic
     from tools.inference import load_detector
 
@@ -128,12 +128,12 @@ def predict_panoptic(
         raise ValueError(f"{loaded.source}: not a segmentation model (train it with --masks)")
     post = PostProcessPanoptic(dataset.is_thing_map(), threshold=threshold)
     results = []
-    for i in range(min(num_images, len(dataset))):
-        img, target = dataset[i]
-        outputs = model([img])
-        res = post(outputs, target["size"][None], target["orig_size"][None])[0]
-        image_id = int(target["image_id"])
-        results.append({**res, "image_id": image_id, "file_name": f"{image_id:012d}.png"})
+    with torch.no_grad():
+        for i in range(min(num_images, len(dataset))):
+            img, target = dataset[i]
+            res = post(model([img]), target["size"][None], target["orig_size"][None])[0]
+            image_id = int(target["image_id"])
+            results.append({**res, "image_id": image_id, "file_name": f"{image_id:012d}.png"})
     return results
 
 

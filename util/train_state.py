@@ -123,6 +123,11 @@ class TrainState:
             load_optimizer_state(self.optimizer, state["optimizer"])  # keeps this run's kernel choice
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.optimizer is not None and "optimizer" not in state:
+            notes.append(
+                f"{source} holds weights only (no optimizer state): the optimizer and learning-rate schedule "
+                "start fresh from this run's settings"
+            )
         if self.scaler is not None:
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])

@@ -122,7 +122,7 @@ def test_bad_input(tiny_checkpoints, tmp_path):
         (["--checkpoint", str(bad), "--output", str(tmp_path / "m.pt2")], str(bad)),
         (["--checkpoint", str(tiny_checkpoints["detr"]), "--output", str(tmp_path / "m.pt2"), "--image", str(broken)],
          str(broken)),
-        (["--checkpoint", str(bad), "--output", str(tmp_path / "missing" / "m.pt2")], "does not exist"),
+        (["--checkpoint", str(bad), "--output", str(tmp_path / "new" / "m.pt2")], str(bad)),  # no folder left
     ]:  # fmt: skip
         with pytest.raises(SystemExit) as e:
             export_tool.main(["--format", "torch_export", *argv])

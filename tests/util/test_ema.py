@@ -1,4 +1,5 @@
-"""ModelEma: the ramped decay, floating-point entries averaged and integer buffers copied."""
+"""ModelEma: the ramped decay, floating-point entries averaged and integer buffers copied; the
+warm-up of short runs ends with the run."""
 
 import math
 
@@ -34,3 +35,36 @@ def test_average_follows_the_formula():
 def test_decay_must_be_a_fraction():
     with pytest.raises(ValueError, match="--ema_decay"):
         ModelEma(nn.Linear(1, 1), decay=1.5)
+
+
+def _short_run(tau: float, steps: int = 100) -> float:
+    """The largest gap between the EMA and the weights after ``steps`` updates of moving weights."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    ema = ModelEma(model, decay=0.9997, tau=tau)
+    for _ in range(steps):
+        with torch.no_grad():
+            model.weight.add_(0.01)
+        ema.update(model)
+    return float((ema.module.weight - model.weight).detach().abs().max())
+
+
+def test_short_runs_get_a_warm_up_that_ends_with_the_run(capsys):
+    from types import SimpleNamespace
+
+    from util.ema import DEFAULT_TAU, build_ema, warmup_tau
+
+    # 400 images, batch 4: 100 optimizer steps in one epoch
+    args = SimpleNamespace(ema_decay=0.9997, epochs=1, batch_size=4, grad_accum_steps=1)
+    ema = build_ema(nn.Linear(4, 4), args, num_train_images=400)
+    assert (
+        ema.tau == 25.0
+        and "warm-up tau 25 steps, a quarter of this run's 100 optimizer steps" in capsys.readouterr().out
+    )
+    # the fixed 2000-step ramp: the average is the weights (5e-4 = 1/20 step behind); the scaled one
+    # lags them by about 20 steps (a step moves each weight by 0.01)
+    assert _short_run(DEFAULT_TAU) < 0.001 < 0.1 < _short_run(ema.tau)
+    # long runs keep Ultralytics' ramp
+    assert warmup_tau(50 * 7000) == DEFAULT_TAU == warmup_tau(8000) and warmup_tau(4000) == 1000
+    args.epochs, args.grad_accum_steps = 400, 2
+    assert build_ema(nn.Linear(4, 4), args, num_train_images=400, world_size=2).tau == DEFAULT_TAU  # 10,000 steps

@@ -93,3 +93,15 @@ def test_official_checkpoint_means_epoch_finished_and_evaluated():
     assert any("loss-scaler" in n for n in notes) and any("EMA" in n for n in notes)
     for k, v in s.model.state_dict().items():  # EMA starts from the loaded weights
         assert torch.equal(t.ema.module.state_dict()[k], v)
+
+
+def test_weights_only_checkpoint_says_the_optimizer_starts_fresh():
+    """checkpoint_best.pth holds no optimizer state: resuming it says so in one line."""
+    s = _state(0)
+    notes = _state(1).load_state_dict({"model": s.model.state_dict(), "epoch": 3}, "checkpoint_best.pth")
+    fresh = [n for n in notes if "optimizer" in n]
+    assert fresh == [
+        "checkpoint_best.pth holds weights only (no optimizer state): the optimizer and learning-rate "
+        "schedule start fresh from this run's settings"
+    ]
+    assert not any("optimizer" in n for n in _state(1).load_state_dict(s.state_dict(), "checkpoint.pth"))
