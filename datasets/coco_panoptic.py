@@ -24,7 +24,7 @@ from datasets.config import DataConfig
 from datasets.images import ImageCache, ImageSource, probe_image
 from datasets.problems import DatasetError, Problem, raise_if_problems
 from datasets.split_check import (
-    check_val_not_empty,
+    check_split_contents,
     finish_split,
     image_problems,
     probe_images,
@@ -324,7 +324,7 @@ def build(image_set: str, cfg: DataConfig | Any) -> CocoPanoptic:
     problems += _png_problems(ds, cfg, infos)
     bad_problems = finish_split(image_set, str(ann_file), problems, notes, len(image_paths), cfg)
     num_segments = sum(len(a.get("segments_info", [])) for a in ds.annotations)
-    check_val_not_empty(image_set, str(ann_file), len(image_paths), num_segments)
+    check_split_contents(image_set, str(ann_file), len(image_paths), num_segments)
     stats = {
         "num_annotations": num_segments,
         "num_categories": len(ds.categories),
