@@ -111,6 +111,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     print(f"num_classes = {args.num_classes} (from {where})")
+    datasets.warn_objects_beyond_queries(args.num_queries, splits)
     dataset_train, dataset_val = splits.get("train"), splits["val"]
     for name, ds in splits.items():
         if getattr(ds, "num_degenerate_boxes", 0):
@@ -288,6 +289,10 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
                     amp_dtype=amp_dtype, grad_accum_steps=args.grad_accum_steps, print_freq=args.print_freq,
                     start_iter=first_iter, metric_logger=train_logger, on_step=on_step, run_eta=run_eta,
                 )  # fmt: skip
+            except datasets.DatasetError as e:  # more unreadable images than --max_bad_images met mid-epoch
+                raise SystemExit(
+                    f"error: {e}\nTraining stopped; the last finished epoch's checkpoint.pth is untouched."
+                ) from e
             except NonFiniteError as e:
                 state.meters = train_logger.state_dict()
                 raise SystemExit(

@@ -4,7 +4,8 @@
 data flag of ``main.py`` is accepted, e.g. ``--train_images DIR``, ``--check_images full``,
 ``--num_classes N``) builds each split as ``main.py`` does, which runs the start-up check of
 ``datasets.split_check``, prints every problem and exits with status 1 when training would be
-refused; ``run_check`` is the same from Python. The README's "Bad input" section says what is checked.
+refused; ``run_check`` is the same from Python. Panoptic PNGs are also decoded and their ids
+compared with ``segments_info`` (what ``main.py`` does only with ``--check_images full``). The README's "Bad input" section says what is checked.
 Not in the official code, which fails on the first bad value.
 """
 
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from datasets.problems import DatasetError, format_problems
+from datasets.problems import DatasetError, format_problems, raise_if_problems
 
 
 def _positional_paths(cfg_args: argparse.Namespace, paths: list[str]) -> None:
@@ -41,11 +42,14 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
     ids of every split against ``--num_classes`` (default: the training split's max id + 1, as
     ``main.py`` derives it). Prints what was found; returns 0 when training could start, else 1."""
     from datasets import check_num_classes, max_category_id
+    from datasets.coco_panoptic import CocoPanoptic, png_content_problems
 
     status, built = 0, {}
     for split in splits:
         try:
             built[split] = ds = build(split, args)
+            if isinstance(ds, CocoPanoptic) and args.check_images != "full":
+                raise_if_problems(png_content_problems(ds), f"{split} panoptic PNGs")
         except DatasetError as e:
             status = 1
             print(f"{split}: FAILED")

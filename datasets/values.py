@@ -40,6 +40,8 @@ def number_problem(
     """What is wrong with ``value`` as the number ``field`` (``None`` when it is fine): a string, a
     bool, NaN, infinite, not whole when ``integer``, outside ``[low, high]``."""
     kind = "an integer" if integer else "a number"
+    if value is None:
+        return f"'{field}' is missing or null, expected {kind}"
     if isinstance(value, str):
         return f"'{field}' is the string {_describe(value)}, expected {kind}"
     if not isinstance(value, (int, float)) or isinstance(value, bool):
