@@ -212,7 +212,11 @@ class CocoPanoptic:
         """Every segment as a COCO detection annotation (RLE mask, bbox, area, iscrowd)."""
         annotations = []
         for idx in range(len(self)):
-            id_map, segments = self.load_segments(idx)
+            try:
+                id_map, segments = self.load_segments(idx)
+            except ImageReadError as e:  # skipped when loaded too: no ground truth, no prediction
+                print(f"warning: no ground truth for image {self.ids[idx]}: {e}", flush=True)
+                continue
             for seg in segments:
                 rle = coco_mask.encode(np.asfortranarray((id_map == int(seg["id"])).astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode("ascii")
