@@ -103,9 +103,8 @@ def _number(node: XmlNode | None, tag: str) -> tuple[float | None, str | None]:
 
 def _value_problem(value: float | None, text: str | None, tag: str, **bounds: Any) -> str | None:
     if value is None:
-        return f"has <{tag}> {text!r}, expected a number" if text is not None else f"has no <{tag}>"
-    what = number_problem(value, f"<{tag}>", **bounds)
-    return f"has {what}" if what else None
+        return f"'<{tag}>' is {text!r}, expected a number" if text is not None else f"has no <{tag}>"
+    return number_problem(value, f"<{tag}>", **bounds)
 
 
 def read_voc_xml(
@@ -161,7 +160,7 @@ def read_voc_xml(
         bad = [_value_problem(v, t, k, low=low, high=high) for k, (v, t) in parsed.items()]
         difficult = (obj.findtext("difficult") or "0").strip()
         if difficult not in ("0", "1"):
-            bad.append(f"has <difficult> {difficult!r}, expected 0 or 1")
+            bad.append(f"'<difficult>' is {difficult!r}, expected 0 or 1")
         bad = [what for what in bad if what is not None]
         if bad:
             problems += [Problem(str(path), what, f"object '{name}'", line=box.line) for what in bad]
