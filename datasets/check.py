@@ -43,6 +43,7 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
     ``main.py`` derives it). Prints what was found; returns 0 when training could start, else 1."""
     from datasets import check_num_classes, max_category_id, warn_objects_beyond_queries
     from datasets.coco_panoptic import CocoPanoptic, png_content_problems
+    from util.config import PRESETS
 
     status, built = 0, {}
     for split in splits:
@@ -64,7 +65,7 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
             f"{split}: OK: {len(ds)} images, {stats.get('num_annotations', '?')} annotations, "
             f"max category id {max_category_id(ds)}"
         )
-    warn_objects_beyond_queries(args.num_queries, built)
+    warn_objects_beyond_queries(args.num_queries or PRESETS[args.model]["num_queries"], built)
     reference = built.get("train", built.get("val"))
     if reference is not None:
         num_classes = args.num_classes or max_category_id(reference) + 1
