@@ -48,6 +48,7 @@ from datasets.split_check import (
 from datasets.values import (
     bbox_problem,
     flag_problem,
+    name_problem,
     number_problem,
     segmentation_area,
     segmentation_problem,
@@ -203,8 +204,9 @@ def collect_coco_problems(
             problems.append(Problem(path, f"duplicate image id {img['id']}"))
             continue
         image_ids.add(img["id"])
-        if not isinstance(img["file_name"], str) or not img["file_name"]:
-            problems.append(Problem(path, f"has 'file_name' {img['file_name']!r}, expected a file name", where))
+        bad_name = name_problem(img["file_name"], "file_name")
+        if bad_name:
+            problems.append(Problem(path, bad_name, where))
         elif img["file_name"] in file_names:
             first = file_names[img["file_name"]]
             warnings.append(f"{path}: {where} lists the same file as image id {first} ({img['file_name']})")

@@ -31,7 +31,7 @@ from datasets.split_check import (
     report_split,
     unreadable_indices,
 )
-from datasets.values import bbox_problem, flag_problem, number_problem, side_problem
+from datasets.values import bbox_problem, flag_problem, name_problem, number_problem, side_problem
 from util.box_ops import masks_to_boxes
 from util.panoptic import MAX_SEGMENT_ID, read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-exported)
 
@@ -263,29 +263,30 @@ def panoptic_json_problems(data: dict[str, Any], path: str) -> list[Problem]:
     without an integer ``id`` or a ``file_name`` (or with a bad ``width`` / ``height``),
     annotations without ``image_id`` / ``file_name`` / a ``segments_info`` list, segments
     without an ``id`` (1 .. 256^3 - 1) or ``category_id``, or with a bad ``iscrowd``, ``area`` or ``bbox``."""
-    problems = []
-    for index, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            problems.append(Problem(path, f"lacks an integer 'id': {str(cat)[:200]}", f"category #{index}"))
+    problems: list[Problem] = []
+
+    def keyed(entries_key: str, kind: str, key: str) -> list[dict[str, Any]]:
+        """The entries of ``data[entries_key]`` with an integer ``key`` (a problem for each other one)."""
+        entries = []
+        for index, entry in enumerate(data[entries_key]):
+            if isinstance(entry, dict) and _is_int(entry.get(key)):
+                entries.append(entry)
+            else:
+                problems.append(Problem(path, f"lacks an integer '{key}': {str(entry)[:200]}", f"{kind} #{index}"))
+        return entries
+
+    keyed("categories", "category", "id")
     sizes = {}
-    for index, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
-            problems.append(Problem(path, f"lacks an integer 'id': {str(img)[:200]}", f"image #{index}"))
-            continue
+    for img in keyed("images", "image", "id"):
         where = f"image {img['id']}"
-        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-            problems.append(Problem(path, f"has 'file_name' {img.get('file_name')!r}, expected a file name", where))
-        for key in ("width", "height"):
-            what = side_problem(img[key], key) if img.get(key) else None
-            problems += [Problem(path, what, where)] if what else []
+        checks = [name_problem(img.get("file_name"), "file_name")]
+        checks += [side_problem(img[key], key) if img.get(key) else None for key in ("width", "height")]
+        problems += [Problem(path, what, where) for what in checks if what is not None]
         sizes[img["id"]] = (img.get("width"), img.get("height"))
-    for index, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or not _is_int(ann.get("image_id")):
-            problems.append(Problem(path, f"lacks an integer 'image_id': {str(ann)[:200]}", f"annotation #{index}"))
-            continue
+    for ann in keyed("annotations", "annotation", "image_id"):
         where = f"annotation of image {ann['image_id']}"
-        if not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
-            problems.append(Problem(path, f"has 'file_name' {ann.get('file_name')!r}, expected a PNG name", where))
+        what = name_problem(ann.get("file_name"), "file_name")
+        problems += [Problem(path, what, where)] if what else []
         if not isinstance(ann.get("segments_info", []), list):
             problems.append(Problem(path, "has a 'segments_info' that is not a list", where))
             continue

@@ -62,6 +62,13 @@ def number_problem(
     return None
 
 
+def name_problem(value: Any, field: str) -> str | None:
+    """A file name: a non-empty string."""
+    if isinstance(value, str) and value:
+        return None
+    return f"'{field}' is {_describe(value)}, expected a file name"
+
+
 def side_problem(value: Any, field: str) -> str | None:
     """An image ``width`` / ``height``: a whole number of pixels in ``[1, MAX_IMAGE_SIDE]``."""
     return number_problem(value, field, integer=True, low=1, high=MAX_IMAGE_SIDE)
@@ -201,6 +208,7 @@ __all__ = [
     "coordinate_range",
     "flag_problem",
     "is_number",
+    "name_problem",
     "number_problem",
     "polygon_area",
     "polygon_problem",

@@ -97,7 +97,7 @@ def _panoptic_faults(root: Path) -> list[str]:
         f"{path}: category #0 lacks an integer 'id'",
         f"{path}: annotation of image {image_ids[1]}, segment #0 'id' is missing or null, expected an integer",
         f"{path}: annotation of image {image_ids[2]}, segment #0 'iscrowd' is the string '0'",
-        f"{path}: image {data['images'][3]['id']} has 'file_name' None, expected a file name",
+        f"{path}: image {data['images'][3]['id']} 'file_name' is None, expected a file name",
     ]
 
 
