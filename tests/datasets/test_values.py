@@ -191,15 +191,17 @@ def test_data_warnings(tmp_path: Path, synthetic_root: Path) -> None:
 
 @pytest.mark.slow
 def test_panoptic_png_faults_found_by_check_and_skipped_mid_run(tmp_path: Path, panoptic: Path) -> None:
-    """A panoptic PNG whose pixel data is cut short and a segment of segments_info absent from its
-    PNG: the default (header) start-up check cannot see them. ``datasets.check`` reports both;
-    ``main.py`` skips both images with a warning, counted against --max_bad_images, and trains."""
+    """Pixel data cut short (a panoptic PNG, an image) and a segment of segments_info absent from
+    its PNG: the default (header) start-up check cannot see them. ``datasets.check`` reports the
+    PNGs; ``main.py`` skips each image with a warning, counted against --max_bad_images: with room
+    for all three it trains, with room for one it stops at the second with one line."""
     root = copy_coco(panoptic, tmp_path / "panoptic")
     data = read_json(root / PANOPTIC_TRAIN)
-    missing, cut = data["annotations"][1], data["annotations"][2]
+    missing, cut, cut_image = data["annotations"][1:4]
     missing["segments_info"].append({"id": 77777, "category_id": 1, "iscrowd": 0, "area": 1})
     write_json(root / PANOPTIC_TRAIN, data)
     cut_png_pixels(root / "panoptic_train2017" / cut["file_name"])
+    cut_png_pixels(root / "train2017" / data["images"][3]["file_name"])
     missing_png, cut_png = (root / "panoptic_train2017" / a["file_name"] for a in (missing, cut))
     paths = ["--coco_path", str(root), "--coco_panoptic_path", str(root)]
     expect(
@@ -211,15 +213,23 @@ def test_panoptic_png_faults_found_by_check_and_skipped_mid_run(tmp_path: Path, 
         "cannot be decoded",
     )
     argv = [str(ROOT / "main.py"), *TINY, "--dataset_file", "coco_panoptic", *paths, "--masks", "--batch_size", "2"]
-    argv += ["--epochs", "1", "--max_bad_images", "0.5", "--output_dir", str(tmp_path / "run")]
+    argv += ["--epochs", "1", "--output_dir", str(tmp_path / "run")]
     expect(
-        run(*argv, cwd=tmp_path),
+        run(*argv, "--max_bad_images", "0.5", cwd=tmp_path),
         0,
-        f"warning: skipping {root / 'train2017'}",
+        f"warning: skipping {root / 'train2017' / data['images'][1]['file_name']}",
         f"{missing_png}: segment id 77777 of segments_info does not occur in the PNG",
         f"{cut_png}: cannot be decoded",
+        f"warning: skipping {root / 'train2017' / data['images'][3]['file_name']}",
     )
     assert (tmp_path / "run" / "checkpoint.pth").exists()
+    argv[-1] = str(tmp_path / "stopped")
+    out = expect(
+        run(*argv, "--max_bad_images", "0.2", cwd=tmp_path),
+        1,
+        "error: 2 unreadable images, more than the 1 that --max_bad_images allows (met while loading)",
+    )
+    assert out.count("warning: skipping") == 1
 
 
 def test_areas_and_rle_decoding() -> None:
