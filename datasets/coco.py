@@ -250,7 +250,7 @@ def collect_coco_problems(
             bbox_problem(ann["bbox"], width, height),
             flag_problem(ann.get("iscrowd", 0), "iscrowd"),
             number_problem(ann["area"], "area", low=0) if ann.get("area") is not None else None,
-            segmentation_problem(ann["segmentation"], width, height) if "segmentation" in ann else None,
+            segmentation_problem(ann["segmentation"], width, height) if ann.get("segmentation") is not None else None,
         ]
         problems += [Problem(path, what, name) for what in values if what is not None]
         num_without_segmentation += int(not ann.get("segmentation"))
@@ -391,7 +391,7 @@ class ConvertCocoPolysToMask:
             "labels": torch.as_tensor([obj["category_id"] for obj in anno], dtype=torch.int64)[keep],
         }
         if self.return_masks:
-            out["masks"] = convert_coco_poly_to_mask([obj.get("segmentation", []) for obj in anno], h, w)[keep]
+            out["masks"] = convert_coco_poly_to_mask([obj.get("segmentation") or [] for obj in anno], h, w)[keep]
         out["image_id"] = torch.tensor([int(target["image_id"])])
         out["area"] = torch.as_tensor([float(obj.get("area", 0.0)) for obj in anno], dtype=torch.float32)[keep]
         out["iscrowd"] = torch.zeros(len(anno), dtype=torch.int64)[keep]
@@ -534,8 +534,6 @@ def build_detection(
     ann_file = str(ann_file)
     problems = list(problems)
     notes = list(notes) + normalize_coco_dict(data, ann_file)
-    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes)
-    problems += ann_problems
     if not Path(img_folder).is_dir():
         problems.append(Problem(str(img_folder), f"image folder not found (for {ann_file})"))
     images_ok = isinstance(data, dict) and isinstance(data.get("images"), list) and Path(img_folder).is_dir()
@@ -553,7 +551,9 @@ def build_detection(
     else:
         probes = [infos.get(p) for p in paths]
     img_problems, img_notes = image_problems([by_id[i] for i in ids], paths, probes, ann_file)
-    problems += img_problems
+    # After the image sizes are known (read from the files where missing): coordinates are checked against them.
+    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes)
+    problems += ann_problems + img_problems
     notes += img_notes
     bad_problems = finish_split(image_set, ann_file, problems, notes, len(ids), cfg)
     warnings = list(stats.get("warnings", []))

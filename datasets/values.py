@@ -20,6 +20,8 @@ import numpy as np
 PLAUSIBLE_FACTOR = 100
 # The largest image side accepted in an annotation file (larger sizes are unit mix-ups).
 MAX_IMAGE_SIDE = 1 << 17
+# An RLE mask may be stored for another size than its image's, up to this many times its pixels.
+RLE_AREA_FACTOR = 16
 # Used as the image size when it is not known yet (read from the image file later).
 _UNKNOWN_SIDE = 10_000
 
@@ -154,9 +156,10 @@ def rle_counts(rle: dict[str, Any]) -> np.ndarray | None:
     return out
 
 
-def rle_problem(rle: dict[str, Any]) -> str | None:
-    """A COCO RLE ``{"size": [h, w], "counts": ...}``: a plausible size and run lengths that are
-    non-negative and add up to ``h * w``."""
+def rle_problem(rle: dict[str, Any], width: Any = None, height: Any = None) -> str | None:
+    """A COCO RLE ``{"size": [h, w], "counts": ...}``: a plausible size (at most
+    ``RLE_AREA_FACTOR`` times the image's pixels: the mask is decoded at that size) and run lengths
+    that are non-negative and add up to ``h * w``."""
     size = rle.get("size")
     if not isinstance(size, list) or len(size) != 2:
         return f"has an RLE 'segmentation' whose 'size' is {_describe(size)}, expected [height, width]"
@@ -164,6 +167,10 @@ def rle_problem(rle: dict[str, Any]) -> str | None:
         what = side_problem(v, f"segmentation size {name}")
         if what is not None:
             return f"has an RLE {what}"
+    known = all(is_number(v) and v > 0 for v in (width, height))
+    if size[0] * size[1] > (RLE_AREA_FACTOR * width * height if known else _UNKNOWN_SIDE**2):
+        image = f"its {width}x{height} image" if known else "an image"
+        return f"has an RLE 'segmentation' of size {size[1]}x{size[0]} (width x height), implausible for {image}"
     counts = rle_counts(rle)
     if counts is None:
         return "has an RLE 'segmentation' whose 'counts' cannot be decoded"
@@ -177,7 +184,7 @@ def segmentation_problem(segmentation: Any, width: Any, height: Any) -> str | No
     if isinstance(segmentation, list):
         return polygon_problem(segmentation, width, height)
     if isinstance(segmentation, dict):
-        return rle_problem(segmentation)
+        return rle_problem(segmentation, width, height)
     return f"has a 'segmentation' of type {type(segmentation).__name__}, expected polygons or an RLE"
 
 
@@ -204,6 +211,7 @@ def segmentation_area(segmentation: Any, width: Any, height: Any) -> float | Non
 __all__ = [
     "MAX_IMAGE_SIDE",
     "PLAUSIBLE_FACTOR",
+    "RLE_AREA_FACTOR",
     "bbox_problem",
     "coordinate_range",
     "flag_problem",
