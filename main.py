@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 import util.distributed as dist_utils
+from datasets.problems import original_message
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteError, evaluate, metrics_by_name, primary_metric, save_eval, train_one_epoch
 from models import build_model
@@ -290,9 +291,8 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
                     start_iter=first_iter, metric_logger=train_logger, on_step=on_step, run_eta=run_eta,
                 )  # fmt: skip
             except datasets.DatasetError as e:  # more unreadable images than --max_bad_images met mid-epoch
-                raise SystemExit(
-                    f"error: {e}\nTraining stopped; the last finished epoch's checkpoint.pth is untouched."
-                ) from e
+                stopped = "Training stopped; the last finished epoch's checkpoint.pth is untouched."
+                raise SystemExit(f"error: {original_message(e)}\n{stopped}") from e
             except NonFiniteError as e:
                 state.meters = train_logger.state_dict()
                 raise SystemExit(
