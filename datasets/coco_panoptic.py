@@ -19,7 +19,15 @@ import torch
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from datasets.coco import as_config, category_names, coco_from_dict, transforms_from_config
+from datasets.coco import (
+    as_config,
+    category_names,
+    coco_from_dict,
+    collect_coco_problems,
+    load_coco_json,
+    normalize_coco_dict,
+    transforms_from_config,
+)
 from datasets.config import DataConfig
 from datasets.images import ImageCache, ImageReadError, ImageSource, probe_image
 from datasets.problems import DatasetError, Problem, raise_if_problems
@@ -117,6 +125,7 @@ class CocoPanoptic:
 
         self.image_source = ImageSource(paths, cache, max_bad_images, describe, bad)
         self._coco: COCO | None = None
+        self._detection_data: dict[str, Any] | None = None
         self.stats: dict[str, Any] = {}  # filled by ``build``
 
     def __len__(self) -> int:
@@ -195,8 +204,9 @@ class CocoPanoptic:
         """
         if self._coco is None:
             if self.detection_file is not None and self.detection_file.is_file():
-                with open(self.detection_file, encoding="utf-8") as f:
-                    data = json.load(f)
+                if self._detection_data is None:
+                    raise_if_problems(self.detection_file_problems(), str(self.detection_file))
+                data = self._detection_data
                 known = {c["id"] for c in data.get("categories", [])}
                 data["categories"] = list(data.get("categories", [])) + [
                     {k: v for k, v in c.items() if k in ("id", "name", "supercategory", "isthing")}
@@ -207,6 +217,16 @@ class CocoPanoptic:
                 data = self.detection_dict()
             self._coco = coco_from_dict(data)
         return self._coco
+
+    def detection_file_problems(self) -> list[Problem]:
+        """Read, normalise and check ``detection_file`` as a COCO detection file (its values reach
+        pycocotools' evaluation); kept for ``coco`` when it has no problem."""
+        path = str(self.detection_file)
+        data = load_coco_json(path)
+        normalize_coco_dict(data, path)
+        problems = collect_coco_problems(data, path)[0]
+        self._detection_data = None if problems else data
+        return problems
 
     def detection_dict(self) -> dict[str, Any]:
         """Every segment as a COCO detection annotation (RLE mask, bbox, area, iscrowd)."""
@@ -404,6 +424,8 @@ def build(image_set: str, cfg: DataConfig | Any) -> CocoPanoptic:
     infos = probe_images(image_paths, cfg, ds.image_source.cache, label=f"data: {image_set}: ")
     problems, notes = image_problems(ds.images, image_paths, infos, str(ann_file))
     problems += _png_problems(ds, cfg, infos)
+    if image_set == "val" and det_file.is_file():  # the box / mask AP's ground truth
+        problems += ds.detection_file_problems()
     bad_problems = finish_split(image_set, str(ann_file), problems, notes, len(image_paths), cfg)
     num_segments = sum(len(a.get("segments_info", [])) for a in ds.annotations)
     check_split_contents(image_set, str(ann_file), len(image_paths), num_segments)

@@ -93,7 +93,14 @@ def _panoptic_faults(root: Path) -> list[str]:
     del data["images"][3]["file_name"]
     write_json(path, data)
     image_ids = [a["image_id"] for a in data["annotations"]]
+    # the detection-format file of the box / mask AP, read by pycocotools at evaluation
+    detection_path = root / "annotations" / "instances_val2017.json"
+    detection = read_json(detection_path)
+    evaluated = detection["annotations"][0]
+    evaluated["segmentation"] = [[1e30, 1.0, 5.0, 1.0, 5.0, 5.0]]
+    write_json(detection_path, detection)
     return [
+        f"{detection_path}: annotation id {evaluated['id']} 'segmentation polygon 0 coordinate' is 1e+30",
         f"{path}: category #0 lacks an integer 'id'",
         f"{path}: annotation of image {image_ids[1]}, segment #0 'id' is missing or null, expected an integer",
         f"{path}: annotation of image {image_ids[2]}, segment #0 'iscrowd' is the string '0'",
@@ -134,7 +141,8 @@ def test_bad_values_listed_at_start_up(kind: str, tmp_path: Path, synthetic_root
         lines, paths = _panoptic_faults(root), [str(root)]
     else:
         lines, paths = _voc_faults(tmp_path), [str(tmp_path / "VOCdevkit")]
-    out = expect(run("-m", "datasets.check", "--dataset_file", kind, *paths, "--splits", "train"), 1, *lines)
+    splits = ["train", "val"] if kind == "coco_panoptic" else ["train"]
+    out = expect(run("-m", "datasets.check", "--dataset_file", kind, *paths, "--splits", *splits), 1, *lines)
     assert "train: FAILED" in out and out.count("\n  - ") == len(lines), out
 
 
