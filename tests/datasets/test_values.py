@@ -242,11 +242,17 @@ def test_panoptic_png_faults_found_by_check_and_skipped_mid_run(tmp_path: Path, 
 
 
 def test_areas_and_rle_decoding() -> None:
-    """The numpy areas: shoelace for polygons, the runs of a compressed RLE decoded as pycocotools does."""
+    """The numpy areas: shoelace for polygons, the runs of a compressed RLE decoded as pycocotools
+    does (random masks, long runs, empty and full masks); undecodable strings refused."""
     assert polygon_area([[1, 1, 5, 1, 5, 5, 1, 5]]) == 16.0
     assert segmentation_area([[1, 1, 5, 1, 5, float("nan")]], 10, 10) is None
-    mask = np.zeros((40, 50), dtype=np.uint8)
-    mask[3:30, 7:44] = 1
-    rle = coco_mask.encode(np.asfortranarray(mask))
-    counts = rle_counts({"counts": rle["counts"].decode()})
-    assert counts.sum() == 40 * 50 and counts[1::2].sum() == mask.sum() == coco_mask.area(rle)
+    rng = np.random.default_rng(0)
+    masks = [rng.random((17, 23)) < p for p in (0.0, 0.1, 0.5, 0.9, 1.0)]
+    masks.append(np.zeros((900, 700), dtype=bool))
+    masks[-1][30:870, 5:690] = True  # runs beyond 2^15: several characters per value
+    for mask in masks:
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        counts = rle_counts({"counts": rle["counts"].decode()})
+        assert counts is not None and counts.sum() == mask.size and counts[1::2].sum() == mask.sum()
+        assert segmentation_area({"size": list(mask.shape), "counts": rle["counts"].decode()}, 700, 900) == mask.sum()
+    assert rle_counts({"counts": "zz~"}) is None and rle_counts({"counts": "0P"}) is None
