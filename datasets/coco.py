@@ -112,8 +112,8 @@ def normalize_coco_dict(data: Any, path: str | os.PathLike[str]) -> list[str]:
     Image ids that are not all integers (e.g. strings) are numbered ``1..N`` in file order (the
     original kept as ``original_id``); annotations without ``id`` get new ids; a missing ``area`` is
     the segmentation's area (computed in numpy, ``datasets.values``), else the box's; a missing
-    ``iscrowd`` is 0. (A missing image
-    ``width``/``height`` is read from the image file later, by ``split_check.image_problems``.)
+    ``iscrowd`` is 0. (A missing image ``width``/``height`` is read from the image file later, by
+    ``split_check.image_problems``.)
     """
     if not isinstance(data, dict):
         return []
@@ -317,13 +317,16 @@ def validate_coco_file(path: str | os.PathLike[str], num_classes: int | None = N
 
     Problems (each names ``path`` and the image / annotation): missing file; not JSON; not COCO (no
     ``images`` / ``annotations`` / ``categories`` lists, image without ``id``/``file_name``,
-    duplicate ids, annotation without ``bbox``/``image_id``/``category_id``, non-numeric bbox,
-    ``image_id`` not in ``images``, ``category_id`` not in ``categories``); ``category_id >=
-    num_classes`` when given. The file is normalised first (``normalize_coco_dict``).
+    duplicate ids, annotation without ``bbox``/``image_id``/``category_id``, ``image_id`` not in
+    ``images``, ``category_id`` not in ``categories``); a value that ``datasets.values`` refuses
+    (image ``file_name`` / ``width`` / ``height``, annotation ``bbox``, ``iscrowd``, ``area``,
+    ``segmentation``); ``category_id >= num_classes`` when given. The file is normalised first
+    (``normalize_coco_dict``).
 
     Returns stats: ``file``, ``num_images``, ``num_annotations``, ``num_crowd``, ``num_categories``,
     ``max_category_id``, ``num_degenerate_boxes`` (non-crowd boxes that will be dropped),
-    ``degenerate_ann_ids``, ``num_images_without_annotations``.
+    ``degenerate_ann_ids``, ``num_images_without_annotations``, ``max_objects_per_image``,
+    ``num_without_segmentation`` and ``warnings`` (an image file listed twice).
     """
     data = load_coco_json(path)
     normalize_coco_dict(data, path)
