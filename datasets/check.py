@@ -5,8 +5,9 @@ data flag of ``main.py`` is accepted, e.g. ``--train_images DIR``, ``--check_ima
 ``--num_classes N``) builds each split as ``main.py`` does, which runs the start-up check of
 ``datasets.split_check``, prints every problem and exits with status 1 when training would be
 refused; ``run_check`` is the same from Python. Panoptic PNGs are also decoded and their ids
-compared with ``segments_info`` (what ``main.py`` does only with ``--check_images full``). The README's "Bad input" section says what is checked.
-Not in the official code, which fails on the first bad value.
+compared with ``segments_info`` (what ``main.py`` does only with ``--check_images full``), and
+images with more objects than ``--num_queries`` are warned about. The README's "Bad input" section
+says what is checked. Not in the official code, which fails on the first bad value.
 """
 
 from __future__ import annotations
