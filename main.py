@@ -192,10 +192,15 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         base_ds = datasets.get_coco_api_from_dataset(dataset_val)
         common = (criterion, postprocessors, data_loader_val, base_ds, device, str(output_dir or ""))
         options = {"amp_dtype": amp_dtype, "coco_eval_backend": args.coco_eval_backend}
-        results = {"model": evaluate(inference_model_from_args(train_model, args), *common, **options)}
-        if state.ema is not None:
-            print("Evaluating the EMA weights")
-            results["ema"] = evaluate(inference_model_from_args(state.ema.module, args), *common, **options)
+        try:
+            results = {"model": evaluate(inference_model_from_args(train_model, args), *common, **options)}
+            if state.ema is not None:
+                print("Evaluating the EMA weights")
+                results["ema"] = evaluate(inference_model_from_args(state.ema.module, args), *common, **options)
+        except datasets.DatasetError as e:  # more unreadable images than --max_bad_images
+            raise SystemExit(
+                f"error: {original_message(e)}\nEvaluation stopped; the checkpoints saved are kept."
+            ) from e
         stats, evaluator = results["model"]
         if writes:
             save_eval(output_dir, stats, evaluator, epoch, ema=results["ema"][0] if "ema" in results else None)

@@ -202,8 +202,9 @@ def test_panoptic_png_faults_found_by_check_and_skipped_mid_run(tmp_path: Path, 
     """Pixel data cut short (a panoptic PNG, an image) and a segment of segments_info absent from
     its PNG: the default (header) start-up check cannot see them. ``datasets.check`` reports the
     PNGs; ``main.py`` skips each image with a warning, counted against --max_bad_images: with room
-    for all three it trains, with room for one it stops at the second with one line (also when a
-    DataLoader worker meets it)."""
+    for all three it trains (and stops evaluating at the second of two cut validation PNGs, with one
+    line), with room for one it stops at the second with one line (also when a DataLoader worker
+    meets it)."""
     root = copy_coco(panoptic, tmp_path / "panoptic")
     data = read_json(root / PANOPTIC_TRAIN)
     missing, cut, cut_image = data["annotations"][1:4]
@@ -221,22 +222,27 @@ def test_panoptic_png_faults_found_by_check_and_skipped_mid_run(tmp_path: Path, 
         f"{cut_png}: image {cut['image_id']} ",
         "cannot be decoded",
     )
+    for annotation in read_json(root / "annotations" / "panoptic_val2017.json")["annotations"][:2]:
+        cut_png_pixels(root / "panoptic_val2017" / annotation["file_name"])  # 2 of 3: more than 0.5 allows
     argv = [str(ROOT / "main.py"), *TINY, "--dataset_file", "coco_panoptic", *paths, "--masks", "--batch_size", "2"]
     argv += ["--epochs", "1", "--output_dir", str(tmp_path / "run")]
-    expect(
+    out = expect(
         run(*argv, "--max_bad_images", "0.5", cwd=tmp_path),
-        0,
+        1,
         f"warning: skipping {root / 'train2017' / data['images'][1]['file_name']}",
         f"{missing_png}: segment id 77777 of segments_info does not occur in the PNG",
         f"{cut_png}: cannot be decoded",
         f"warning: skipping {root / 'train2017' / data['images'][3]['file_name']}",
+        "error: 2 unreadable images, more than the 1 that --max_bad_images allows (met while loading)",
+        "Evaluation stopped; the checkpoints saved are kept.",
     )
-    assert (tmp_path / "run" / "checkpoint.pth").exists()
+    assert (tmp_path / "run" / "checkpoint.pth").exists() and out.count("warning: skipping") == 4
     argv[-1] = str(tmp_path / "stopped")
     out = expect(
         run(*argv, "--max_bad_images", "0.2", "--num_workers", "1", cwd=tmp_path),  # raised in a worker
         1,
         "error: 2 unreadable images, more than the 1 that --max_bad_images allows (met while loading)",
+        "Training stopped; the last finished epoch's checkpoint.pth is untouched.",
     )
     assert out.count("warning: skipping") == 1
 
