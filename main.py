@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 import util.distributed as dist_utils
+from datasets.problems import original_message
 from datasets.sampling import ResumableSampler, SeededDataset
 from engine import NonFiniteError, epoch_stats, evaluate, metrics_by_name, primary_metric, save_eval, train_steps
 from models import build_model
@@ -116,6 +117,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     print(f"num_classes = {args.num_classes} (from {where})")
+    datasets.warn_objects_beyond_queries(args.num_queries, splits)
     dataset_train, dataset_val = splits.get("train"), splits["val"]
     for name, ds in splits.items():
         if getattr(ds, "num_degenerate_boxes", 0):
@@ -195,10 +197,15 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         base_ds = datasets.get_coco_api_from_dataset(dataset_val)
         common = (criterion, postprocessors, data_loader_val, base_ds, device, str(output_dir or ""))
         options = {"amp_dtype": amp_dtype, "coco_eval_backend": args.coco_eval_backend}
-        results = {"model": evaluate(inference_model_from_args(train_model, args), *common, **options)}
-        if state.ema is not None:
-            print("Evaluating the EMA weights")
-            results["ema"] = evaluate(inference_model_from_args(state.ema.module, args), *common, **options)
+        try:
+            results = {"model": evaluate(inference_model_from_args(train_model, args), *common, **options)}
+            if state.ema is not None:
+                print("Evaluating the EMA weights")
+                results["ema"] = evaluate(inference_model_from_args(state.ema.module, args), *common, **options)
+        except datasets.DatasetError as e:  # more unreadable images than --max_bad_images
+            raise SystemExit(
+                f"error: {original_message(e)}\nEvaluation stopped; the checkpoints saved are kept."
+            ) from e
         stats, evaluator = results["model"]
         if writes:
             save_eval(output_dir, stats, evaluator, epoch, ema=results["ema"][0] if "ema" in results else None)
@@ -284,6 +291,9 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
                         state.meters = train_logger.state_dict()
                         path = saver.save_recovery(state, epoch, it)
                         raise Preempted(signum, epoch, it, path, stop.previous_handlers(signum))
+            except datasets.DatasetError as e:  # more unreadable images than --max_bad_images met mid-epoch
+                stopped = "Training stopped; the last finished epoch's checkpoint.pth is untouched."
+                raise SystemExit(f"error: {original_message(e)}\n{stopped}") from e
             except NonFiniteError as e:
                 state.meters = train_logger.state_dict()
                 raise SystemExit(

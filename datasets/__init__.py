@@ -92,6 +92,24 @@ def max_category_id(dataset: torch.utils.data.Dataset) -> int:
     return int(getattr(_unwrap(dataset), "max_category_id", -1))
 
 
+def max_objects_per_image(dataset: torch.utils.data.Dataset) -> int:
+    """The most objects (non-crowd annotations; panoptic: segments) any image of a data set has."""
+    return int(getattr(_unwrap(dataset), "stats", {}).get("max_objects_per_image", 0))
+
+
+def warn_objects_beyond_queries(num_queries: int, splits: Mapping[str, torch.utils.data.Dataset | None]) -> None:
+    """Warn when an image of a split has more objects than the model has queries (each query
+    predicts one object: the rest can never be matched, and count as missed)."""
+    for split, ds in splits.items():
+        most = max_objects_per_image(ds) if ds is not None else 0
+        if most > num_queries:
+            print(
+                f"warning: {split}: an image has {most} objects, more than --num_queries {num_queries}: "
+                f"at most {num_queries} of them can be predicted (raise --num_queries)",
+                flush=True,
+            )
+
+
 def check_num_classes(num_classes: int, source: str, splits: Mapping[str, torch.utils.data.Dataset | None]) -> None:
     """Stop before training when a split (``{"train": ds, "val": ds}``; ``None`` entries skipped) has a
     category id >= ``num_classes`` (which came from ``source``): one ``DatasetError`` naming each."""
@@ -121,6 +139,8 @@ __all__ = [
     "dataset_id2label",
     "get_coco_api_from_dataset",
     "max_category_id",
+    "max_objects_per_image",
+    "warn_objects_beyond_queries",
 ]
 
 

@@ -5,8 +5,10 @@ data flag of ``main.py`` is accepted, e.g. ``--train_images DIR``, ``--check_ima
 ``--num_classes N``) builds each split as ``main.py`` does, which runs the start-up check of
 ``datasets.split_check``, prints every problem and exits with status 1 when training would be
 refused; ``run_check`` is the same from Python. Boxes that training clips or drops are listed under
-each split (``box_notes``). The README's "Bad input" section says what is checked.
-Not in the official code, which fails on the first bad value.
+each split (``box_notes``). Panoptic PNGs are also decoded and their ids compared with
+``segments_info`` (what ``main.py`` does only with ``--check_images full``), and images with more
+objects than ``--num_queries`` are warned about. The README's "Bad input" section says what is
+checked. Not in the official code, which fails on the first bad value.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from datasets.problems import DatasetError, format_problems
+from datasets.problems import DatasetError, format_problems, raise_if_problems
 
 
 def _positional_paths(cfg_args: argparse.Namespace, paths: list[str]) -> None:
@@ -83,12 +85,16 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
     """Build each split with ``build(split, args)`` (which runs the check), then check the category
     ids of every split against ``--num_classes`` (default: the training split's max id + 1, as
     ``main.py`` derives it). Prints what was found; returns 0 when training could start, else 1."""
-    from datasets import check_num_classes, max_category_id
+    from datasets import check_num_classes, max_category_id, warn_objects_beyond_queries
+    from datasets.coco_panoptic import CocoPanoptic, png_content_problems
+    from util.config import PRESETS
 
     status, built = 0, {}
     for split in splits:
         try:
             built[split] = ds = build(split, args)
+            if isinstance(ds, CocoPanoptic) and args.check_images != "full":
+                raise_if_problems(png_content_problems(ds), f"{split} panoptic PNGs")
         except DatasetError as e:
             status = 1
             print(f"{split}: FAILED")
@@ -106,6 +112,7 @@ def run_check(args: argparse.Namespace, splits: Sequence[str], build: Callable[[
         if hasattr(ds, "coco"):  # box data sets (COCO, VOC, YOLO)
             for line in box_notes(ds.coco.dataset):
                 print(f"  - {line}")
+    warn_objects_beyond_queries(args.num_queries or PRESETS[args.model]["num_queries"], built)
     reference = built.get("train", built.get("val"))
     if reference is not None:
         num_classes = args.num_classes or max_category_id(reference) + 1

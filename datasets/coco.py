@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,21 @@ from datasets.config import (
 from datasets.images import ImageCache, ImageInfo, ImageSource, decode_image
 from datasets.problems import DatasetError, Problem, raise_if_problems
 from datasets.split_check import (
-    check_val_not_empty,
+    check_split_contents,
     finish_split,
     image_problems,
     probe_images,
     report_split,
     unreadable_indices,
+)
+from datasets.values import (
+    bbox_problem,
+    flag_problem,
+    name_problem,
+    number_problem,
+    segmentation_area,
+    segmentation_problem,
+    side_problem,
 )
 
 # The official crop branch (resize to 400/500/600, crop 384..600) is defined for a largest scale of 800.
@@ -95,30 +105,15 @@ def degenerate_annotation_ids(coco_dict: dict[str, Any]) -> list[int]:
     return out
 
 
-def _segmentation_area(segmentation: Any, height: Any, width: Any) -> float | None:
-    """Pixel area of a polygon list or RLE (``None`` when it cannot be computed)."""
-    try:
-        if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
-            counts = segmentation["counts"]
-            rle = {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-            return float(coco_mask.area(rle))
-        if not segmentation or not height or not width:
-            return None
-        rles = coco_mask.frPyObjects(segmentation, int(height), int(width))
-        rle = coco_mask.merge(rles) if isinstance(rles, list) else rles
-        return float(coco_mask.area(rle))
-    except (TypeError, ValueError, KeyError, IndexError):
-        return None
-
-
 def normalize_coco_dict(data: Any, path: str | os.PathLike[str]) -> list[str]:
     """Fix in place what pycocotools needs and annotation tools often leave out; returns one log
     note per kind of fix, with its count. Malformed entries are left for ``collect_coco_problems``.
 
     Image ids that are not all integers (e.g. strings) are numbered ``1..N`` in file order (the
     original kept as ``original_id``); annotations without ``id`` get new ids; a missing ``area`` is
-    the segmentation's area, else the box's; a missing ``iscrowd`` is 0. (A missing image
-    ``width``/``height`` is read from the image file later, by ``split_check.image_problems``.)
+    the segmentation's area (computed in numpy, ``datasets.values``), else the box's; a missing
+    ``iscrowd`` is 0. (A missing image ``width``/``height`` is read from the image file later, by
+    ``split_check.image_problems``.)
     """
     if not isinstance(data, dict):
         return []
@@ -153,9 +148,9 @@ def normalize_coco_dict(data: Any, path: str | os.PathLike[str]) -> list[str]:
             ann["id"], next_id, no_id = next_id, next_id + 1, no_id + 1
         if "iscrowd" not in ann:
             ann["iscrowd"], no_crowd = 0, no_crowd + 1
-        if not isinstance(ann.get("area"), (int, float)) and _valid_bbox(ann.get("bbox")):
+        if ann.get("area") is None and _valid_bbox(ann.get("bbox")):
             height, width = sizes.get(ann.get("image_id"), (None, None))
-            area = _segmentation_area(ann.get("segmentation"), height, width)
+            area = segmentation_area(ann.get("segmentation"), width, height)
             ann["area"] = area if area is not None else float(ann["bbox"][2]) * float(ann["bbox"][3])
             no_area += 1
     if no_id:
@@ -184,6 +179,7 @@ def collect_coco_problems(
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
         return [Problem(path, f"is not a COCO annotation file, missing key(s) {missing}")], {}
+    warnings: list[str] = []
     problems = [
         Problem(path, f"is not a COCO annotation file, '{key}' is {type(data[key]).__name__}, not a list")
         for key in ("images", "annotations", "categories")
@@ -193,16 +189,34 @@ def collect_coco_problems(
         return problems, {}
 
     image_ids: set[Any] = set()
+    sizes: dict[int, tuple[Any, Any]] = {}
+    file_names: dict[str, int] = {}
     for index, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             problems.append(Problem(path, f"lacks 'id' or 'file_name': {str(img)[:200]}", f"image #{index}"))
-        elif not _is_int(img["id"]):
+            continue
+        if not _is_int(img["id"]):
             what = f"has id {img['id']!r}: image ids must be integers, or unique strings (which are renumbered)"
             problems.append(Problem(path, what, f"image #{index}"))
-        elif img["id"] in image_ids:
+            continue
+        where = f"image id {img['id']}"
+        if img["id"] in image_ids:
             problems.append(Problem(path, f"duplicate image id {img['id']}"))
+            continue
+        image_ids.add(img["id"])
+        bad_name = name_problem(img["file_name"], "file_name")
+        if bad_name:
+            problems.append(Problem(path, bad_name, where))
+        elif img["file_name"] in file_names:
+            first = file_names[img["file_name"]]
+            warnings.append(f"{path}: {where} lists the same file as image id {first} ({img['file_name']})")
         else:
-            image_ids.add(img["id"])
+            file_names[img["file_name"]] = img["id"]
+        for key in ("width", "height"):
+            if img.get(key):  # missing or 0: read from the image file
+                what = side_problem(img[key], key)
+                problems += [Problem(path, what, where)] if what else []
+        sizes[img["id"]] = (img.get("width"), img.get("height"))
 
     category_ids: set[int] = set()
     for index, cat in enumerate(data["categories"]):
@@ -214,8 +228,9 @@ def collect_coco_problems(
             category_ids.add(cat["id"])
 
     ann_ids: set[Any] = set()
-    annotated_images: set[int] = set()
-    num_crowd = 0
+    annotated_images: set[Any] = set()
+    objects: Counter[Any] = Counter()
+    num_crowd = num_without_segmentation = 0
     max_ann_category = -1
     for index, ann in enumerate(data["annotations"]):
         name = _ann_name(ann, index)
@@ -230,9 +245,15 @@ def collect_coco_problems(
             if ann["id"] in ann_ids:
                 problems.append(Problem(path, f"duplicate annotation id {ann['id']}"))
             ann_ids.add(ann["id"])
-        if not _valid_bbox(ann["bbox"]):
-            what = f"has an invalid bbox {ann['bbox']!r} (expected 4 finite numbers x, y, w, h)"
-            problems.append(Problem(path, what, name))
+        width, height = sizes.get(ann["image_id"], (None, None))
+        values = [
+            bbox_problem(ann["bbox"], width, height),
+            flag_problem(ann.get("iscrowd", 0), "iscrowd"),
+            number_problem(ann["area"], "area", low=0) if ann.get("area") is not None else None,
+            segmentation_problem(ann["segmentation"], width, height) if ann.get("segmentation") is not None else None,
+        ]
+        problems += [Problem(path, what, name) for what in values if what is not None]
+        num_without_segmentation += int(not ann.get("segmentation"))
         if ann["image_id"] not in image_ids:
             problems.append(Problem(path, f"refers to image_id {ann['image_id']!r}, which is not in 'images'", name))
         cid = ann["category_id"]
@@ -249,6 +270,8 @@ def collect_coco_problems(
             problems.append(Problem(path, f"has category_id {cid}, which is not listed in 'categories'", name))
         max_ann_category = max(max_ann_category, cid)
         annotated_images.add(ann["image_id"])
+        if not ann.get("iscrowd", 0):
+            objects[ann["image_id"]] += 1
         num_crowd += int(bool(ann.get("iscrowd", 0)))
 
     stats = {
@@ -259,6 +282,9 @@ def collect_coco_problems(
         "num_categories": len(category_ids),
         "max_category_id": max(max(category_ids, default=-1), max_ann_category),
         "num_images_without_annotations": len(image_ids - annotated_images),
+        "max_objects_per_image": max(objects.values(), default=0),
+        "num_without_segmentation": num_without_segmentation,
+        "warnings": warnings,
     }
     if not problems:
         degenerate = degenerate_annotation_ids(data)
@@ -291,13 +317,16 @@ def validate_coco_file(path: str | os.PathLike[str], num_classes: int | None = N
 
     Problems (each names ``path`` and the image / annotation): missing file; not JSON; not COCO (no
     ``images`` / ``annotations`` / ``categories`` lists, image without ``id``/``file_name``,
-    duplicate ids, annotation without ``bbox``/``image_id``/``category_id``, non-numeric bbox,
-    ``image_id`` not in ``images``, ``category_id`` not in ``categories``); ``category_id >=
-    num_classes`` when given. The file is normalised first (``normalize_coco_dict``).
+    duplicate ids, annotation without ``bbox``/``image_id``/``category_id``, ``image_id`` not in
+    ``images``, ``category_id`` not in ``categories``); a value that ``datasets.values`` refuses
+    (image ``file_name`` / ``width`` / ``height``, annotation ``bbox``, ``iscrowd``, ``area``,
+    ``segmentation``); ``category_id >= num_classes`` when given. The file is normalised first
+    (``normalize_coco_dict``).
 
     Returns stats: ``file``, ``num_images``, ``num_annotations``, ``num_crowd``, ``num_categories``,
     ``max_category_id``, ``num_degenerate_boxes`` (non-crowd boxes that will be dropped),
-    ``degenerate_ann_ids``, ``num_images_without_annotations``.
+    ``degenerate_ann_ids``, ``num_images_without_annotations``, ``max_objects_per_image``,
+    ``num_without_segmentation`` and ``warnings`` (an image file listed twice).
     """
     data = load_coco_json(path)
     normalize_coco_dict(data, path)
@@ -365,7 +394,7 @@ class ConvertCocoPolysToMask:
             "labels": torch.as_tensor([obj["category_id"] for obj in anno], dtype=torch.int64)[keep],
         }
         if self.return_masks:
-            out["masks"] = convert_coco_poly_to_mask([obj.get("segmentation", []) for obj in anno], h, w)[keep]
+            out["masks"] = convert_coco_poly_to_mask([obj.get("segmentation") or [] for obj in anno], h, w)[keep]
         out["image_id"] = torch.tensor([int(target["image_id"])])
         out["area"] = torch.as_tensor([float(obj.get("area", 0.0)) for obj in anno], dtype=torch.float32)[keep]
         out["iscrowd"] = torch.zeros(len(anno), dtype=torch.int64)[keep]
@@ -508,8 +537,6 @@ def build_detection(
     ann_file = str(ann_file)
     problems = list(problems)
     notes = list(notes) + normalize_coco_dict(data, ann_file)
-    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes)
-    problems += ann_problems
     if not Path(img_folder).is_dir():
         problems.append(Problem(str(img_folder), f"image folder not found (for {ann_file})"))
     images_ok = isinstance(data, dict) and isinstance(data.get("images"), list) and Path(img_folder).is_dir()
@@ -527,10 +554,19 @@ def build_detection(
     else:
         probes = [infos.get(p) for p in paths]
     img_problems, img_notes = image_problems([by_id[i] for i in ids], paths, probes, ann_file)
-    problems += img_problems
+    # After the image sizes are known (read from the files where missing): coordinates are checked against them.
+    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes)
+    problems += ann_problems + img_problems
     notes += img_notes
     bad_problems = finish_split(image_set, ann_file, problems, notes, len(ids), cfg)
-    check_val_not_empty(image_set, ann_file, len(ids), stats.get("num_annotations", 0))
+    warnings = list(stats.get("warnings", []))
+    if cfg.masks and stats.get("num_without_segmentation"):
+        warnings.append(
+            f"{ann_file}: {stats['num_without_segmentation']} annotation(s) without 'segmentation': "
+            "their mask targets are empty (--masks)"
+        )
+    num_objects = stats.get("num_annotations", 0) - stats.get("num_crowd", 0)
+    check_split_contents(image_set, ann_file, len(ids), num_objects, warnings)
     report_split(image_set, ann_file, len(ids), len(bad_problems), stats)
     degenerate = degenerate_annotation_ids(data)  # sizes may have been read from the images
     stats.update(num_degenerate_boxes=len(degenerate), degenerate_ann_ids=degenerate)

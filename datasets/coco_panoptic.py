@@ -19,20 +19,29 @@ import torch
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from datasets.coco import as_config, category_names, coco_from_dict, transforms_from_config
+from datasets.coco import (
+    as_config,
+    category_names,
+    coco_from_dict,
+    collect_coco_problems,
+    load_coco_json,
+    normalize_coco_dict,
+    transforms_from_config,
+)
 from datasets.config import DataConfig
-from datasets.images import ImageCache, ImageSource, probe_image
+from datasets.images import ImageCache, ImageReadError, ImageSource, probe_image
 from datasets.problems import DatasetError, Problem, raise_if_problems
 from datasets.split_check import (
-    check_val_not_empty,
+    check_split_contents,
     finish_split,
     image_problems,
     probe_images,
     report_split,
     unreadable_indices,
 )
+from datasets.values import bbox_problem, flag_problem, name_problem, number_problem, side_problem
 from util.box_ops import masks_to_boxes
-from util.panoptic import read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-exported)
+from util.panoptic import MAX_SEGMENT_ID, read_panoptic_png, rgb2id  # noqa: F401  (rgb2id re-exported)
 
 
 class CocoPanoptic:
@@ -80,6 +89,8 @@ class CocoPanoptic:
             problems.append(Problem(str(self.img_folder), f"image folder not found (for {self.ann_file})"))
         if not self.ann_folder.is_dir():
             problems.append(Problem(str(self.ann_folder), f"panoptic PNG folder not found (for {self.ann_file})"))
+        problems += panoptic_json_problems(data, str(self.ann_file))
+        raise_if_problems(problems, str(self.ann_file))
         self.dataset = data
         self.categories = {int(c["id"]): c for c in data["categories"]}
         for cid, cat in self.categories.items():
@@ -114,6 +125,8 @@ class CocoPanoptic:
 
         self.image_source = ImageSource(paths, cache, max_bad_images, describe, bad)
         self._coco: COCO | None = None
+        self._detection_data: dict[str, Any] | None = None
+        self.stats: dict[str, Any] = {}  # filled by ``build``
 
     def __len__(self) -> int:
         return len(self.images)
@@ -127,28 +140,32 @@ class CocoPanoptic:
         return int(img["height"]), int(img["width"])
 
     def load_segments(self, idx: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """The ``[H, W]`` segment-id map of image ``idx`` and its ``segments_info``, checked."""
+        """The ``[H, W]`` segment-id map of image ``idx`` and its ``segments_info``, checked
+        (``ImageReadError`` naming the PNG when it is missing, cannot be decoded or disagrees with
+        ``segments_info``)."""
         ann = self.annotations[idx]
         path = self.ann_folder / ann["file_name"]
         if not path.is_file():
-            raise DatasetError(f"panoptic PNG not found: {path} (image {ann['image_id']} in {self.ann_file})")
-        id_map = read_panoptic_png(path)
+            raise ImageReadError(str(path), f"is not found (the panoptic PNG of image {ann['image_id']})")
+        try:
+            id_map = read_panoptic_png(path)
+        except Exception as e:  # truncated or corrupt pixel data: found here when not checked at start-up
+            raise ImageReadError(str(path), f"cannot be decoded ({type(e).__name__}: {e})") from e
         segments = list(ann.get("segments_info", []))
         problems = segment_problems(id_map, segments, str(path))
-        raise_if_problems(problems, str(path))
+        if problems:
+            raise ImageReadError(str(path), "; ".join(f"{p.where} {p.what}" for p in problems))
         return id_map, segments
 
-    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
-        idx, img = self.image_source.load(idx)
+    def _target(self, idx: int, img: Any) -> tuple[Any, dict[str, Any]]:
+        """Image ``idx`` (decoded) with its target, before the transforms."""
         img_info = self.images[idx]
-        img_path = self.img_folder / img_info["file_name"]
         w, h = img.size
         id_map, segments = self.load_segments(idx)
         if id_map.shape != (h, w):
-            raise DatasetError(
-                f"{self.ann_folder / self.annotations[idx]['file_name']}: PNG is {id_map.shape[1]}x{id_map.shape[0]}, "
-                f"image {img_path} is {w}x{h}"
-            )
+            png = self.ann_folder / self.annotations[idx]["file_name"]
+            what = f"is {id_map.shape[1]}x{id_map.shape[0]}, its image {img_info['file_name']} is {w}x{h}"
+            raise ImageReadError(str(png), what)
         ids = np.array([int(s["id"]) for s in segments], dtype=np.int64)
         masks = torch.as_tensor(id_map[None] == ids[:, None, None], dtype=torch.uint8).reshape(len(ids), h, w)
         target: dict[str, Any] = {"image_id": torch.tensor([int(img_info["id"])])}
@@ -163,6 +180,11 @@ class CocoPanoptic:
             [float(s["area"]) if "area" in s else float(m.sum()) for s, m in zip(segments, masks)],
             dtype=torch.float32,
         )
+        return img, target
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        # A PNG found broken here is skipped like an undecodable image (counted by ImageSource).
+        _, (img, target) = self.image_source.load(idx, self._target)
         if self._transforms is not None:
             img, target = self._transforms(img, target)
         return img, target
@@ -182,8 +204,9 @@ class CocoPanoptic:
         """
         if self._coco is None:
             if self.detection_file is not None and self.detection_file.is_file():
-                with open(self.detection_file, encoding="utf-8") as f:
-                    data = json.load(f)
+                if self._detection_data is None:
+                    raise_if_problems(self.detection_file_problems(), str(self.detection_file))
+                data = self._detection_data
                 known = {c["id"] for c in data.get("categories", [])}
                 data["categories"] = list(data.get("categories", [])) + [
                     {k: v for k, v in c.items() if k in ("id", "name", "supercategory", "isthing")}
@@ -195,11 +218,25 @@ class CocoPanoptic:
             self._coco = coco_from_dict(data)
         return self._coco
 
+    def detection_file_problems(self) -> list[Problem]:
+        """Read, normalise and check ``detection_file`` as a COCO detection file (its values reach
+        pycocotools' evaluation); kept for ``coco`` when it has no problem."""
+        path = str(self.detection_file)
+        data = load_coco_json(path)
+        normalize_coco_dict(data, path)
+        problems = collect_coco_problems(data, path)[0]
+        self._detection_data = None if problems else data
+        return problems
+
     def detection_dict(self) -> dict[str, Any]:
         """Every segment as a COCO detection annotation (RLE mask, bbox, area, iscrowd)."""
         annotations = []
         for idx in range(len(self)):
-            id_map, segments = self.load_segments(idx)
+            try:
+                id_map, segments = self.load_segments(idx)
+            except ImageReadError as e:  # skipped when loaded too: no ground truth, no prediction
+                print(f"warning: no ground truth for image {self.ids[idx]}: {e}", flush=True)
+                continue
             for seg in segments:
                 rle = coco_mask.encode(np.asfortranarray((id_map == int(seg["id"])).astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode("ascii")
@@ -237,6 +274,59 @@ def _load_panoptic_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def panoptic_json_problems(data: dict[str, Any], path: str) -> list[Problem]:
+    """Every malformed value of a panoptic json: categories without an integer ``id``, images
+    without an integer ``id`` or a ``file_name`` (or with a bad ``width`` / ``height``),
+    annotations without ``image_id`` / ``file_name`` / a ``segments_info`` list, segments
+    without an ``id`` (1 .. 256^3 - 1) or ``category_id``, or with a bad ``iscrowd``, ``area`` or ``bbox``."""
+    problems: list[Problem] = []
+
+    def keyed(entries_key: str, kind: str, key: str) -> list[dict[str, Any]]:
+        """The entries of ``data[entries_key]`` with an integer ``key`` (a problem for each other one)."""
+        entries = []
+        for index, entry in enumerate(data[entries_key]):
+            if isinstance(entry, dict) and _is_int(entry.get(key)):
+                entries.append(entry)
+            else:
+                problems.append(Problem(path, f"lacks an integer '{key}': {str(entry)[:200]}", f"{kind} #{index}"))
+        return entries
+
+    keyed("categories", "category", "id")
+    sizes = {}
+    for img in keyed("images", "image", "id"):
+        where = f"image {img['id']}"
+        checks = [name_problem(img.get("file_name"), "file_name")]
+        checks += [side_problem(img[key], key) if img.get(key) else None for key in ("width", "height")]
+        problems += [Problem(path, what, where) for what in checks if what is not None]
+        sizes[img["id"]] = (img.get("width"), img.get("height"))
+    for ann in keyed("annotations", "annotation", "image_id"):
+        where = f"annotation of image {ann['image_id']}"
+        what = name_problem(ann.get("file_name"), "file_name")
+        problems += [Problem(path, what, where)] if what else []
+        if not isinstance(ann.get("segments_info", []), list):
+            problems.append(Problem(path, "has a 'segments_info' that is not a list", where))
+            continue
+        width, height = sizes.get(ann["image_id"], (None, None))
+        for k, seg in enumerate(ann.get("segments_info", [])):
+            seg_where = f"{where}, segment #{k}"
+            if not isinstance(seg, dict):
+                problems.append(Problem(path, "is not an object", seg_where))
+                continue
+            checks = [
+                number_problem(seg.get("id"), "id", integer=True, low=1, high=MAX_SEGMENT_ID),
+                number_problem(seg.get("category_id"), "category_id", integer=True, low=0),
+                flag_problem(seg.get("iscrowd", 0), "iscrowd"),
+                number_problem(seg["area"], "area", low=0) if "area" in seg else None,
+                bbox_problem(seg["bbox"], width, height) if "bbox" in seg else None,
+            ]
+            problems += [Problem(path, what, seg_where) for what in checks if what is not None]
+    return problems
+
+
 def segment_problems(id_map: np.ndarray, segments: list[dict[str, Any]], png: str) -> list[Problem]:
     """Disagreements between a panoptic PNG's ids and its ``segments_info``."""
     present = set(np.unique(id_map).tolist())
@@ -250,6 +340,18 @@ def segment_problems(id_map: np.ndarray, segments: list[dict[str, Any]], png: st
         Problem(png, "occurs in the PNG but not in segments_info", f"segment id {i}")
         for i in sorted(present - listed - {0})
     ]
+    return problems
+
+
+def png_content_problems(ds: CocoPanoptic) -> list[Problem]:
+    """Every panoptic PNG of ``ds`` decoded and compared with its ``segments_info`` (what
+    ``python -m datasets.check`` adds to the start-up check unless ``--check_images full`` did it)."""
+    problems = []
+    for idx, img in enumerate(ds.images):
+        try:
+            ds.load_segments(idx)
+        except ImageReadError as e:
+            problems.append(Problem(e.path, e.reason, f"image {img['id']} ({img['file_name']})"))
     return problems
 
 
@@ -322,17 +424,28 @@ def build(image_set: str, cfg: DataConfig | Any) -> CocoPanoptic:
     infos = probe_images(image_paths, cfg, ds.image_source.cache, label=f"data: {image_set}: ")
     problems, notes = image_problems(ds.images, image_paths, infos, str(ann_file))
     problems += _png_problems(ds, cfg, infos)
+    if image_set == "val" and det_file.is_file():  # the box / mask AP's ground truth
+        problems += ds.detection_file_problems()
     bad_problems = finish_split(image_set, str(ann_file), problems, notes, len(image_paths), cfg)
     num_segments = sum(len(a.get("segments_info", [])) for a in ds.annotations)
-    check_val_not_empty(image_set, str(ann_file), len(image_paths), num_segments)
-    stats = {
+    check_split_contents(image_set, str(ann_file), len(image_paths), num_segments)
+    ds.stats = stats = {
         "num_annotations": num_segments,
         "num_categories": len(ds.categories),
         "max_category_id": ds.max_category_id,
+        "max_objects_per_image": max((len(a.get("segments_info", [])) for a in ds.annotations), default=0),
     }
     report_split(image_set, str(ann_file), len(image_paths), len(bad_problems), stats)
     ds.image_source.bad.update(unreadable_indices(image_paths, bad_problems))
     return ds
 
 
-__all__ = ["CocoPanoptic", "build", "panoptic_paths", "rgb2id", "segment_problems"]
+__all__ = [
+    "CocoPanoptic",
+    "build",
+    "panoptic_json_problems",
+    "panoptic_paths",
+    "png_content_problems",
+    "rgb2id",
+    "segment_problems",
+]

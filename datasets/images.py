@@ -15,7 +15,7 @@ import os
 import struct
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -302,14 +302,18 @@ class ImageSource:
         data = self.cache.get(index) if self.cache is not None else None
         return decode_image(self.paths[index], data)
 
-    def load(self, index: int) -> tuple[int, PIL.Image.Image]:
+    def load(self, index: int, then: Callable[[int, PIL.Image.Image], Any] | None = None) -> tuple[int, Any]:
+        """``(index used, image)``, or ``(index used, then(index used, image))``: ``then`` builds the
+        sample from the image and may raise ``ImageReadError`` too (e.g. a panoptic PNG that cannot
+        be read), which skips the sample like an undecodable image."""
         n = len(self.paths)
         for step in range(n):
             i = (index + step) % n
             if i in self.bad:
                 continue
             try:
-                return i, self.decode(i)
+                image = self.decode(i)
+                return i, image if then is None else then(i, image)
             except ImageReadError as e:
                 self.bad[i] = str(e)
                 total = len(self.bad)
@@ -319,7 +323,8 @@ class ImageSource:
                         f"{total} unreadable images, more than the {self.max_bad} that --max_bad_images allows "
                         f"(met while loading):\n{listed}"
                     ) from e
-                print(f"warning: skipping {self.describe(i)}: {e.reason}", flush=True)
+                reason = e.reason if e.path == str(self.paths[i]) else str(e)  # another file: named
+                print(f"warning: skipping {self.describe(i)}: {reason}", flush=True)
         raise DatasetError(f"no image of this data set can be decoded (first: {self.paths[index]})")
 
 

@@ -47,6 +47,16 @@ class DatasetError(ValueError):
         self.problems = list(problems)
 
 
+def original_message(error: BaseException) -> str:
+    """The message ``error`` was raised with: an exception raised in a DataLoader worker arrives
+    with the worker's traceback prepended to its message; only the original message is kept."""
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
 def format_problems(problems: list[Problem], limit: int | None = MAX_LISTED) -> str:
     """One problem per line (``limit`` of them, then how many more)."""
     shown = problems if limit is None else problems[:limit]
@@ -66,4 +76,13 @@ def raise_if_problems(problems: list[Problem], header: str) -> None:
     raise DatasetError(f"{header}: {len(problems)} problems\n{format_problems(problems)}", problems)
 
 
-__all__ = ["BAD_IMAGE", "FATAL", "MAX_LISTED", "DatasetError", "Problem", "format_problems", "raise_if_problems"]
+__all__ = [
+    "BAD_IMAGE",
+    "FATAL",
+    "MAX_LISTED",
+    "DatasetError",
+    "Problem",
+    "format_problems",
+    "original_message",
+    "raise_if_problems",
+]

@@ -18,6 +18,7 @@ from typing import Any
 from datasets.config import DataConfig
 from datasets.images import ImageCache, ImageInfo, probe_image
 from datasets.problems import BAD_IMAGE, FATAL, DatasetError, Problem, format_problems
+from datasets.values import side_problem
 from util import distributed as dist_utils
 
 _PROBE_THREADS = 8
@@ -86,6 +87,8 @@ def image_problems(
         if not width or not height:
             img["width"], img["height"] = info.width, info.height
             filled += 1
+        elif side_problem(width, "width") or side_problem(height, "height"):
+            continue  # named by the annotation check
         elif (int(width), int(height)) != (info.width, info.height):
             what = (
                 f"is {width}x{height} (width x height) in the annotation file but {info.width}x{info.height} "
@@ -153,21 +156,23 @@ def report_split(split: str, source: str, num_images: int, num_bad: int, stats: 
     )
 
 
-def check_val_not_empty(split: str, source: str, num_images: int, num_annotations: int) -> None:
-    """An empty validation split is an error; one without annotations a warning (AP -1)."""
-    if split != "val":
-        return
-    if num_images == 0:
+def check_split_contents(
+    split: str, source: str, num_images: int, num_annotations: int, warnings: Sequence[str] = ()
+) -> None:
+    """An empty validation split is an error; a split without annotations is a warning (training
+    learns only "no object", AP is -1), as is each of ``warnings`` (what the reader noticed)."""
+    if split == "val" and num_images == 0:
         raise DatasetError(f"{source}: the validation split has no image: nothing to evaluate")
-    if num_annotations == 0:
-        print(
-            f"warning: val: {source} has {num_images} image(s) but no annotation: COCO AP will be -1",
-            flush=True,
-        )
+    lines = list(warnings)
+    if num_images and num_annotations == 0:
+        effect = "COCO AP will be -1" if split == "val" else "the model can only learn to predict 'no object'"
+        lines.append(f"{source} has {num_images} image(s) but no annotation: {effect}")
+    for line in lines:
+        print(f"warning: {split}: {line}", flush=True)
 
 
 __all__ = [
-    "check_val_not_empty",
+    "check_split_contents",
     "finish_split",
     "image_problems",
     "probe_images",

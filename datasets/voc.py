@@ -18,6 +18,7 @@ from xml.parsers import expat
 from datasets.coco import as_config, build_detection
 from datasets.config import DataConfig
 from datasets.problems import DatasetError, Problem
+from datasets.values import MAX_IMAGE_SIDE, coordinate_range, number_problem
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -90,12 +91,20 @@ def parse_xml(data: bytes) -> XmlNode:
 # --------------------------------------------------------------------------------------------
 
 
-def _number(node: XmlNode | None, tag: str) -> float | None:
+def _number(node: XmlNode | None, tag: str) -> tuple[float | None, str | None]:
+    """``(value, text)`` of ``<tag>`` under ``node``: ``(None, None)`` when absent, ``(None, text)``
+    when not a number (``1e400`` is ``inf`` and ``nan`` is NaN: ``datasets.values`` checks them)."""
     text = node.findtext(tag) if node is not None else None
     try:
-        return float(text) if text is not None else None
+        return (float(text), text) if text is not None else (None, None)
     except ValueError:
-        return None
+        return None, text
+
+
+def _value_problem(value: float | None, text: str | None, tag: str, **bounds: Any) -> str | None:
+    if value is None:
+        return f"'<{tag}>' is {text!r}, expected a number" if text is not None else f"has no <{tag}>"
+    return number_problem(value, f"<{tag}>", **bounds)
 
 
 def read_voc_xml(
@@ -109,7 +118,8 @@ def read_voc_xml(
     objects keep ``"difficult": 1``. The XML ``<size>`` becomes ``width``/``height`` (checked against
     the image; a missing or zero size is read from the image). Problems, each with its line: an XML
     that does not parse, an object whose class is not one of ``class_ids``, a box without numeric
-    ``xmin/ymin/xmax/ymax``.
+    ``xmin/ymin/xmax/ymax``, a size, coordinate or ``<difficult>`` that is not a plausible number
+    (``datasets.values``: NaN, ``1e400``, beyond 100x the image size, a difficult flag not 0 or 1).
     """
     try:
         root = parse_xml(path.read_bytes())
@@ -120,11 +130,21 @@ def read_voc_xml(
     if root.tag != "annotation":
         return {}, [], [Problem(str(path), f"has root element <{root.tag}>, expected <annotation>", line=root.line)]
     image: dict[str, Any] = {}
-    size = root.find("size")
-    width, height = _number(size, "width"), _number(size, "height")
-    if width and height:
-        image["width"], image["height"] = int(width), int(height)
     annotations, problems = [], []
+    size = root.find("size")
+    sides = {}
+    for key in ("width", "height"):
+        value, text = _number(size, key)
+        if text is None or value == 0:
+            continue  # read from the image file
+        what = _value_problem(value, text, key, integer=True, low=1, high=MAX_IMAGE_SIDE)
+        if what is not None:
+            problems.append(Problem(str(path), what, line=(size.find(key) or size).line))  # type: ignore[union-attr]
+        else:
+            sides[key] = int(value)  # type: ignore[arg-type]
+    if len(sides) == 2:
+        image.update(sides)
+    low, high = coordinate_range(sides.get("width"), sides.get("height"))
     for obj in root.findall("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in class_ids:
@@ -132,12 +152,20 @@ def read_voc_xml(
             problems.append(Problem(str(path), what, f"object '{name}'", line=obj.line))
             continue
         box = obj.find("bndbox")
-        coords = [_number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")]
-        if box is None or any(c is None for c in coords):
+        if box is None:
             what = "has no <bndbox> with numeric xmin, ymin, xmax, ymax"
-            problems.append(Problem(str(path), what, f"object '{name}'", line=(box or obj).line))
+            problems.append(Problem(str(path), what, f"object '{name}'", line=obj.line))
             continue
-        xmin, ymin, xmax, ymax = (float(c) for c in coords)  # type: ignore[arg-type]
+        parsed = {k: _number(box, k) for k in ("xmin", "ymin", "xmax", "ymax")}
+        bad = [_value_problem(v, t, k, low=low, high=high) for k, (v, t) in parsed.items()]
+        difficult = (obj.findtext("difficult") or "0").strip()
+        if difficult not in ("0", "1"):
+            bad.append(f"'<difficult>' is {difficult!r}, expected 0 or 1")
+        bad = [what for what in bad if what is not None]
+        if bad:
+            problems += [Problem(str(path), what, f"object '{name}'", line=box.line) for what in bad]
+            continue
+        xmin, ymin, xmax, ymax = (float(v) for v, _ in parsed.values())  # type: ignore[arg-type]
         w, h = xmax - xmin + 1, ymax - ymin + 1
         annotations.append(
             {
@@ -147,7 +175,7 @@ def read_voc_xml(
                 "bbox": [xmin - 1, ymin - 1, w, h],
                 "area": max(w, 0.0) * max(h, 0.0),
                 "iscrowd": 0,
-                "difficult": int(_number(obj, "difficult") or 0),
+                "difficult": int(difficult),
             }
         )
     return image, annotations, problems

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,18 @@ def corrupt_png_data(path: Path) -> Path:
     for k in range(start + 2, start + length):
         data[k] = (data[k] * 7 + 13) % 256
     path.write_bytes(bytes(data))
+    return path
+
+
+def cut_png_pixels(path: Path, keep: float = 1 / 3) -> Path:
+    """Cut a PNG's first IDAT chunk short, its length and CRC rewritten: the chunk chain still
+    reaches IEND (the header check passes), the pixel data ends early (decoding fails)."""
+    data = path.read_bytes()
+    start = data.index(b"IDAT")
+    length = int.from_bytes(data[start - 4 : start], "big")
+    kept = data[start + 4 : start + 4 + length][: int(length * keep)]
+    chunk = len(kept).to_bytes(4, "big") + b"IDAT" + kept + zlib.crc32(b"IDAT" + kept).to_bytes(4, "big")
+    path.write_bytes(data[: start - 4] + chunk + data[start + 8 + length :])
     return path
 
 

@@ -187,7 +187,7 @@ def test_missing_png(synthetic: Path, tmp_path: Path) -> None:
     root, _ = _copy(synthetic, tmp_path)
     (root / "panoptic_val2017" / "000000000002.png").unlink()
     ds = _dataset(root)
-    with pytest.raises(ValueError, match=r"panoptic PNG not found: .*000000000002\.png"):
+    with pytest.raises(ValueError, match=r"000000000002\.png: is not found \(the panoptic PNG of image 2\)"):
         ds[1]
 
 
