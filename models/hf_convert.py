@@ -86,6 +86,11 @@ _LOSS_FIELDS = {
     "mask_loss_coef": "mask_loss_coefficient", "dice_loss_coef": "dice_loss_coefficient",
     "eos_coef": "eos_coefficient", "focal_alpha": "focal_alpha",
 }  # fmt: skip
+# The loss and matcher fields that transformers 5's configs annotate as int (the others are float).
+_LOSS_FIELD_TYPES = {
+    "class_cost": int, "bbox_cost": int, "giou_cost": int, "mask_loss_coefficient": int,
+    "dice_loss_coefficient": int, "bbox_loss_coefficient": int, "giou_loss_coefficient": int,
+}  # fmt: skip
 
 
 class ConversionError(ValueError):
@@ -389,11 +394,7 @@ def hf_config_from_args(
         if (hidden + heads) % 8 or any(min(8, w) != math.gcd(8, w) for w in widths):
             raise ConversionError(f"{source}: --hidden_dim {hidden} --nheads {heads}: transformers' mask head groups "
                                   f"its GroupNorms differently for these widths {widths}")  # fmt: skip
-    id2label = dict(id2label or {i: f"LABEL_{i}" for i in range(arch["num_classes"])})
-    if sorted(id2label) != list(range(arch["num_classes"])):
-        raise ConversionError(
-            f"{source}: id2label has ids {sorted(id2label)[:10]}..., expected 0..{arch['num_classes'] - 1}"
-        )
+    id2label = hf_id2label(id2label, arch["num_classes"], source)
     if deformable:
         architecture = "DeformableDetrForObjectDetection"
     else:
@@ -429,17 +430,43 @@ def hf_config_from_args(
             "two_stage": arch["two_stage"], "two_stage_num_proposals": arch["num_queries"],
         })  # fmt: skip
     for ours, theirs in _LOSS_FIELDS.items():
-        if arch.get(ours) is not None and (deformable or ours != "focal_alpha"):
-            config[theirs] = arch[ours]
+        value = arch.get(ours)
+        if value is None or (theirs == "focal_alpha" and not deformable):
+            continue
+        kind = _LOSS_FIELD_TYPES.get(theirs, float)  # transformers 5 validates the annotated type
+        if kind is int and float(value) != int(value):
+            continue  # not expressible there; matching and loss weights only matter for training
+        config[theirs] = kind(value)
     return config
 
 
-def _preprocessor_config(arch: Mapping[str, Any]) -> dict[str, Any]:
-    """The image processor every DETR-family hub checkpoint ships (transformers' defaults)."""
+def hf_id2label(id2label: Mapping[Any, str] | None, num_classes: int, source: str = "checkpoint") -> dict[int, str]:
+    """Class names for transformers: every id in ``0..num_classes-1``, ours kept as they are (COCO
+    ids are 1-based and have gaps), the others named "N/A" as the hub's COCO models name them."""
+    names: dict[int, str] = {}
+    for key, name in (id2label or {}).items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError):
+            raise ConversionError(f"{source}: id2label has the id {key!r}, not an integer") from None
+        if not 0 <= i < num_classes:
+            raise ConversionError(f"{source}: id2label has the id {i} ({name!r}) outside 0..{num_classes - 1} "
+                                  f"(num_classes={num_classes})")  # fmt: skip
+        names[i] = str(name)
+    if not names:
+        return {i: f"LABEL_{i}" for i in range(num_classes)}
+    return {i: names.get(i, "N/A") for i in range(num_classes)}
+
+
+def _preprocessor_config(arch: Mapping[str, Any], saved: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The image processor of the hub's DETR-family checkpoints (transformers' defaults), resizing as
+    the checkpoint's ``--val_size`` / ``--max_size`` (``saved`` args) do, 800 / 1333 without them."""
     name = "DeformableDetrImageProcessor" if arch["model"] == "deformable_detr" else "DetrImageProcessor"
+    saved = saved or {}
+    size = {"shortest_edge": int(saved.get("val_size") or 800), "longest_edge": int(saved.get("max_size") or 1333)}
     return {
         "image_processor_type": name, "format": "coco_panoptic" if arch["masks"] else "coco_detection",
-        "do_resize": True, "size": {"shortest_edge": 800, "longest_edge": 1333}, "resample": 2, "do_rescale": True,
+        "do_resize": True, "size": size, "resample": 2, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _IMAGENET_MEAN, "image_std": _IMAGENET_STD,
         "do_convert_annotations": True, "do_pad": True,
     }  # fmt: skip
@@ -473,14 +500,18 @@ def _count_layers(state: Mapping[str, Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
+def _saved_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    saved = ckpt.get("args") or {}
+    return vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
+
+
 def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Architecture flags of a checkpoint (this project's or an official one): read off the weights
     where they show (layers, widths, queries, levels, refinement, two-stage, masks, pre-norm,
     position embedding), from its ``args`` otherwise (backbone, dilation, heads), and checked
     against its ``args``."""
     state = model_state_from_checkpoint(dict(ckpt), source)
-    saved = ckpt.get("args") or {}
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
+    saved = _saved_args(ckpt)
     masks = any(k.startswith("mask_head.") for k in state)
     p = "detr." if masks else ""
     deformable = f"{p}transformer.level_embed" in state
@@ -538,15 +569,29 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
 # Reading and writing files
 
 
+def _shard_in_folder(index: Path, name: Any) -> Path:
+    """The path of a shard an index names: a file name or a relative path below the index's folder,
+    never ``..`` or an absolute path, which could read any file. (Links are followed: the hub's cache
+    links every file of a snapshot folder to its blobs folder.)"""
+    folder = index.parent
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ConversionError(f"{index}: field 'weight_map' names the shard {name!r}, not a file inside {folder}")
+    return folder / name
+
+
 def read_hf_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """``model.safetensors`` / ``pytorch_model.bin`` (or their ``.index.json`` for sharded weights)."""
     path = Path(path)
     if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text())
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        if not shards:
-            raise ConversionError(f"{path}: field 'weight_map' is empty")
-        return {k: v for shard in shards for k, v in read_hf_weights(path.parent / shard).items()}
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConversionError(f"{path} could not be read as JSON ({e})") from e
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConversionError(f"{path}: field 'weight_map' is missing or empty")
+        shards = sorted({_shard_in_folder(path, name) for name in weight_map.values()})
+        return {k: v for shard in shards for k, v in read_hf_weights(shard).items()}
     if not path.is_file():
         raise ConversionError(f"{path} does not exist")
     try:
@@ -734,7 +779,9 @@ def checkpoint_to_hf(
     try:
         _write_hf_weights(hf_state, tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(arch), indent=2) + "\n")
+        (tmp / "preprocessor_config.json").write_text(
+            json.dumps(_preprocessor_config(arch, _saved_args(ckpt)), indent=2) + "\n"
+        )
         _replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
