@@ -766,9 +766,11 @@ def checkpoint_to_hf(
     labels = id2label or ckpt.get("id2label")
     config = hf_config_from_args(arch, labels, backbone_format, source)
     try:  # the flags must rebuild a model the weights fit
-        own = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # learning BatchNorm
         model = build_model_from_args(arch)
-        load_model_state(model, own, source)
+        # BatchNorm's step counters: present with --train_backbone_all, never needed for inference
+        counters = {k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+        own = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        load_model_state(model, {**counters, **own}, source)
     except CheckpointError as e:
         raise ConversionError(str(e)) from e
     _check_batchnorm_act(model, arch, source)
