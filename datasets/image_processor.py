@@ -343,7 +343,7 @@ class DetrImageProcessor:
         do_convert_rgb: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        self.format = self._check_format(format)
+        self.format = getattr(format, "value", format)  # checked when called, where transformers checks it
         do_pad = kwargs.pop("pad_and_return_pixel_mask", do_pad)
         max_size = kwargs.pop("max_size", 1333 if size is not None else None)  # transformers' legacy argument
         for key in _LEGACY_ARGUMENTS - {"max_size", "pad_and_return_pixel_mask"}:  # hub config files
@@ -367,7 +367,9 @@ class DetrImageProcessor:
     def _check_format(format: Any) -> str:  # noqa: A002
         value = getattr(format, "value", format)
         if value not in FORMATS:
-            raise ValueError(f"format: '{value}', choose from {FORMATS}")
+            raise ValueError(
+                f"{value} is not a valid AnnotationFormat, please select one of {list(FORMATS)} (argument 'format')"
+            )
         return value
 
     # Saving and loading as transformers' ImageProcessingMixin: the same preprocessor_config.json,

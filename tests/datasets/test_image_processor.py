@@ -158,8 +158,10 @@ def test_bad_input_is_named(coco: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"annotations\[0\]: format='coco_detection' needs field\(s\) \['annotations'\].*"
                                          r"pass format='coco_panoptic'"):  # fmt: skip
         processor(coco["image"], annotations=coco["pano"])
-    with pytest.raises(ValueError, match="format: 'coco_detect', choose from"):
-        DetrImageProcessor(format="coco_detect")
+    with pytest.raises(
+        ValueError, match=r"^coco_detect is not a valid AnnotationFormat, please select one of \['coco_detection'"
+    ):
+        DetrImageProcessor(format="coco_detect")(coco["image"])  # when called, as transformers
     bad = copy.deepcopy(coco["det"])
     del bad["annotations"][2]["bbox"]
     with pytest.raises(ValueError, match=r"annotations\[0\]\['annotations'\]\[2\]: field 'bbox' is missing"):
@@ -314,3 +316,7 @@ def test_format_errors_where_and_as_transformers_raises_them(coco: dict, masks_p
         with pytest.raises(ValueError) as e:
             processor(images=coco["image"], annotations=coco["det"], masks_path=masks_path, return_tensors="pt")
         assert str(e.value).startswith("Invalid COCO panoptic annotations"), str(e.value)
+    for cls in (DetrImageProcessor, transformers.DetrImageProcessor):  # test_should_raise_if_annotation_format_invalid
+        processor = cls(size=size, format="_INVALID_FORMAT_")
+        with pytest.raises(ValueError, match="^_INVALID_FORMAT_ is not a valid AnnotationFormat"):
+            processor(images=coco["image"], annotations=params, return_tensors="pt")
