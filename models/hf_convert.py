@@ -25,7 +25,8 @@ parameters shared in this project's models (Deformable DETR's heads) may appear 
 times in transformers' files. Everything is checked: a config whose sizes do not fit the weights
 names the file, the parameters and the config fields; nothing partial is written (temporary file
 or folder, then rename). What transformers cannot express is refused with the reason: pre-norm
-DETR, two-stage Deformable DETR without box refinement, mask heads whose GroupNorm grouping differs,
+DETR, two-stage Deformable DETR without box refinement, a one-layer Deformable DETR decoder
+(transformers 5 cannot load it), mask heads whose GroupNorm grouping differs,
 timm backbones with fused BatchNorm + activation layers (EfficientNet, MobileNet, ...).
 """
 
@@ -388,6 +389,10 @@ def hf_config_from_args(
     if deformable and arch["two_stage"] and not arch["with_box_refine"]:
         raise ConversionError(f"{source}: --two_stage without --with_box_refine: transformers' "
                               "DeformableDetrConfig requires box refinement for two-stage")  # fmt: skip
+    if deformable and arch["dec_layers"] < 2 and not arch["two_stage"]:
+        raise ConversionError(f"{source}: --dec_layers {arch['dec_layers']}: transformers 5's "
+                              "DeformableDetrForObjectDetection cannot load a one-layer decoder (it ties the "
+                              "prediction heads of layer 0 to the others'); train with two layers or more")  # fmt: skip
     if arch["masks"]:
         hidden, heads = arch["hidden_dim"], arch["nheads"]
         widths = [hidden + heads, hidden // 2, hidden // 4, hidden // 8, hidden // 16]
