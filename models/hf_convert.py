@@ -19,6 +19,9 @@ two-stage):
   checkpoints) or, with ``backbone_format="transformers"``, as transformers' ``ResNetBackbone``
   (no timm needed to load it). Architecture flags are read off the weights where they can be
   (layers, sizes, levels, refinement, two-stage, masks) and checked against the checkpoint's args.
+  Class ids are kept (``id2label`` covers ``0..num_classes-1``, ids without a name, such as the gaps
+  of COCO's 1-based ids, named "N/A"); loss fields get the types transformers 5 validates;
+  ``preprocessor_config.json`` resizes as the checkpoint's ``--val_size`` / ``--max_size``.
 
 Attention ``in_proj`` weights are split into / joined from ``q_proj``, ``k_proj``, ``v_proj``;
 parameters shared in this project's models (Deformable DETR's heads) may appear once or several

@@ -269,8 +269,8 @@ def test_shard_names_stay_in_their_folder(detr_folder: Path, tmp_path: Path) -> 
     weight_map = {k: "part-1.safetensors" if i < half else "sub/part-2.safetensors" for i, k in enumerate(keys)}
     index = folder / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": weight_map}))
-    reference = checkpoint_from_hf(detr_folder)["model"]
-    assert all(torch.equal(checkpoint_from_hf(folder)["model"][k], v) for k, v in reference.items())
+    reference, sharded = checkpoint_from_hf(detr_folder)["model"], checkpoint_from_hf(folder)["model"]
+    assert sharded.keys() == reference.keys() and all(torch.equal(sharded[k], v) for k, v in reference.items())
     outside = tmp_path / "outside.safetensors"
     shutil.copy(folder / "part-1.safetensors", outside)
     for name in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors"):
