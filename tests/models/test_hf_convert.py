@@ -279,3 +279,23 @@ def test_shard_names_stay_in_their_folder(detr_folder: Path, tmp_path: Path) -> 
             ConversionError, match=rf"index\.json: field 'weight_map' names the shard '{re.escape(name)}'"
         ):
             checkpoint_from_hf(folder)
+
+
+@pytest.mark.parametrize("dataset_file", ["voc", "yolo"])
+def test_voc_and_yolo_checkpoints_load_in_transformers(dataset_file: str, tmp_path: Path) -> None:
+    """Checkpoints as main.py saves them for VOC (0-based ids, 20 classes) and YOLO data: every
+    setting from util.config, the loss weights as floats; transformers 5 loads the export."""
+    from datasets.voc import VOC_CLASSES
+    from models import build_model
+    from util import config
+
+    flags = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
+             "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "32", "--num_queries", "4",
+             "--dataset_file", dataset_file, "--num_classes", "20" if dataset_file == "voc" else "3"]  # fmt: skip
+    args = config.resolve(config.get_args_parser().parse_args(flags))
+    names = dict(enumerate(VOC_CLASSES)) if dataset_file == "voc" else {0: "car", 1: "bus", 2: "bike"}
+    ckpt = {"model": build_model(args)[0].state_dict(), "args": config.saved(args), "id2label": names}
+    assert isinstance(ckpt["args"]["set_cost_class"], float)
+    out = checkpoint_to_hf(ckpt, tmp_path / "hf")
+    hf, info = transformers.DetrForObjectDetection.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()) and hf.config.id2label == names
