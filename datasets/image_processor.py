@@ -57,6 +57,19 @@ def _per_channel(value: float | Sequence[float] | None, default: Sequence[float]
     return list(value) if isinstance(value, Sequence) else value
 
 
+def _hub_cached(name: str, cache: Mapping[str, Any]) -> Path | None:
+    """The hub cache's ``preprocessor_config.json`` of the model ``name`` (``org/model``), if there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(name, PROCESSOR_CONFIG, **cache)
+    except ValueError:  # not a valid repository name
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 class BatchFeature(AttributeDict):
     """transformers' ``BatchFeature``: a dict with attribute access and ``.to(device)``."""
 
@@ -401,12 +414,17 @@ class DetrImageProcessor:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """From a local folder's ``preprocessor_config.json`` (transformers' ``save_pretrained`` or
         ours, ``tools/convert_hf.py --to-hf``) or that file itself; ``kwargs`` as ``from_dict``.
-        Hub names are not downloaded: pass the folder transformers cached."""
+        A hub name (``facebook/detr-resnet-50``) is read from the hub's cache when transformers has
+        downloaded it there (``cache_dir``, ``revision`` as in transformers); nothing is downloaded."""
         kwargs.pop("local_files_only", None)
+        cache = {k: kwargs.pop(k) for k in ("cache_dir", "revision") if k in kwargs}
         path = Path(pretrained_model_name_or_path)
         file = path / PROCESSOR_CONFIG if path.is_dir() else path
+        if not file.is_file() and not path.exists():
+            file = _hub_cached(str(pretrained_model_name_or_path), cache) or file
         if not file.is_file():
-            raise FileNotFoundError(f"{file} does not exist (from_pretrained reads local folders only)")
+            raise FileNotFoundError(f"{file} does not exist (from_pretrained reads local folders and the hub's cache, "
+                                    "and downloads nothing)")  # fmt: skip
         processor = cls.from_json_file(file)
         return cls.from_dict(processor.to_dict(), **kwargs) if kwargs else processor
 

@@ -320,3 +320,22 @@ def test_format_errors_where_and_as_transformers_raises_them(coco: dict, masks_p
         processor = cls(size=size, format="_INVALID_FORMAT_")
         with pytest.raises(ValueError, match="^_INVALID_FORMAT_ is not a valid AnnotationFormat"):
             processor(images=coco["image"], annotations=params, return_tensors="pt")
+
+
+def test_hub_name_read_from_the_hub_cache(tmp_path: Path) -> None:
+    """``from_pretrained("facebook/detr-resnet-50")`` reads what transformers cached (here a cache
+    laid out as huggingface_hub lays it out), as transformers offline does; nothing is downloaded."""
+    transformers = pytest.importorskip("transformers")
+    snapshot = tmp_path / "models--facebook--detr-resnet-50" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--facebook--detr-resnet-50" / "refs").mkdir()
+    (tmp_path / "models--facebook--detr-resnet-50" / "refs" / "main").write_text("0123abcd")
+    (snapshot / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_extractor_type": "DetrFeatureExtractor", "format": "coco_detection", "size": 800, "max_size": 1333,
+         "do_normalize": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))  # fmt: skip
+    ours = DetrImageProcessor.from_pretrained("facebook/detr-resnet-50", cache_dir=tmp_path)
+    theirs = transformers.DetrImageProcessor.from_pretrained("facebook/detr-resnet-50", cache_dir=tmp_path,
+                                                             local_files_only=True)  # fmt: skip
+    assert ours.to_json_string() == theirs.to_json_string()
+    with pytest.raises(FileNotFoundError, match="reads local folders and the hub's cache, and downloads nothing"):
+        DetrImageProcessor.from_pretrained("facebook/detr-resnet-101", cache_dir=tmp_path)
