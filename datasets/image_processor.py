@@ -334,7 +334,8 @@ class DetrImageProcessor:
     match ``format`` raises transformers' ``ValueError("Invalid COCO detection annotations...")``
     at the same point, followed by what is wrong; a missing ``bbox``/``category_id``/``area``,
     panoptic without ``masks_path`` or with a missing PNG, images of different sizes with
-    ``do_pad=False``). ``from_pretrained`` reads local folders and files, not hub names.
+    ``do_pad=False``). ``from_pretrained`` reads local folders and files, and hub names only from
+    the hub's cache (nothing is downloaded).
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
@@ -431,7 +432,7 @@ class DetrImageProcessor:
     def to_dict(self) -> dict[str, Any]:
         """The settings (those left unset omitted, as transformers omits them) and the class name."""
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if v is not None}
-        if isinstance(out["resample"], tvF.InterpolationMode):
+        if isinstance(out.get("resample"), tvF.InterpolationMode):
             out["resample"] = next(code for code, mode in _RESAMPLE.items() if mode == out["resample"])
         return {**out, "image_processor_type": type(self).__name__}
 
