@@ -584,6 +584,8 @@ def _shard_in_folder(index: Path, name: Any) -> Path:
     folder = index.parent
     if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
         raise ConversionError(f"{index}: field 'weight_map' names the shard {name!r}, not a file inside {folder}")
+    if name.endswith(".index.json"):  # an index naming an index (itself, say) would never end
+        raise ConversionError(f"{index}: field 'weight_map' names the shard {name!r}, an index, not weights")
     return folder / name
 
 

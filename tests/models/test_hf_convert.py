@@ -273,7 +273,7 @@ def test_shard_names_stay_in_their_folder(detr_folder: Path, tmp_path: Path) -> 
     assert sharded.keys() == reference.keys() and all(torch.equal(sharded[k], v) for k, v in reference.items())
     outside = tmp_path / "outside.safetensors"
     shutil.copy(folder / "part-1.safetensors", outside)
-    for name in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors"):
+    for name in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors", index.name):
         index.write_text(json.dumps({"weight_map": {**weight_map, keys[0]: name}}))
         with pytest.raises(
             ConversionError, match=rf"index\.json: field 'weight_map' names the shard '{re.escape(name)}'"
