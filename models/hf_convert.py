@@ -765,11 +765,12 @@ def _replace_folder(tmp: Path, output: Path) -> None:
 
 def checkpoint_to_hf(
     checkpoint: Mapping[str, Any] | str | os.PathLike[str], output: str | os.PathLike[str],
-    backbone_format: str = "timm", id2label: Mapping[int, str] | None = None,
+    backbone_format: str = "timm", id2label: Mapping[int, str] | None = None, source: str | None = None,
 ) -> Path:  # fmt: skip
     """Write a transformers folder for ``checkpoint`` (a loaded checkpoint or its path) to
-    ``output``: ``config.json``, the weights and ``preprocessor_config.json``, all at once."""
-    source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    ``output``: ``config.json``, the weights and ``preprocessor_config.json``, all at once.
+    ``id2label`` replaces the checkpoint's class names; ``source`` names a loaded one in errors."""
+    source = source or ("checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
     arch = arch_from_checkpoint(ckpt, source)
     state = model_state_from_checkpoint(dict(ckpt), source)
