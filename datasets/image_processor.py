@@ -2,13 +2,16 @@
 
 For users of transformers: the same constructor arguments and defaults, the same call
 (``processor(images=..., annotations=..., masks_path=..., return_tensors="pt")``), the same outputs
-(``pixel_values``, ``pixel_mask``, ``labels``) and numbers as transformers 5, and the
+(``pixel_values``, ``pixel_mask``, ``labels``) and numbers as transformers 5, its ``pad`` and
+``preprocessor_config.json`` (``save_pretrained`` / ``from_pretrained`` both ways), and the
 post-processors of ``models.hf_postprocess`` as methods. Not in the official code (its pipeline is
 ``datasets/transforms.py``); unlike transformers, crowd annotations are dropped before their masks are made.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +33,10 @@ from models.hf_postprocess import AttributeDict
 from util.box_ops import box_xyxy_to_cxcywh, masks_to_boxes
 
 FORMATS = ("coco_detection", "coco_panoptic")
+PROCESSOR_CONFIG = "preprocessor_config.json"  # transformers' file name
+# Arguments of transformers 4 that the constructor still takes (and hub config files still hold).
+_LEGACY_ARGUMENTS = {"max_size", "pad_and_return_pixel_mask", "image_processor_type", "feature_extractor_type",
+                     "processor_class"}  # fmt: skip
 # PIL resampling codes (what transformers' configs store) -> torchvision, as transformers maps them.
 _RESAMPLE = {
     0: tvF.InterpolationMode.NEAREST_EXACT,
@@ -41,6 +48,26 @@ _RESAMPLE = {
 }
 _SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"longest_edge"},
               {"max_height", "max_width"})  # fmt: skip
+
+
+def _per_channel(value: float | Sequence[float] | None, default: Sequence[float]) -> float | list[float]:
+    """``image_mean`` / ``image_std``: a list per channel, a single number kept, None the default."""
+    if value is None:
+        return list(default)
+    return list(value) if isinstance(value, Sequence) else value
+
+
+def _hub_cached(name: str, cache: Mapping[str, Any]) -> Path | None:
+    """The hub cache's ``preprocessor_config.json`` of the model ``name`` (``org/model``), if there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(name, PROCESSOR_CONFIG, **cache)
+    except ValueError:  # not a valid repository name
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 class BatchFeature(AttributeDict):
@@ -168,14 +195,17 @@ def _field(annotation: Mapping[str, Any], key: str, where: str) -> Any:
 
 def check_annotations(annotations: Sequence[Any], format: str) -> None:  # noqa: A002 (transformers' name)
     """Each annotation must fit ``format``: ``{"image_id", "annotations": [...]}`` for
-    coco_detection, ``{"image_id", "file_name", "segments_info": [...]}`` for coco_panoptic."""
+    coco_detection, ``{"image_id", "file_name", "segments_info": [...]}`` for coco_panoptic.
+    A ``ValueError`` starting as transformers' does ("Invalid COCO detection annotations", "Invalid
+    COCO panoptic annotations"), then naming the annotation and the field."""
     need = ("image_id", "annotations") if format == "coco_detection" else ("image_id", "file_name", "segments_info")
     listed = need[-1]
     other = "coco_panoptic" if format == "coco_detection" else "coco_detection"
+    invalid = f"Invalid COCO {format.split('_')[1]} annotations"
     for i, ann in enumerate(annotations):
-        where = f"annotations[{i}]"
+        where = f"{invalid}: annotations[{i}]"
         if not isinstance(ann, Mapping):
-            raise ValueError(f"{where}: expected a dict, got {type(ann).__name__}")
+            raise ValueError(f"{where} is a {type(ann).__name__}, not a dict")
         missing = [k for k in need if k not in ann]
         if missing:
             hint = " (it looks like " + other + ": pass format='" + other + "')" if (
@@ -243,19 +273,26 @@ def panoptic_target(
         )
     with PIL.Image.open(path) as png:
         ids = torch.from_numpy(rgb2id(np.asarray(png.convert("RGB"))))
-    if ids.shape != (height, width):
-        raise ValueError(f"annotations[{index}]: {path} is {tuple(ids.shape)} but images[{index}] is {(height, width)}")
     segments = annotation["segments_info"]
     where = f"annotations[{index}]['segments_info']"
     seg_ids = torch.as_tensor([_field(s, "id", where) for s in segments], dtype=torch.int64)
     masks = ids == seg_ids[:, None, None]
-    if with_masks:
+    if with_masks:  # at the PNG's size: resized once, with the image (see _resize_target)
         target["masks"] = masks
-    target["boxes"] = masks_to_boxes(masks)
+    # An image resized before the processor keeps its PNG: boxes and areas to the image's scale.
+    rh, rw = height / ids.shape[0], width / ids.shape[1]
+    target["boxes"] = masks_to_boxes(masks) * torch.tensor([rw, rh, rw, rh])
     target["class_labels"] = torch.as_tensor([_field(s, "category_id", where) for s in segments], dtype=torch.int64)
     target["iscrowd"] = torch.as_tensor([s.get("iscrowd", 0) for s in segments], dtype=torch.int64)
-    target["area"] = torch.as_tensor([_field(s, "area", where) for s in segments], dtype=torch.float32)
+    area = torch.as_tensor([_field(s, "area", where) for s in segments], dtype=torch.float32)
+    target["area"] = area * (rh * rw) if (rh, rw) != (1, 1) else area
     return target
+
+
+def _resize_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
+    """``[N, h, w]`` boolean masks -> ``[N, *size]`` (nearest, as transformers resizes them)."""
+    resized = tvF.resize(masks[:, None], list(size), interpolation=tvF.InterpolationMode.NEAREST_EXACT)
+    return resized.to(torch.float32)[:, 0] > 0.5
 
 
 def _resize_target(target: dict[str, Any], old: tuple[int, int], new: tuple[int, int]) -> dict[str, Any]:
@@ -267,8 +304,7 @@ def _resize_target(target: dict[str, Any], old: tuple[int, int], new: tuple[int,
         elif key == "area":
             value = value * (rw * rh)
         elif key == "masks":
-            resized = tvF.resize(value[:, None], list(new), interpolation=tvF.InterpolationMode.NEAREST_EXACT)
-            value = resized.to(torch.float32)[:, 0] > 0.5
+            value = _resize_masks(value, new)
         elif key == "size":
             continue
         out[key] = value
@@ -276,7 +312,10 @@ def _resize_target(target: dict[str, Any], old: tuple[int, int], new: tuple[int,
 
 
 class DetrImageProcessor:
-    """transformers' ``DetrImageProcessor``: constructor arguments, defaults, ``__call__`` and
+    """transformers' ``DetrImageProcessor``: constructor arguments, defaults, ``__call__``, ``pad``,
+    saving and loading (``to_dict``, ``from_dict``, ``to_json_string``, ``to_json_file``,
+    ``from_json_file``, ``save_pretrained``, ``from_pretrained``: the same
+    ``preprocessor_config.json`` as transformers, each side reading the other's) and
     post-processing methods. ``format``: ``"coco_detection"`` or ``"coco_panoptic"``.
 
     ``labels`` hold normalised cxcywh ``boxes``, ``class_labels``, ``area``, ``iscrowd``,
@@ -288,10 +327,15 @@ class DetrImageProcessor:
     the padded size, as transformers does). Differences from transformers: crowd annotations are
     dropped before their masks are made (transformers makes masks for them too and misaligns or fails
     on ``masks[keep]``); keypoints are not returned; a panoptic segment absent from its PNG gets a
-    zero box (transformers: a box of 1e8); bad input is one clear error naming the image index, the
-    field and the format (an annotation that does not match ``format``, a missing
-    ``bbox``/``category_id``/``area``, panoptic without ``masks_path`` or with a missing PNG, images
-    of different sizes with ``do_pad=False``).
+    zero box (transformers: a box of 1e8); a panoptic PNG of another size than its image (an image
+    resized before the processor) gets its masks resized with the image as transformers does, but
+    boxes and areas scaled to the image (transformers leaves the boxes in the PNG's scale); bad input
+    is one clear error naming the image index, the field and the format (an annotation that does not
+    match ``format`` raises transformers' ``ValueError("Invalid COCO detection annotations...")``
+    at the same point, followed by what is wrong; a missing ``bbox``/``category_id``/``area``,
+    panoptic without ``masks_path`` or with a missing PNG, images of different sizes with
+    ``do_pad=False``). ``from_pretrained`` reads local folders and files, and hub names only from
+    the hub's cache (nothing is downloaded).
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
@@ -313,10 +357,10 @@ class DetrImageProcessor:
         do_convert_rgb: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        self.format = self._check_format(format)
+        self.format = getattr(format, "value", format)  # checked when called, where transformers checks it
         do_pad = kwargs.pop("pad_and_return_pixel_mask", do_pad)
         max_size = kwargs.pop("max_size", 1333 if size is not None else None)  # transformers' legacy argument
-        for key in ("image_processor_type", "feature_extractor_type", "processor_class"):  # hub config files
+        for key in _LEGACY_ARGUMENTS - {"max_size", "pad_and_return_pixel_mask"}:  # hub config files
             kwargs.pop(key, None)
         if kwargs:
             raise TypeError(f"DetrImageProcessor: unknown argument(s) {sorted(kwargs)}")
@@ -326,8 +370,8 @@ class DetrImageProcessor:
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = list(image_mean) if isinstance(image_mean, Sequence) else image_mean or list(IMAGENET_MEAN)
-        self.image_std = list(image_std) if isinstance(image_std, Sequence) else image_std or list(IMAGENET_STD)
+        self.image_mean = _per_channel(image_mean, IMAGENET_MEAN)
+        self.image_std = _per_channel(image_std, IMAGENET_STD)
         self.do_convert_annotations = do_normalize if do_convert_annotations is None else do_convert_annotations
         self.do_pad = do_pad
         self.pad_size = size_dict(pad_size) if pad_size is not None else None
@@ -337,24 +381,93 @@ class DetrImageProcessor:
     def _check_format(format: Any) -> str:  # noqa: A002
         value = getattr(format, "value", format)
         if value not in FORMATS:
-            raise ValueError(f"format: '{value}', choose from {FORMATS}")
+            raise ValueError(
+                f"{value} is not a valid AnnotationFormat, please select one of {list(FORMATS)} (argument 'format')"
+            )
         return value
 
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any], **kwargs: Any) -> DetrImageProcessor:
-        return cls(**{**config, **kwargs})
+    # Saving and loading as transformers' ImageProcessingMixin: the same preprocessor_config.json,
+    # so that each side reads what the other writes.
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> DetrImageProcessor:
-        """From a local folder's ``preprocessor_config.json`` (or that file itself)."""
-        path = Path(path)
-        file = path / "preprocessor_config.json" if path.is_dir() else path
+    def from_dict(cls, config: Mapping[str, Any], **kwargs: Any) -> Any:
+        """A processor from ``to_dict``'s dict (or a ``preprocessor_config.json``'s); ``kwargs``
+        override it. With ``return_unused_kwargs=True``: ``(processor, kwargs it did not take)``."""
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        accepted = set(inspect.signature(cls.__init__).parameters) | _LEGACY_ARGUMENTS
+        unused = {k: kwargs.pop(k) for k in list(kwargs) if k not in accepted} if return_unused else {}
+        processor = cls(**{**config, **kwargs})
+        return (processor, unused) if return_unused else processor
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike[str]) -> Any:
+        """A processor from a ``preprocessor_config.json`` file."""
+        path = Path(json_file)
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON ({e})") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} holds a {type(config).__name__}, not an object of processor settings")
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """From a local folder's ``preprocessor_config.json`` (transformers' ``save_pretrained`` or
+        ours, ``tools/convert_hf.py --to-hf``) or that file itself; ``kwargs`` as ``from_dict``.
+        A hub name (``facebook/detr-resnet-50``) is read from the hub's cache when transformers has
+        downloaded it there (``cache_dir``, ``revision`` as in transformers); nothing is downloaded."""
+        kwargs.pop("local_files_only", None)
+        cache = {k: kwargs.pop(k) for k in ("cache_dir", "revision") if k in kwargs}
+        path = Path(pretrained_model_name_or_path)
+        file = path / PROCESSOR_CONFIG if path.is_dir() else path
+        if not file.is_file() and not path.exists():
+            file = _hub_cached(str(pretrained_model_name_or_path), cache) or file
         if not file.is_file():
-            raise FileNotFoundError(f"{file} does not exist (from_pretrained reads local folders only)")
-        return cls.from_dict(json.loads(file.read_text()), **kwargs)
+            raise FileNotFoundError(f"{file} does not exist (from_pretrained reads local folders and the hub's cache, "
+                                    "and downloads nothing)")  # fmt: skip
+        processor = cls.from_json_file(file)
+        return cls.from_dict(processor.to_dict(), **kwargs) if kwargs else processor
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image_processor_type": type(self).__name__, **vars(self)}
+        """The settings (those left unset omitted, as transformers omits them) and the class name."""
+        out = {k: copy.deepcopy(v) for k, v in vars(self).items() if v is not None}
+        if isinstance(out.get("resample"), tvF.InterpolationMode):
+            out["resample"] = next(code for code, mode in _RESAMPLE.items() if mode == out["resample"])
+        return {**out, "image_processor_type": type(self).__name__}
+
+    def to_json_string(self) -> str:
+        """``to_dict`` as transformers writes it: sorted keys, indent 2, a final newline."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike[str]) -> None:
+        """``to_json_string`` written to ``json_file_path`` (complete or not at all)."""
+        path = Path(json_file_path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(self.to_json_string(), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> list[str]:
+        """Write ``save_directory/preprocessor_config.json`` (the folder is created); returns its path.
+        Pushing to the hub (``push_to_hub=True``) is not done here: refused."""
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError(
+                "save_pretrained: push_to_hub is not supported here; upload the folder with huggingface_hub"
+            )
+        if kwargs:
+            raise TypeError(f"save_pretrained: unknown argument(s) {sorted(kwargs)}")
+        folder = Path(save_directory)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"save_pretrained: {folder} is a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.to_json_file(folder / PROCESSOR_CONFIG)
+        return [str(folder / PROCESSOR_CONFIG)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
 
     def _resize(self, image: Tensor, size: Mapping[str, int], resample: Any) -> Tensor:
         mode = resample if isinstance(resample, tvF.InterpolationMode) else _RESAMPLE[int(resample)]
@@ -363,12 +476,14 @@ class DetrImageProcessor:
     def _rescale_and_normalize(self, image: Tensor, do_rescale: bool, factor: float, do_normalize: bool,
                                mean: Any, std: Any) -> Tensor:  # fmt: skip
         if do_normalize:
+            channels = image.shape[0]
+            mean, std = ([float(v)] * channels if isinstance(v, int | float) else list(v) for v in (mean, std))
+            if channels != len(mean):
+                raise ValueError(f"an image has {channels} channels but image_mean has {len(mean)} values; "
+                                 "pass do_convert_rgb=True for grayscale or RGBA images")  # fmt: skip
             if do_rescale:  # fused as transformers does: (x - mean / factor) / (std / factor)
                 mean = torch.tensor(mean) * (1.0 / factor)
                 std = torch.tensor(std) * (1.0 / factor)
-            if image.shape[0] != (len(mean) if isinstance(mean, Sequence | Tensor) else 1):
-                raise ValueError(f"an image has {image.shape[0]} channels but image_mean has {len(mean)} values; "
-                                 "pass do_convert_rgb=True for grayscale or RGBA images")  # fmt: skip
             return tvF.normalize(image.to(torch.float32), mean, std)
         return image * factor if do_rescale else image
 
@@ -418,6 +533,9 @@ class DetrImageProcessor:
                 image = self._resize(image, size, o["resample"])
                 if targets is not None:
                     targets[i] = _resize_target(targets[i], old, tuple(image.shape[-2:]))
+            masks = targets[i].get("masks") if targets is not None else None
+            if masks is not None and masks.shape[-2:] != image.shape[-2:]:  # a PNG of another size, not resized
+                targets[i]["masks"] = _resize_masks(masks, image.shape[-2:])
             image = self._rescale_and_normalize(image, o["do_rescale"], o["rescale_factor"], o["do_normalize"],
                                                 o["image_mean"], o["image_std"])  # fmt: skip
             if o["do_convert_annotations"] and targets is not None:
@@ -432,21 +550,19 @@ class DetrImageProcessor:
                 padded = (pad_size["height"], pad_size["width"])
             else:
                 padded = tuple(max(t.shape[d] for t in tensors) for d in (-2, -1))
-            masks = []
+            pixel_masks = []
             for i, image in enumerate(tensors):
                 h, w = image.shape[-2:]
                 if h > padded[0] or w > padded[1]:
                     raise ValueError(
                         f"images[{i}] is {h}x{w} after resizing, larger than pad_size {padded[0]}x{padded[1]}"
                     )
-                if (h, w) != padded:
-                    tensors[i] = F.pad(image, (0, padded[1] - w, 0, padded[0] - h), value=0)
-                    if targets is not None:
-                        targets[i] = self._pad_target(targets[i], (h, w), padded, o["do_convert_annotations"])
-                mask = torch.zeros(padded, dtype=torch.int64)
-                mask[:h, :w] = 1
-                masks.append(mask)
-            data["pixel_mask"] = torch.stack(masks)
+                target = targets[i] if targets is not None else None
+                tensors[i], pixel_mask, target = self.pad(image, padded, target, o["do_convert_annotations"])
+                if targets is not None:
+                    targets[i] = target
+                pixel_masks.append(pixel_mask)
+            data["pixel_mask"] = torch.stack(pixel_masks)
         elif len({tuple(t.shape) for t in tensors}) > 1:
             raise ValueError(f"images of different sizes {sorted({tuple(t.shape[-2:]) for t in tensors})} cannot be "
                              "batched without padding: pass do_pad=True")  # fmt: skip
@@ -457,6 +573,34 @@ class DetrImageProcessor:
         return encoded
 
     preprocess = __call__
+
+    def pad(
+        self, image: Tensor | np.ndarray, padded_size: tuple[int, int], annotation: Any = None,
+        update_bboxes: bool = True, fill: float = 0,
+    ) -> tuple[Tensor | np.ndarray, Tensor | np.ndarray, Any]:  # fmt: skip
+        """transformers 5's ``pad``: an image ``[C, H, W]`` or a batch ``[B, C, H, W]`` padded at the
+        bottom and right to ``padded_size`` (h, w) with ``fill``. Returns ``(image, pixel_mask
+        [..., h, w] (1 = image), annotation)``; the annotation (a label dict as ``__call__`` returns,
+        or a list of them) gets its masks padded and, with ``update_bboxes``, its normalised boxes
+        rescaled to the padded size. numpy in, numpy out."""
+        as_numpy = isinstance(image, np.ndarray)
+        tensor = torch.from_numpy(image) if as_numpy else image
+        h, w = tensor.shape[-2:]
+        out_h, out_w = (int(x) for x in padded_size)
+        if out_h < h or out_w < w:
+            raise ValueError(f"pad: padded_size {(out_h, out_w)} is smaller than the image ({h}, {w})")
+        if (h, w) != (out_h, out_w):
+            tensor = F.pad(tensor, (0, out_w - w, 0, out_h - h), value=fill)
+            if annotation is not None:
+                single = isinstance(annotation, Mapping)
+                padded = [self._pad_target(dict(a), (h, w), (out_h, out_w), update_bboxes)
+                          for a in ([annotation] if single else annotation)]  # fmt: skip
+                annotation = padded[0] if single else padded
+        pixel_mask = torch.zeros((*tensor.shape[:-3], out_h, out_w), dtype=torch.int64)
+        pixel_mask[..., :h, :w] = 1
+        if as_numpy:
+            return tensor.numpy(), pixel_mask.numpy(), annotation
+        return tensor, pixel_mask, annotation
 
     @staticmethod
     def _pad_target(target: dict[str, Any], old: tuple[int, int], new: tuple[int, int], update_boxes: bool) -> dict:

@@ -19,13 +19,17 @@ two-stage):
   checkpoints) or, with ``backbone_format="transformers"``, as transformers' ``ResNetBackbone``
   (no timm needed to load it). Architecture flags are read off the weights where they can be
   (layers, sizes, levels, refinement, two-stage, masks) and checked against the checkpoint's args.
+  Class ids are kept (``id2label`` covers ``0..num_classes-1``, ids without a name, such as the gaps
+  of COCO's 1-based ids, named "N/A"); loss fields get the types transformers 5 validates;
+  ``preprocessor_config.json`` resizes as the checkpoint's ``--val_size`` / ``--max_size``.
 
 Attention ``in_proj`` weights are split into / joined from ``q_proj``, ``k_proj``, ``v_proj``;
 parameters shared in this project's models (Deformable DETR's heads) may appear once or several
 times in transformers' files. Everything is checked: a config whose sizes do not fit the weights
 names the file, the parameters and the config fields; nothing partial is written (temporary file
 or folder, then rename). What transformers cannot express is refused with the reason: pre-norm
-DETR, two-stage Deformable DETR without box refinement, mask heads whose GroupNorm grouping differs,
+DETR, two-stage Deformable DETR without box refinement, a one-layer Deformable DETR decoder
+(transformers 5 cannot load it), mask heads whose GroupNorm grouping differs,
 timm backbones with fused BatchNorm + activation layers (EfficientNet, MobileNet, ...).
 """
 
@@ -85,6 +89,11 @@ _LOSS_FIELDS = {
     "bbox_loss_coef": "bbox_loss_coefficient", "giou_loss_coef": "giou_loss_coefficient",
     "mask_loss_coef": "mask_loss_coefficient", "dice_loss_coef": "dice_loss_coefficient",
     "eos_coef": "eos_coefficient", "focal_alpha": "focal_alpha",
+}  # fmt: skip
+# The loss and matcher fields that transformers 5's configs annotate as int (the others are float).
+_LOSS_FIELD_TYPES = {
+    "class_cost": int, "bbox_cost": int, "giou_cost": int, "mask_loss_coefficient": int,
+    "dice_loss_coefficient": int, "bbox_loss_coefficient": int, "giou_loss_coefficient": int,
 }  # fmt: skip
 
 
@@ -383,17 +392,17 @@ def hf_config_from_args(
     if deformable and arch["two_stage"] and not arch["with_box_refine"]:
         raise ConversionError(f"{source}: --two_stage without --with_box_refine: transformers' "
                               "DeformableDetrConfig requires box refinement for two-stage")  # fmt: skip
+    if deformable and arch["dec_layers"] < 2 and not arch["two_stage"]:
+        raise ConversionError(f"{source}: --dec_layers {arch['dec_layers']}: transformers 5's "
+                              "DeformableDetrForObjectDetection cannot load a one-layer decoder (it ties the "
+                              "prediction heads of layer 0 to the others'); train with two layers or more")  # fmt: skip
     if arch["masks"]:
         hidden, heads = arch["hidden_dim"], arch["nheads"]
         widths = [hidden + heads, hidden // 2, hidden // 4, hidden // 8, hidden // 16]
         if (hidden + heads) % 8 or any(min(8, w) != math.gcd(8, w) for w in widths):
             raise ConversionError(f"{source}: --hidden_dim {hidden} --nheads {heads}: transformers' mask head groups "
                                   f"its GroupNorms differently for these widths {widths}")  # fmt: skip
-    id2label = dict(id2label or {i: f"LABEL_{i}" for i in range(arch["num_classes"])})
-    if sorted(id2label) != list(range(arch["num_classes"])):
-        raise ConversionError(
-            f"{source}: id2label has ids {sorted(id2label)[:10]}..., expected 0..{arch['num_classes'] - 1}"
-        )
+    id2label = hf_id2label(id2label, arch["num_classes"], source)
     if deformable:
         architecture = "DeformableDetrForObjectDetection"
     else:
@@ -429,17 +438,43 @@ def hf_config_from_args(
             "two_stage": arch["two_stage"], "two_stage_num_proposals": arch["num_queries"],
         })  # fmt: skip
     for ours, theirs in _LOSS_FIELDS.items():
-        if arch.get(ours) is not None and (deformable or ours != "focal_alpha"):
-            config[theirs] = arch[ours]
+        value = arch.get(ours)
+        if value is None or (theirs == "focal_alpha" and not deformable):
+            continue
+        kind = _LOSS_FIELD_TYPES.get(theirs, float)  # transformers 5 validates the annotated type
+        if kind is int and float(value) != int(value):
+            continue  # not expressible there; matching and loss weights only matter for training
+        config[theirs] = kind(value)
     return config
 
 
-def _preprocessor_config(arch: Mapping[str, Any]) -> dict[str, Any]:
-    """The image processor every DETR-family hub checkpoint ships (transformers' defaults)."""
+def hf_id2label(id2label: Mapping[Any, str] | None, num_classes: int, source: str = "checkpoint") -> dict[int, str]:
+    """Class names for transformers: every id in ``0..num_classes-1``, ours kept as they are (COCO
+    ids are 1-based and have gaps), the others named "N/A" as the hub's COCO models name them."""
+    names: dict[int, str] = {}
+    for key, name in (id2label or {}).items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError):
+            raise ConversionError(f"{source}: id2label has the id {key!r}, not an integer") from None
+        if not 0 <= i < num_classes:
+            raise ConversionError(f"{source}: id2label has the id {i} ({name!r}) outside 0..{num_classes - 1} "
+                                  f"(num_classes={num_classes})")  # fmt: skip
+        names[i] = str(name)
+    if not names:
+        return {i: f"LABEL_{i}" for i in range(num_classes)}
+    return {i: names.get(i, "N/A") for i in range(num_classes)}
+
+
+def _preprocessor_config(arch: Mapping[str, Any], saved: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The image processor of the hub's DETR-family checkpoints (transformers' defaults), resizing as
+    the checkpoint's ``--val_size`` / ``--max_size`` (``saved`` args) do, 800 / 1333 without them."""
     name = "DeformableDetrImageProcessor" if arch["model"] == "deformable_detr" else "DetrImageProcessor"
+    saved = saved or {}
+    size = {"shortest_edge": int(saved.get("val_size") or 800), "longest_edge": int(saved.get("max_size") or 1333)}
     return {
         "image_processor_type": name, "format": "coco_panoptic" if arch["masks"] else "coco_detection",
-        "do_resize": True, "size": {"shortest_edge": 800, "longest_edge": 1333}, "resample": 2, "do_rescale": True,
+        "do_resize": True, "size": size, "resample": 2, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _IMAGENET_MEAN, "image_std": _IMAGENET_STD,
         "do_convert_annotations": True, "do_pad": True,
     }  # fmt: skip
@@ -467,6 +502,11 @@ def _check_batchnorm_act(model: nn.Module, arch: Mapping[str, Any], source: str)
                               "replaces with BatchNorm without the activation: its model would compute differently")  # fmt: skip
 
 
+def _saved_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    saved = ckpt.get("args") or {}
+    return vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
+
+
 def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Every architecture setting (``ARCH_FLAGS``) of a checkpoint, this project's or an official
     one: what ``models.loading.checkpoint_settings`` reads off its weights and settings, the
@@ -481,8 +521,7 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
         raise ConversionError(f"{source}: a Deformable DETR with a mask head is not supported")
     preset = ModelConfig.preset(settings["model"])
     arch = {flag: getattr(preset, flag) if settings.get(flag) is None else settings[flag] for flag in ARCH_FLAGS}
-    saved = ckpt.get("args") or {}
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
+    saved = _saved_args(ckpt)
     arch.update({flag: saved[flag] for flag in _LOSS_FIELDS if saved.get(flag) is not None})
     return arch
 
@@ -491,15 +530,31 @@ def arch_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]
 # Reading and writing files
 
 
+def _shard_in_folder(index: Path, name: Any) -> Path:
+    """The path of a shard an index names: a file name or a relative path below the index's folder,
+    never ``..`` or an absolute path, which could read any file. (Links are followed: the hub's cache
+    links every file of a snapshot folder to its blobs folder.)"""
+    folder = index.parent
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ConversionError(f"{index}: field 'weight_map' names the shard {name!r}, not a file inside {folder}")
+    if name.endswith(".index.json"):  # an index naming an index (itself, say) would never end
+        raise ConversionError(f"{index}: field 'weight_map' names the shard {name!r}, an index, not weights")
+    return folder / name
+
+
 def read_hf_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """``model.safetensors`` / ``pytorch_model.bin`` (or their ``.index.json`` for sharded weights)."""
     path = Path(path)
     if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text())
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        if not shards:
-            raise ConversionError(f"{path}: field 'weight_map' is empty")
-        return {k: v for shard in shards for k, v in read_hf_weights(path.parent / shard).items()}
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConversionError(f"{path} could not be read as JSON ({e})") from e
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConversionError(f"{path}: field 'weight_map' is missing or empty")
+        shards = sorted({_shard_in_folder(path, name) for name in weight_map.values()})
+        return {k: v for shard in shards for k, v in read_hf_weights(shard).items()}
     if not path.is_file():
         raise ConversionError(f"{path} does not exist")
     try:
@@ -663,20 +718,23 @@ def _replace_folder(tmp: Path, output: Path) -> None:
 
 def checkpoint_to_hf(
     checkpoint: Mapping[str, Any] | str | os.PathLike[str], output: str | os.PathLike[str],
-    backbone_format: str = "timm", id2label: Mapping[int, str] | None = None,
+    backbone_format: str = "timm", id2label: Mapping[int, str] | None = None, source: str | None = None,
 ) -> Path:  # fmt: skip
     """Write a transformers folder for ``checkpoint`` (a loaded checkpoint or its path) to
-    ``output``: ``config.json``, the weights and ``preprocessor_config.json``, all at once."""
-    source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    ``output``: ``config.json``, the weights and ``preprocessor_config.json``, all at once.
+    ``id2label`` replaces the checkpoint's class names; ``source`` names a loaded one in errors."""
+    source = source or ("checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint))
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
     arch = arch_from_checkpoint(ckpt, source)
     state = model_state_from_checkpoint(dict(ckpt), source)
     labels = id2label or ckpt.get("id2label")
     config = hf_config_from_args(arch, labels, backbone_format, source)
     try:  # the flags must rebuild a model the weights fit
-        own = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # learning BatchNorm
         model = build_model_from_args(arch)
-        load_model_state(model, own, source)
+        # BatchNorm's step counters: present with --train_backbone_all, never needed for inference
+        counters = {k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+        own = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        load_model_state(model, {**counters, **own}, source)
     except CheckpointError as e:
         raise ConversionError(str(e)) from e
     _check_batchnorm_act(model, arch, source)
@@ -687,7 +745,9 @@ def checkpoint_to_hf(
     try:
         _write_hf_weights(hf_state, tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(arch), indent=2) + "\n")
+        (tmp / "preprocessor_config.json").write_text(
+            json.dumps(_preprocessor_config(arch, _saved_args(ckpt)), indent=2) + "\n"
+        )
         _replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,9 @@
 ``DIR`` holds ``config.json`` and the weights of a ``DetrForObjectDetection``, ``DetrForSegmentation``
 or ``DeformableDetrForObjectDetection``. The checkpoint written carries the architecture flags and
 class names (``main.py --eval --resume model.pth`` rebuilds the model); the folder loads with
-``from_pretrained(DIR)``. Outputs appear complete or not at all. Not in the official code.
+``from_pretrained(DIR)``; class ids are kept (those without a name are "N/A"), and a checkpoint
+without names with the official class count (91, or 250 for panoptic) gets the COCO names, as the
+hub's ``facebook/detr-resnet-50``. Outputs appear complete or not at all. Not in the official code.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.hf_convert import BACKBONE_FORMATS, ConversionError, checkpoint_to_hf, convert_from_hf  # noqa: E402
-from util.checkpoint import CheckpointError  # noqa: E402
+from datasets.coco_names import COCO_NUM_CLASSES, COCO_PANOPTIC_NAMES  # noqa: E402
+from models.hf_convert import (  # noqa: E402
+    BACKBONE_FORMATS,
+    ConversionError,
+    arch_from_checkpoint,
+    checkpoint_to_hf,
+    convert_from_hf,
+)
+from util.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,6 +46,15 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def official_names(ckpt: dict[str, Any], source: str) -> dict[int, str] | None:
+    """The COCO names for a checkpoint without names with the official models' class count (91
+    for detection, 250 for panoptic; the ids without a name become "N/A", as on the hub)."""
+    num_classes = arch_from_checkpoint(ckpt, source)["num_classes"]
+    if num_classes in COCO_NUM_CLASSES.values():
+        return {i: name for i, name in COCO_PANOPTIC_NAMES.items() if i < num_classes}
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     a = get_parser().parse_args(argv)
     try:
@@ -44,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             flags = " ".join(f"--{k} {v}" for k, v in ckpt["args"].items())
             print(f"wrote {a.output}: {len(ckpt['model'])} tensors, {len(ckpt['id2label'])} classes; flags: {flags}")
         else:
-            out = checkpoint_to_hf(a.to_hf, a.output, backbone_format=a.backbone_format)
+            ckpt = load_checkpoint(a.to_hf)
+            names = None if ckpt.get("id2label") else official_names(ckpt, a.to_hf)
+            out = checkpoint_to_hf(ckpt, a.output, backbone_format=a.backbone_format, id2label=names, source=a.to_hf)
             print(f"wrote {out}: config.json, weights, preprocessor_config.json")
     except (ConversionError, CheckpointError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

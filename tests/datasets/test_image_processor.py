@@ -158,8 +158,10 @@ def test_bad_input_is_named(coco: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"annotations\[0\]: format='coco_detection' needs field\(s\) \['annotations'\].*"
                                          r"pass format='coco_panoptic'"):  # fmt: skip
         processor(coco["image"], annotations=coco["pano"])
-    with pytest.raises(ValueError, match="format: 'coco_detect', choose from"):
-        DetrImageProcessor(format="coco_detect")
+    with pytest.raises(
+        ValueError, match=r"^coco_detect is not a valid AnnotationFormat, please select one of \['coco_detection'"
+    ):
+        DetrImageProcessor(format="coco_detect")(coco["image"])  # when called, as transformers
     bad = copy.deepcopy(coco["det"])
     del bad["annotations"][2]["bbox"]
     with pytest.raises(ValueError, match=r"annotations\[0\]\['annotations'\]\[2\]: field 'bbox' is missing"):
@@ -178,3 +180,162 @@ def test_bad_input_is_named(coco: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pass do_convert_rgb=True"):
         processor(coco["image"].convert("L"))
     assert processor(coco["image"].convert("L"), do_convert_rgb=True)["pixel_values"].shape[1] == 3
+
+
+SETTINGS = {
+    "defaults": ({}, "DetrImageProcessor"),
+    "legacy_size_max_size": ({"size": 500, "max_size": 600, "pad_and_return_pixel_mask": False}, "DetrImageProcessor"),
+    "panoptic_pad_size_rgb_scalar_mean": ({"format": "coco_panoptic", "size": {"max_height": 100, "max_width": 90},
+                                           "pad_size": {"height": 120, "width": 100}, "do_convert_rgb": True,
+                                           "image_mean": 0.5, "resample": 3}, "DeformableDetrImageProcessor"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SETTINGS))
+def test_saved_and_loaded_as_transformers(case: str, coco: dict, tmp_path: Path) -> None:
+    """to_dict / to_json_string as transformers writes them; each side's save_pretrained read by
+    the other's from_pretrained (and AutoImageProcessor), with the same outputs after the trip."""
+    transformers = pytest.importorskip("transformers")
+    init, name = SETTINGS[case]
+    ours_cls = DetrImageProcessor if name == "DetrImageProcessor" else DeformableDetrImageProcessor
+    ours, theirs = ours_cls(**init), getattr(transformers, name)(**init)
+    assert ours.to_json_string() == theirs.to_json_string()
+    assert ours.to_dict() == json.loads(theirs.to_json_string()) and repr(ours).startswith(f"{name} {{")
+    assert ours.save_pretrained(tmp_path / "ours") == [str(tmp_path / "ours" / "preprocessor_config.json")]
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert (tmp_path / "ours" / "preprocessor_config.json").read_text() == (
+        tmp_path / "theirs" / "preprocessor_config.json"
+    ).read_text()
+    read_by_them = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours")
+    assert type(read_by_them).__name__ == name and read_by_them.to_json_string() == theirs.to_json_string()
+    read_by_us = ours_cls.from_pretrained(tmp_path / "theirs")
+    assert read_by_us.to_json_string() == ours.to_json_string()
+    assert ours_cls.from_json_file(tmp_path / "theirs" / "preprocessor_config.json").to_dict() == ours.to_dict()
+    ours.to_json_file(tmp_path / "one.json")
+    assert ours_cls.from_pretrained(tmp_path / "one.json").to_dict() == ours.to_dict()
+    kwargs = {"images": coco["image"], "return_tensors": "pt", "do_pad": True}
+    _assert_identical(read_by_us(**kwargs), read_by_them(**kwargs), case)
+
+
+def test_from_dict_as_transformers_tests_it(tmp_path: Path) -> None:
+    """transformers' test_image_processor_from_dict_with_kwargs, and return_unused_kwargs."""
+    settings = {"do_resize": True, "size": {"shortest_edge": 18, "longest_edge": 1333}, "do_rescale": True,
+                "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+                "do_pad": True}  # fmt: skip
+    processor = DetrImageProcessor.from_dict(settings)
+    assert processor.size == {"shortest_edge": 18, "longest_edge": 1333} and processor.do_pad
+    processor = DetrImageProcessor.from_dict(settings, size=42, max_size=84, pad_and_return_pixel_mask=False)
+    assert processor.size == {"shortest_edge": 42, "longest_edge": 84} and not processor.do_pad
+    processor, unused = DetrImageProcessor.from_dict(settings, do_pad=False, foo=1, return_unused_kwargs=True)
+    assert unused == {"foo": 1} and not processor.do_pad
+    assert DetrImageProcessor.from_pretrained(_saved(processor, tmp_path), do_resize=False).do_resize is False
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"bad\.json holds a list, not an object"):
+        DetrImageProcessor.from_json_file(tmp_path / "bad.json")
+    with pytest.raises(NotADirectoryError, match=r"bad\.json is a file"):
+        processor.save_pretrained(tmp_path / "bad.json")
+
+
+def _saved(processor: DetrImageProcessor, folder: Path) -> Path:
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_pad_as_transformers(coco: dict) -> None:
+    """``pad(image, padded_size, annotation, update_bboxes, fill)``: single images and stacked
+    batches, with the labels ``__call__`` returns, the same tensors as transformers 5's."""
+    transformers = pytest.importorskip("transformers")
+    init = {"size": {"shortest_edge": 40, "longest_edge": 60}, "do_pad": False}
+    ours, theirs = DetrImageProcessor(**init), transformers.DetrImageProcessor(**init)
+    enc = ours(coco["image"], annotations=coco["det"], return_segmentation_masks=True, return_tensors="pt")
+    image, labels = enc["pixel_values"][0], dict(enc["labels"][0])
+    for args in ((image, (50, 70)), (image, (50, 70), labels), (image, (50, 70), [labels], False, 7),
+                 (enc["pixel_values"].repeat(2, 1, 1, 1), (40, 64)), (image, tuple(image.shape[-2:]), labels)):  # fmt: skip
+        a = ours.pad(*copy.deepcopy(args))
+        b = theirs.pad(*copy.deepcopy(args))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].dtype == b[1].dtype
+        if len(args) > 2:
+            for x, y in zip(a[2] if isinstance(a[2], list) else [a[2]], b[2] if isinstance(b[2], list) else [b[2]]):
+                assert x.keys() == y.keys() and all(
+                    torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x
+                )
+    array, mask, _ = ours.pad(image.numpy(), (50, 70))
+    assert isinstance(array, np.ndarray) and array.shape == (3, 50, 70) and mask.sum() == 40 * 53
+    with pytest.raises(ValueError, match=r"pad: padded_size \(30, 70\) is smaller than the image \(40, 53\)"):
+        ours.pad(image, (30, 70))
+
+
+def test_panoptic_png_of_an_image_resized_before(coco: dict, masks_path: Path) -> None:
+    """transformers' test_batched_coco_panoptic_annotations: the 800x800 copy of image 39769 with
+    its original 480x640 PNG. The masks are resized with the image, as transformers does (the same
+    masks); boxes and areas are in the image's scale (transformers leaves the boxes in the PNG's)."""
+    transformers = pytest.importorskip("transformers")
+    init = {"format": "coco_panoptic", "size": {"shortest_edge": 120, "longest_edge": 200}}
+    pano = [coco["pano"], coco["pano"]]  # the same PNG for both images
+    kwargs = {"images": [coco["image"], coco["image_big"]], "annotations": pano, "masks_path": masks_path,
+              "return_tensors": "pt"}  # fmt: skip
+    ours = DetrImageProcessor(**init)(**copy.deepcopy(kwargs))
+    theirs = transformers.DetrImageProcessor(**init)(**kwargs)
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    for key in ("masks", "class_labels", "iscrowd", "size", "orig_size", "image_id"):
+        for a, b in zip(ours["labels"], theirs["labels"], strict=True):
+            assert torch.equal(a[key], b[key]), key
+    torch.testing.assert_close(ours["labels"][0]["boxes"], theirs["labels"][0]["boxes"], rtol=0, atol=0)
+    scale = torch.tensor([800 / 640, 800 / 480] * 2)
+    torch.testing.assert_close(ours["labels"][1]["boxes"], theirs["labels"][1]["boxes"] * scale)
+    torch.testing.assert_close(ours["labels"][1]["area"], theirs["labels"][1]["area"] * (800 / 640 * 800 / 480))
+    # the same image and PNG at the same size give the same boxes: the PNG is read at its image's scale
+    same = DetrImageProcessor(**init)(**{**kwargs, "annotations": [coco["pano"], coco["pano_big"]]})
+    torch.testing.assert_close(ours["labels"][1]["boxes"], same["labels"][1]["boxes"], atol=2e-3, rtol=0)
+    unresized = DetrImageProcessor(format="coco_panoptic", do_resize=False)(
+        coco["image_big"], annotations=coco["pano"], masks_path=masks_path
+    )
+    assert unresized["labels"][0]["masks"].shape == (6, 800, 800)
+
+
+def test_format_errors_where_and_as_transformers_raises_them(coco: dict, masks_path: Path) -> None:
+    """transformers' test_valid_coco_detection_annotations (and the panoptic counterpart): the same
+    legal forms, the same ValueError prefix and message, before any work is done."""
+    transformers = pytest.importorskip("transformers")
+    target = coco["det"]["annotations"]
+    params = {"image_id": 39769, "annotations": target}
+    size = {"shortest_edge": 24, "longest_edge": 32}
+    for processor in (DetrImageProcessor(size=size), transformers.DetrImageProcessor(size=size)):
+        for images, anns in ((coco["image"], params), (coco["image"], [params]), ([coco["image"]], params),
+                                    ([coco["image"]] * 3, [params] * 3)):  # fmt: skip
+            assert len(processor(images=images, annotations=anns, return_tensors="pt")["labels"]) in (1, 3)
+        for bad in ({"annotations": target}, {"image_id": 1, "annotations": target[0]}):
+            with pytest.raises(ValueError) as e:
+                processor(images=coco["image"], annotations=bad, return_tensors="pt")
+            assert str(e.value).startswith("Invalid COCO detection annotations"), str(e.value)
+        with pytest.raises(ValueError) as e:
+            processor(images=[coco["image"]] * 5, annotations=[params] * 4, return_tensors="pt")
+        assert str(e.value) == "The number of images (5) and annotations (4) do not match."
+    panoptic = {"format": "coco_panoptic", "size": size}
+    for processor in (DetrImageProcessor(**panoptic), transformers.DetrImageProcessor(**panoptic)):
+        with pytest.raises(ValueError) as e:
+            processor(images=coco["image"], annotations=coco["det"], masks_path=masks_path, return_tensors="pt")
+        assert str(e.value).startswith("Invalid COCO panoptic annotations"), str(e.value)
+    for cls in (DetrImageProcessor, transformers.DetrImageProcessor):  # test_should_raise_if_annotation_format_invalid
+        processor = cls(size=size, format="_INVALID_FORMAT_")
+        with pytest.raises(ValueError, match="^_INVALID_FORMAT_ is not a valid AnnotationFormat"):
+            processor(images=coco["image"], annotations=params, return_tensors="pt")
+
+
+def test_hub_name_read_from_the_hub_cache(tmp_path: Path) -> None:
+    """``from_pretrained("facebook/detr-resnet-50")`` reads what transformers cached (here a cache
+    laid out as huggingface_hub lays it out), as transformers offline does; nothing is downloaded."""
+    transformers = pytest.importorskip("transformers")
+    snapshot = tmp_path / "models--facebook--detr-resnet-50" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--facebook--detr-resnet-50" / "refs").mkdir()
+    (tmp_path / "models--facebook--detr-resnet-50" / "refs" / "main").write_text("0123abcd")
+    (snapshot / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_extractor_type": "DetrFeatureExtractor", "format": "coco_detection", "size": 800, "max_size": 1333,
+         "do_normalize": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))  # fmt: skip
+    ours = DetrImageProcessor.from_pretrained("facebook/detr-resnet-50", cache_dir=tmp_path)
+    theirs = transformers.DetrImageProcessor.from_pretrained("facebook/detr-resnet-50", cache_dir=tmp_path,
+                                                             local_files_only=True)  # fmt: skip
+    assert ours.to_json_string() == theirs.to_json_string()
+    with pytest.raises(FileNotFoundError, match="reads local folders and the hub's cache, and downloads nothing"):
+        DetrImageProcessor.from_pretrained("facebook/detr-resnet-101", cache_dir=tmp_path)

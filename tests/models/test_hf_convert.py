@@ -5,6 +5,7 @@ no missing or unexpected key, 4.x and 5.x spellings, and clear errors for what d
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,11 @@ CASES = {
     "deformable_refine_two_stage": ("DeformableDetrForObjectDetection",
                                     {**DEFORMABLE, **TIMM_R18, "with_box_refine": True, "two_stage": True}, "timm"),
 }  # fmt: skip
+
+ARCH_DETR = {"model": "detr", "backbone": "resnet18", "dilation": False, "position_embedding": "sine",
+             "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 32, "dropout": 0.1,
+             "num_queries": 4, "num_classes": 8, "masks": False, "pre_norm": False, "num_feature_levels": 4,
+             "dec_n_points": 4, "enc_n_points": 4, "with_box_refine": False, "two_stage": False}  # fmt: skip
 
 IMAGES = torch.rand(2, 3, 64, 96)
 PIXEL_MASK = torch.ones(2, 64, 96, dtype=torch.long)
@@ -191,3 +197,105 @@ def test_flags_read_off_official_checkpoints(fixture: str) -> None:
         if flag in config:
             assert arch[flag] == config[flag], flag
     assert arch["model"] == ("deformable_detr" if fixture.startswith("deformable") else "detr")
+
+
+def _field_types_ok(config: dict, config_cls: type) -> list[str]:
+    """The fields of ``config`` whose values are not of the type ``config_cls`` annotates (its own
+    fields: the model's; the base class's are generic)."""
+    import inspect
+    import typing
+
+    hints = inspect.get_annotations(config_cls)
+    wrong = []
+    for field, value in config.items():
+        if field not in hints or isinstance(hints[field], str) or hints[field] is typing.Any:
+            continue
+        allowed = tuple(typing.get_origin(t) or t for t in typing.get_args(hints[field]) or (hints[field],))
+        allowed = tuple(t for t in allowed if isinstance(t, type))
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            wrong.append(f"{field}={value!r} ({hints[field]})")
+    return wrong
+
+
+@pytest.mark.parametrize("model", ["detr", "deformable_detr"])
+def test_coco_ids_with_gaps_and_float_loss_flags(model: str, tmp_path: Path) -> None:
+    """A checkpoint as main.py saves it for COCO-format data (1-based ids with gaps, loss flags as
+    floats): the same ids on both sides, gaps named "N/A", every config field of the type
+    transformers 5 annotates, and a processor resizing as the checkpoint's --val_size/--max_size."""
+    from models.hf_convert import build_model_from_args
+
+    arch = ({**ARCH_DETR} if model == "detr" else {**ARCH_DETR, "model": model, "num_feature_levels": 2, "dec_layers": 2,
+            "enc_n_points": 2, "dec_n_points": 2})  # fmt: skip
+    names = {1: "cat", 4: "dog", 7: "bird"}
+    losses = {"set_cost_class": 2.0, "set_cost_bbox": 5.0, "set_cost_giou": 2.0, "bbox_loss_coef": 5.0,
+              "giou_loss_coef": 2.0, "eos_coef": 0.1, "focal_alpha": 0.25, "mask_loss_coef": 1.0, "dice_loss_coef": 1.5}  # fmt: skip
+    args = {**arch, **losses, "val_size": 64, "max_size": 96}
+    ckpt = {"model": build_model_from_args(arch).state_dict(), "args": args, "id2label": names}
+    out = checkpoint_to_hf(ckpt, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {str(i): names.get(i, "N/A") for i in range(8)}
+    config_cls = transformers.DetrConfig if model == "detr" else transformers.DeformableDetrConfig
+    assert not _field_types_ok(config, config_cls)
+    assert config["class_cost"] == 2 and "dice_loss_coefficient" not in config  # 1.5 is not an int there
+    hf = transformers.AutoModelForObjectDetection.from_pretrained(out)
+    assert hf.config.id2label[4] == "dog" and hf.config.id2label[0] == "N/A" and hf.config.num_labels == 8
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    assert type(processor).__name__ == ("DetrImageProcessor" if model == "detr" else "DeformableDetrImageProcessor")
+    assert processor.size.shortest_edge == 64 and processor.size.longest_edge == 96
+    back = checkpoint_from_hf(out)
+    assert back["id2label"] == {i: names.get(i, "N/A") for i in range(8)}
+    with pytest.raises(ConversionError, match=r"checkpoint: id2label has the id 8 \('fish'\) outside 0\.\.7"):
+        checkpoint_to_hf({**ckpt, "id2label": {**names, 8: "fish"}}, tmp_path / "bad")
+    if model == "deformable_detr":  # what transformers 5 cannot load is refused, naming the flag
+        one = {**arch, "dec_layers": 1}
+        with pytest.raises(ConversionError, match=r"--dec_layers 1: transformers 5's DeformableDetrForObjectDetection"):
+            checkpoint_to_hf({"model": build_model_from_args(one).state_dict(), "args": one}, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_shard_names_stay_in_their_folder(detr_folder: Path, tmp_path: Path) -> None:
+    """A sharded folder's index may only name files inside that folder (issue 21)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(detr_folder, folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    keys = sorted(state)
+    half = len(keys) // 2
+    save_file({k: state[k] for k in keys[:half]}, folder / "part-1.safetensors")
+    (folder / "sub").mkdir()
+    save_file({k: state[k] for k in keys[half:]}, folder / "sub" / "part-2.safetensors")
+    weight_map = {k: "part-1.safetensors" if i < half else "sub/part-2.safetensors" for i, k in enumerate(keys)}
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    reference, sharded = checkpoint_from_hf(detr_folder)["model"], checkpoint_from_hf(folder)["model"]
+    assert sharded.keys() == reference.keys() and all(torch.equal(sharded[k], v) for k, v in reference.items())
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(folder / "part-1.safetensors", outside)
+    for name in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors", index.name):
+        index.write_text(json.dumps({"weight_map": {**weight_map, keys[0]: name}}))
+        with pytest.raises(
+            ConversionError, match=rf"index\.json: field 'weight_map' names the shard '{re.escape(name)}'"
+        ):
+            checkpoint_from_hf(folder)
+
+
+@pytest.mark.parametrize("dataset_file", ["voc", "yolo"])
+def test_voc_and_yolo_checkpoints_load_in_transformers(dataset_file: str, tmp_path: Path) -> None:
+    """Checkpoints as main.py saves them for VOC (0-based ids, 20 classes) and YOLO data: every
+    setting from util.config, the loss weights as floats; transformers 5 loads the export."""
+    from datasets.voc import VOC_CLASSES
+    from models import build_model
+    from util import config
+
+    flags = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
+             "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "32", "--num_queries", "4",
+             "--dataset_file", dataset_file, "--num_classes", "20" if dataset_file == "voc" else "3"]  # fmt: skip
+    args = config.resolve(config.get_args_parser().parse_args(flags))
+    names = dict(enumerate(VOC_CLASSES)) if dataset_file == "voc" else {0: "car", 1: "bus", 2: "bike"}
+    ckpt = {"model": build_model(args)[0].state_dict(), "args": config.saved(args), "id2label": names}
+    assert isinstance(ckpt["args"]["set_cost_class"], float)
+    out = checkpoint_to_hf(ckpt, tmp_path / "hf")
+    hf, info = transformers.DetrForObjectDetection.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()) and hf.config.id2label == names

@@ -66,3 +66,15 @@ def test_script_entry_point(ours: Path, tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(ROOT / "tools" / "convert_hf.py"), run_name="__main__")
     assert e.value.code == 0 and (out / "config.json").is_file()
+
+
+def test_official_checkpoint_gets_the_coco_names(tmp_path: Path) -> None:
+    """A checkpoint without names and the official 91 classes (as the official code saves them):
+    the COCO names at their ids, "N/A" at the others, as on the hub's facebook/detr-resnet-50."""
+    official = {**ARCH, "num_classes": 91}
+    path = tmp_path / "official.pth"
+    torch.save({"model": build_model_from_args(official).state_dict(), "args": official}, path)
+    assert main(["--to-hf", str(path), "--output", str(tmp_path / "hf")]) == 0
+    names = json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]
+    assert len(names) == 91 and names["1"] == "person" and names["90"] == "toothbrush"
+    assert names["0"] == names["12"] == names["83"] == "N/A"
