@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image
 from tiny import TINY
 
 from tools import convert_hf, predict
@@ -58,7 +59,6 @@ def gapped_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two pictures: one at the model's size (64 px), one resized to 48x64 by both sides."""
-    from conftest import write_image
 
     folder = tmp_path_factory.mktemp("photos")
     write_image(folder / "a.png", 64, 64, seed=1)
