@@ -415,7 +415,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 def _read_json(path: str, what: str) -> Any:
     """The JSON file given to ``--what``; a missing file or bad JSON is a ``ValueError`` naming both."""
-    from datasets.coco import DatasetError, load_coco_json
+    from datasets.coco_json import DatasetError, load_coco_json
 
     if not Path(path).is_file():
         raise ValueError(f"--{what}: no such file {path}")
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         if args.out is not None and not Path(args.out).resolve().parent.is_dir():
             raise ValueError(f"--out {args.out}: folder {Path(args.out).resolve().parent} does not exist")
-        from datasets.coco import DatasetError, check_coco_dict
+        from datasets.coco_json import DatasetError, check_coco_dict
 
         gt_data = _read_json(args.gt, "gt")
         try:

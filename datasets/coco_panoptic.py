@@ -23,11 +23,9 @@ from datasets.coco import (
     as_config,
     category_names,
     coco_from_dict,
-    collect_coco_problems,
-    load_coco_json,
-    normalize_coco_dict,
     transforms_from_config,
 )
+from datasets.coco_json import collect_coco_problems, load_coco_json, normalize_coco_dict
 from datasets.config import DataConfig
 from datasets.images import ImageCache, ImageReadError, ImageSource, probe_image
 from datasets.problems import DatasetError, Problem, raise_if_problems

@@ -18,8 +18,8 @@ from datasets.coco import (
     build,
     convert_coco_poly_to_mask,
     make_coco_transforms,
-    validate_coco_file,
 )
+from datasets.coco_json import validate_coco_file
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

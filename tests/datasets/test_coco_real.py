@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets.coco import CocoDetection, convert_coco_poly_to_mask, make_coco_transforms, validate_coco_file
+from datasets.coco import CocoDetection, convert_coco_poly_to_mask, make_coco_transforms
+from datasets.coco_json import validate_coco_file
 from util.box_ops import masks_to_boxes
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

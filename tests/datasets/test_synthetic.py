@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 from pycocotools import mask as coco_mask
 
-from datasets.coco import validate_coco_file
+from datasets.coco_json import validate_coco_file
 from datasets.synthetic import CATEGORIES, generate_synthetic_coco, main
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -5,6 +5,7 @@ folder as ``tools/predict.py`` does, printing progress and one-line errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,7 @@ COMMANDS = {
     "plot_logs --help": ["tools/plot_logs.py", "--help"],
     "demo --help": ["tools/demo.py", "--help"],
     "coco_eval --help": ["datasets.coco_eval", "--help"],
+    "coco_eval of a detection file": ["datasets.coco_eval", "--gt", "gt.json", "--results", "dt.json"],
     "check --help": ["datasets.check", "--help"],
 }
 
@@ -62,6 +64,14 @@ COMMANDS = {
 @pytest.mark.slow
 def test_help_and_bad_arguments_do_not_import_torch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "width": 10, "height": 10, "file_name": "a.jpg"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "x"}],
+    }))  # fmt: skip
+    (tmp_path / "dt.json").write_text(
+        json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9}])
+    )
     procs = {}
     for name, (target, *args) in COMMANDS.items():
         target = str(ROOT / target) if target.endswith(".py") else target
@@ -75,6 +85,8 @@ def test_help_and_bad_arguments_do_not_import_torch(tmp_path):
             failures.append(f"{name}: {out[-800:]}{err[-1500:]}")
         if "bad argument" in name and "exit 2" not in out:
             failures.append(f"{name}: not refused by argparse: {out[-800:]}{err[-800:]}")
+        if "detection file" in name and "AP50  1.0000" not in out:
+            failures.append(f"{name}: {out[-800:]}{err[-800:]}")
         if "missing data" in name and "error: --coco_path nowhere: no annotation file" not in out:
             failures.append(f"{name}: {out[-800:]}{err[-800:]}")
     assert not failures, "\n".join(failures)
