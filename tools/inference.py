@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from datasets.coco import transforms_from_args
 from datasets.coco_names import COCO_NUM_CLASSES, COCO_PANOPTIC_NAMES
-from util.checkpoint import CheckpointError
+from util.checkpoint import CheckpointError, default_file_mode
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -275,13 +275,6 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Any
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def default_file_mode() -> int:
-    """The permissions ``open()`` gives a new file (``0o666`` less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:

@@ -116,7 +116,10 @@ def test_prepare_output_dir_refuses_unwritable_and_cleans_interrupted_saves(tmp_
     assert notes == [f"removed 1 temporary file(s) of interrupted saves from {out}"]
     assert list(out.iterdir()) == []
     assert ck.check_free_space(out, 1) is None
-    assert "less than three checkpoints" in ck.check_free_space(out, 10**15)
+    free = ck.shutil.disk_usage(out).free
+    assert "less than three checkpoints" in ck.check_free_space(out, free // 2)
+    with pytest.raises(ck.CheckpointError, match="less than one checkpoint"):
+        ck.check_free_space(out, 10**15)
 
 
 def test_keep_rolls_the_previous_checkpoints(tmp_path):
