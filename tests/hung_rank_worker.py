@@ -20,7 +20,8 @@ def _stopping(*a, **k):
 
     def on_step_then_hang(it: int, scalars: dict) -> None:
         if get_rank() == 1:
-            print(f"rank 1 stops itself (pid {os.getpid()})", file=sys.stderr, flush=True)
+            sys.stderr.write(f"rank 1 stops itself (pid {os.getpid()})\n")  # print is silenced off rank 0
+            sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGSTOP)
         on_step(it, scalars)
 

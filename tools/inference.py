@@ -298,6 +298,25 @@ def prepare_output_folder(folder: str | os.PathLike[str]) -> bool:
     return created
 
 
+def refuse_overwriting_inputs(
+    inputs: list[Path], outputs: list[Path] = (), folder: str | os.PathLike[str] | None = None
+) -> None:
+    """Raise ``ValueError`` when an output would replace an input: one of ``outputs`` is an input
+    file, or ``folder`` (a tool's output folder, whose files are named after the inputs) holds
+    inputs, whose drawings would replace or mix with them."""
+    resolved = {p.resolve(): p for p in inputs}
+    if folder is not None:
+        inside = [str(p) for r, p in resolved.items() if r.parent == Path(folder).resolve()]
+        if inside:
+            raise ValueError(
+                f"--output {folder} holds input images ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''}): "
+                "the outputs would replace or mix with them; choose another folder"
+            )
+    for out in outputs:
+        if out.resolve() in resolved:
+            raise ValueError(f"output {out} would replace the input {resolved[out.resolve()]}: choose another --output")
+
+
 def remove_if_empty(folder: str | os.PathLike[str]) -> None:
     """Remove ``folder`` and its empty sub-folders when no file was written in them."""
     folder = Path(folder)
@@ -351,6 +370,7 @@ __all__ = [
     "load_detector",
     "original_sizes",
     "prepare_output_folder",
+    "refuse_overwriting_inputs",
     "read_image",
     "remove_if_empty",
     "save_png",
