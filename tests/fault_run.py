@@ -1,14 +1,10 @@
-"""Test helper: ``python tests/fault_run.py FLAGS...`` runs ``python main.py FLAGS...`` with one fault
-injected, named by the environment variable ``FAULT``:
-
-* ``free=N``: the file system of ``--output_dir`` reports N bytes free;
-* ``enospc``: every checkpoint write fails as on a full disk (``OSError`` ENOSPC from ``torch.save``).
-"""
+"""Test helper: ``python tests/fault_run.py FLAGS...`` runs ``python main.py FLAGS...`` with the fault
+named by the environment variable ``FAULT`` injected: ``enospc``, every checkpoint write fails as
+on a full disk (``OSError`` ENOSPC from ``torch.save``)."""
 
 import errno
 import os
 import runpy
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,10 +14,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 fault = os.environ["FAULT"]
-if fault.startswith("free="):
-    _usage, _free = shutil.disk_usage, int(fault.removeprefix("free="))
-    shutil.disk_usage = lambda path: _usage(path)._replace(free=_free)
-elif fault == "enospc":
+if fault == "enospc":
 
     def _full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -78,7 +78,7 @@ def test_checkpoints_take_the_umask(finished):
 
 
 @pytest.mark.slow
-def test_one_run_per_output_dir(finished, synthetic_coco, tmp_path):
+def test_one_run_per_output_dir(finished, synthetic_coco, tmp_path, capsys):
     """A second run on a folder in use stops in one line naming the holder, touching nothing (not the
     first run's checkpoint being written); a new run (no
     --resume) in a finished run's folder refuses, naming --resume auto and --overwrite_output_dir;
@@ -97,17 +97,18 @@ def test_one_run_per_output_dir(finished, synthetic_coco, tmp_path):
     assert last_line(busy).startswith(f"error: --output_dir {out} is in use by another run (host ")
     assert f"PID {os.getpid()}" in last_line(busy) and "Traceback" not in busy.stderr
 
-    again = command(*run_args(synthetic_coco, out))
-    assert again.returncode == 1 and "Traceback" not in again.stderr
-    message = last_line(again)
+    with pytest.raises(SystemExit) as e:  # a new run
+        run_main(run_args(synthetic_coco, out))
+    message = str(e.value)
     assert message.startswith(f"error: --output_dir {out} holds another run's files (checkpoint.pth")
     assert "--resume auto" in message and "--overwrite_output_dir" in message
     assert (out / "checkpoint.pth").stat().st_mtime_ns == before  # nothing touched
     assert json.loads((out / "log.txt").read_text().splitlines()[0])["epoch"] == 0
 
-    # Deliberately over: removed, listed (exits at the data check, before training: nothing else to test here)
-    over = command(*run_args(synthetic_coco, out, "--overwrite_output_dir", "--coco_path", str(tmp_path / "none")))
-    assert "--overwrite_output_dir: removed the previous run's checkpoint.pth" in over.stdout
+    # Deliberately over: removed, listed (stopped at the data check, before training: nothing else to test here)
+    with pytest.raises(SystemExit):
+        run_main(run_args(synthetic_coco, out, "--overwrite_output_dir", "--coco_path", str(tmp_path / "none")))
+    assert "--overwrite_output_dir: removed the previous run's checkpoint.pth" in capsys.readouterr().out
     assert not list(out.glob("checkpoint*.pth")) and not (out / "log.txt").exists()
 
 
@@ -169,13 +170,17 @@ def test_resume_refusals_before_training(finished, synthetic_coco, tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_too_small_and_full(finished, synthetic_coco, tmp_path):
-    """Room for less than one checkpoint: an error before training. A save failing with ENOSPC:
-    one line saying which checkpoints are kept; they are unchanged."""
+def test_disk_too_small_and_full(finished, synthetic_coco, tmp_path, monkeypatch, capsys):
+    """Room for less than one checkpoint: an error before training. A save failing with ENOSPC (in
+    a subprocess): one line saying which checkpoints are kept; they are unchanged."""
     out = copy_run(finished, tmp_path)
-    small = command(*run_args(synthetic_coco, tmp_path / "small"), fault="free=1000000")
-    assert small.returncode == 1 and "Start training" not in small.stdout
-    assert last_line(small).startswith(f"error: only 1 MiB free in {tmp_path / 'small'}, less than one checkpoint")
+    with monkeypatch.context() as m:
+        usage = shutil.disk_usage
+        m.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=10**6))
+        with pytest.raises(SystemExit) as e:
+            run_main(run_args(synthetic_coco, tmp_path / "small"))
+    assert str(e.value).startswith(f"error: only 1 MiB free in {tmp_path / 'small'}, less than one checkpoint")
+    assert "Start training" not in capsys.readouterr().out
 
     before = {n: (out / n).read_bytes() for n in ("checkpoint.pth", "checkpoint_prev.pth")}
     full = command(*run_args(synthetic_coco, out, "--resume", "auto", "--epochs", "2"), fault="enospc")
