@@ -82,18 +82,21 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], keep: i
 
 
 def download_checkpoint(url: str) -> Path:
-    """Download ``url`` into the torch hub cache (``$TORCH_HOME/hub/checkpoints/<key>/<name>``,
-    ``key`` a digest of the whole URL, so that two URLs never share a cached file) unless it is
-    there, and return the local path. When the file name carries a hash prefix (``name-<sha256
-    prefix>.pth``, as the official URLs do) the download is checked against it before it lands in
-    the cache. Raises ``CheckpointError`` in one line when the download fails."""
+    """Download ``url`` into the torch hub cache (``$TORCH_HOME/hub/checkpoints``) unless it is
+    there, and return the local path. A file name that carries a hash prefix (``name-<sha256
+    prefix>.pth``, 8 hex digits or more, as the official URLs do) is cached under that name, as ``torch.hub`` does, and
+    the download is checked against the hash before it lands in the cache; any other file under
+    ``<digest of the whole URL>/<name>``, so that two URLs never share a cached file (every
+    checkpoint of this project is named ``checkpoint.pth``). Raises ``CheckpointError`` in one line
+    when the download fails."""
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / key / name
+    match = torch.hub.HASH_REGEX.search(name)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    hashed = match is not None and len(match.group(1)) >= 8  # the content is named: any URL of it may share it
+    cached = folder / name if hashed else folder / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(name)
     try:
         torch.hub.download_url_to_file(url, str(cached), match.group(1) if match else None, progress=False)
     except (urllib.error.URLError, OSError) as e:
