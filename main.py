@@ -248,11 +248,11 @@ def _run(args: argparse.Namespace, given: set[str], saver: CheckpointSaver) -> d
         generator=torch.Generator().manual_seed(args.seed),  # loader start-up must not consume the global RNG
         worker_init_fn=ignore_interrupts,
     )  # fmt: skip
-    if writes:  # less room than one checkpoint (weights, two Adam moments, EMA): an error now, not after an epoch
-        copies = 3 + (state.ema is not None)
-        free_space_warning = check_free_space(
-            output_dir, copies * sum(p.numel() * p.element_size() for p in model.parameters())
-        )
+    if writes:  # less room than one checkpoint: an error now, not after an epoch
+        sizes = [(p.numel() * p.element_size(), p.requires_grad) for p in model.parameters()]
+        weights, trained = sum(n for n, _ in sizes), sum(n for n, grad in sizes if grad)
+        moments = trained * (1 if args.sgd else 2)  # SGD momentum, Adam's two moments
+        free_space_warning = check_free_space(output_dir, weights * (1 + (state.ema is not None)) + moments)
         if free_space_warning:
             print(f"warning: {free_space_warning}")
 
