@@ -238,9 +238,12 @@ class RunLock:
         self.note = ""
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, default_file_mode())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, default_file_mode())
+            except OSError as e:
+                raise CheckpointError(f"--output_dir {self.path.parent} cannot be written ({e.strerror or e})") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
