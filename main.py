@@ -45,10 +45,10 @@ from util.checkpoint import (
 )
 from util.ema import build_ema
 from util.host_memory import keep_freed_memory
-from util.logging import MetricLogger, RunClock, TensorboardLogger, read_log, write_log_line
+from util.logging import MetricLogger, RunClock, TensorboardLogger, check_log, read_log, write_log_line
 from util.misc import collate_fn
 from util.optim import apply_schedule_changes, build_optimizer, build_scheduler, param_groups
-from util.preemption import Preempted, StopRequest
+from util.preemption import Preempted, StopRequest, ignore_interrupts
 from util.train_state import TrainState
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,6 +68,20 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     args = argparse.Namespace(**vars(args))  # the caller's namespace stays as it was
     dist_utils.init_distributed_mode(args)
     saver = CheckpointSaver(args.output_dir, keep=args.keep_checkpoints)
+    try:
+        with saver.lock():  # one run per output folder
+            return _run(args, given, saver)
+    except CheckpointError as e:  # a second run on the folder, a save that failed (full disk)...
+        raise SystemExit(f"error: {e}") from e
+    except RuntimeError as e:  # a hung or dead rank: --dist_timeout ends the waiting ones, named
+        if not dist_utils.is_collective_timeout(e):
+            raise
+        message = dist_utils.collective_timeout_message(e, args.dist_timeout)
+        raise SystemExit(message) from e
+
+
+def _run(args: argparse.Namespace, given: set[str], saver: CheckpointSaver) -> dict[str, Any]:
+    """``main``'s run, holding the output folder's lock."""
     if args.resume == "auto":
         args.resume = saver.find_recovery()
     if args.resume and args.finetune:
@@ -94,12 +108,17 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         raise SystemExit(f"error: {e}") from e
     output_dir = Path(args.output_dir) if args.output_dir else None
     writes = output_dir is not None and dist_utils.is_main_process()
-    if writes:  # a run that cannot save is refused now
-        try:
-            for note in prepare_output_dir(output_dir):
-                print(note)
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from e
+    if writes:  # a run that cannot save, or would replace another run's files, is refused now
+        notes = [] if args.resume or args.eval else saver.check_new_run(args.overwrite_output_dir)
+        for note in [*notes, *prepare_output_dir(output_dir)]:
+            print(note)
+        if args.resume and not args.eval:
+            try:  # before any training: a log.txt that cannot be read would fail only after the epoch
+                log_note = check_log(output_dir / "log.txt")
+            except ValueError as e:
+                raise SystemExit(f"error: {e}") from e
+            if log_note:
+                print(f"warning: {log_note}")
     device, amp_dtype = torch.device(args.device), AMP_DTYPES[args.amp]
     keep_freed_memory()  # freed CPU memory kept for the next step (Linux); before DataLoader workers fork
     seed = args.seed + dist_utils.get_rank()
@@ -189,6 +208,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     data_loader_val = DataLoader(
         dataset_val, args.batch_size, sampler=sampler_val, drop_last=False, collate_fn=collate_fn,
         num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),  # global RNG untouched
+        worker_init_fn=ignore_interrupts,
     )  # fmt: skip
     tensorboard = TensorboardLogger(output_dir / "tensorboard") if writes and args.tensorboard else None
 
@@ -238,11 +258,13 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
     data_loader_train = DataLoader(
         dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn, num_workers=args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),  # loader start-up must not consume the global RNG
+        worker_init_fn=ignore_interrupts,
     )  # fmt: skip
-    if writes:
-        free_space_warning = check_free_space(
-            output_dir, 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-        )
+    if writes:  # less room than one checkpoint: an error now, not after an epoch
+        sizes = [(p.numel() * p.element_size(), p.requires_grad) for p in model.parameters()]
+        weights, trained = sum(n for n, _ in sizes), sum(n for n, grad in sizes if grad)
+        moments = trained * (1 if args.sgd else 2)  # SGD momentum, Adam's two moments
+        free_space_warning = check_free_space(output_dir, weights * (1 + (state.ema is not None)) + moments)
         if free_space_warning:
             print(f"warning: {free_space_warning}")
 
@@ -262,7 +284,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> dict[str, A
         state.mark_evaluated()
     state.restore_rng()
 
-    stop = StopRequest().install()  # SIGUSR1/SIGUSR2/SIGTERM: checkpoint and stop after the current step
+    stop = StopRequest().install()  # SIGUSR1/SIGUSR2/SIGTERM/SIGINT: checkpoint and stop after the current step
     try:
         print("Start training")
         start_time = time.time()
@@ -366,4 +388,7 @@ if __name__ == "__main__":
     except Preempted as e:
         print(f"{e}. Exit status {e.exit_code}.", flush=True)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training, or a second one during it
+        print("stopped by Ctrl-C without saving; the checkpoints in --output_dir are as before", flush=True)
+        sys.exit(128 + 2)
     sys.exit(0)

@@ -168,7 +168,7 @@ def main() -> None:
     if a.epochs is not None:
         recipe += ["--epochs", str(a.epochs), "--lr_drop", str(max(1, round(a.epochs * 0.8)))]
     cmd = [sys.executable, "-u", str(ROOT / "main.py"), *COMMON, *recipe,
-           "--coco_path", a.data, "--output_dir", str(out), *extra]  # fmt: skip
+           "--coco_path", a.data, "--output_dir", str(out), "--overwrite_output_dir", *extra]  # fmt: skip
     print("running:", " ".join(cmd), flush=True)
     run_main(cmd, int(_flag(cmd, "--epochs")), a.started or start)  # elapsed: since the set-up began
     train_done = time.time()

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from datasets.coco import transforms_from_args
 from datasets.coco_names import COCO_NUM_CLASSES, COCO_PANOPTIC_NAMES
 from tools.arguments import add_model_arguments
-from util.checkpoint import CheckpointError
+from util.checkpoint import CheckpointError, default_file_mode
 from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -265,13 +265,6 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Any
     return path
 
 
-def default_file_mode() -> int:
-    """The permissions ``open()`` gives a new file (``0o666`` less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     """``image`` as a PNG at ``path``, atomically."""
     return atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True))
@@ -291,6 +284,25 @@ def prepare_output_folder(folder: str | os.PathLike[str]) -> bool:
     except OSError as e:
         raise OSError(f"output folder {folder} cannot be written ({e.strerror or e})") from e
     return created
+
+
+def refuse_overwriting_inputs(
+    inputs: list[Path], outputs: list[Path] = (), folder: str | os.PathLike[str] | None = None
+) -> None:
+    """Raise ``ValueError`` when an output would replace an input: one of ``outputs`` is an input
+    file, or ``folder`` (a tool's output folder, whose files are named after the inputs) holds
+    inputs, whose drawings would replace or mix with them."""
+    resolved = {p.resolve(): p for p in inputs}
+    if folder is not None:
+        inside = [str(p) for r, p in resolved.items() if r.parent == Path(folder).resolve()]
+        if inside:
+            raise ValueError(
+                f"--output {folder} holds input images ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''}): "
+                "the outputs would replace or mix with them; choose another folder"
+            )
+    for out in outputs:
+        if out.resolve() in resolved:
+            raise ValueError(f"output {out} would replace the input {resolved[out.resolve()]}: choose another --output")
 
 
 def remove_if_empty(folder: str | os.PathLike[str]) -> None:
@@ -364,6 +376,7 @@ __all__ = [
     "load_detector",
     "original_sizes",
     "prepare_output_folder",
+    "refuse_overwriting_inputs",
     "read_image",
     "remove_if_empty",
     "save_png",

@@ -58,6 +58,7 @@ from tools.inference import (  # noqa: E402
     original_sizes,
     prepare_output_folder,
     read_image,
+    refuse_overwriting_inputs,
     remove_if_empty,
     run_command,
     save_png,
@@ -65,9 +66,15 @@ from tools.inference import (  # noqa: E402
 )
 
 
-def image_id_of(path: Path) -> int | str:
-    """COCO-style file names (digits only) give their number, others their file name."""
-    return int(path.stem) if path.stem.isdigit() else path.name
+def image_ids(files: list[Path]) -> dict[Path, int | str]:
+    """One distinct ``image_id`` per input: COCO-style file names (digits only) give their number,
+    others their file name; a number or name that two inputs share (``1.png`` and ``01.png``,
+    ``a/x.jpg`` and ``b/x.jpg``) gives each of them its path instead."""
+    ids: dict[Path, int | str] = {p: int(p.stem) if p.stem.isdigit() else p.name for p in files}
+    counts: dict[int | str, int] = {}
+    for v in ids.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {p: v if counts[v] == 1 else str(p) for p, v in ids.items()}
 
 
 def coco_results(result: dict[str, torch.Tensor], image_id: int | str, file_name: str, threshold: float) -> list[dict]:
@@ -102,7 +109,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     * ``predictions.json``: the COCO results format (``image_id``, ``category_id``, ``bbox`` =
       ``[x, y, width, height]`` in pixels of the original image, ``score``) plus ``file_name``;
       ``image_id`` is the file name's number for COCO-style names (``000000039769.jpg``), else the
-      file name. Detections scoring at least ``--threshold`` (``--json_threshold 0`` keeps all, as a
+      file name (the path when two inputs share a number or name). Detections scoring at least ``--threshold`` (``--json_threshold 0`` keeps all, as a
       COCO evaluation wants them);
     * ``<name>.png``: the image with boxes, class names and scores above ``--threshold``;
     * panoptic checkpoints (``--masks`` with a thing/stuff map, or the official panoptic models) also
@@ -111,7 +118,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
 
     Class names are the checkpoint's (``id2label``); official checkpoints and hub models get the COCO
     names. Files that cannot be read are reported by name and skipped with a count; the command fails
-    when none could be read. Every output file is written to a temporary name and renamed.
+    when none could be read, and refuses an ``--output`` folder that holds inputs. Every output file is written to a temporary name and renamed.
     """
     files, notes = collect_images(args.inputs)
     for note in notes:
@@ -119,6 +126,8 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     if not files:
         raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
     out = Path(args.output)
+    refuse_overwriting_inputs(files, folder=out)
+    ids = image_ids(files)
     created = prepare_output_folder(out)
     try:
         loaded = load_from_arguments(args)
@@ -163,7 +172,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
             for i, ((path, image), det) in enumerate(zip(batch, detections)):
                 det = {k: v.cpu() for k, v in det.items()}
                 name = unique_stem(path, taken)
-                results += coco_results(det, image_id_of(path), str(path), json_threshold)
+                results += coco_results(det, ids[path], str(path), json_threshold)
                 keep = det["scores"] >= args.threshold
                 if not args.no_drawings:
                     drawn = drawing.draw_detections(
@@ -177,7 +186,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
                             segments[i],
                             image,
                             name,
-                            image_id_of(path),
+                            ids[path],
                             out,
                             names,
                             loaded.args.panoptic_is_thing_map,

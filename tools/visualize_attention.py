@@ -56,6 +56,7 @@ from tools.inference import (  # noqa: E402
     load_from_arguments,
     prepare_output_folder,
     read_image,
+    refuse_overwriting_inputs,
     run_command,
     save_png,
 )
@@ -384,6 +385,8 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     samples = samples.to(loaded.args.device)
     stem = Path(args.image).stem
     deformable = is_deformable(loaded.model)
+    kinds = ("sampling_points",) if deformable else ("decoder_attention", "encoder_attention")
+    refuse_overwriting_inputs([Path(args.image)], [out / f"{stem}_{kind}.png" for kind in kinds])
     written = []
     if deformable:
         samp = capture_deformable_sampling(loaded.model, samples)

@@ -19,13 +19,19 @@ of interrupted saves are removed), and ``rotate_checkpoints`` behind ``--keep_ch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import os
 import random
 import re
 import shutil
+import socket
 import tempfile
+import time
 import urllib.error
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,13 @@ def is_url(path: str) -> bool:
     return str(path).startswith(("http://", "https://"))
 
 
+def default_file_mode() -> int:
+    """The permissions ``open()`` gives a new file (``0o666`` less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], keep: int = 1) -> None:
     """Write ``state`` to ``path`` atomically: temporary file, fsync, rename. With ``keep > 1`` the
     file it replaces is kept as ``checkpoint_prev.pth`` (and older ones as ``checkpoint_prev2.pth``
@@ -59,6 +72,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], keep: i
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 -> what open() would have given
         if keep > 1 and path.exists():
             rotate_checkpoints(path.parent, keep)
         os.replace(tmp, path)
@@ -69,15 +83,20 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], keep: i
 
 def download_checkpoint(url: str) -> Path:
     """Download ``url`` into the torch hub cache (``$TORCH_HOME/hub/checkpoints``) unless it is
-    there, and return the local path. When the file name carries a hash prefix (``name-<sha256
-    prefix>.pth``, as the official URLs do) the download is checked against it before it lands in
-    the cache. Raises ``CheckpointError`` in one line when the download fails."""
+    there, and return the local path. A file name that carries a hash prefix (``name-<sha256
+    prefix>.pth``, 8 hex digits or more, as the official URLs do) is cached under that name, as ``torch.hub`` does, and
+    the download is checked against the hash before it lands in the cache; any other file under
+    ``<digest of the whole URL>/<name>``, so that two URLs never share a cached file (every
+    checkpoint of this project is named ``checkpoint.pth``). Raises ``CheckpointError`` in one line
+    when the download fails."""
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    match = torch.hub.HASH_REGEX.search(name)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    hashed = match is not None and len(match.group(1)) >= 8  # the content is named: any URL of it may share it
+    cached = folder / name if hashed else folder / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(name)
     try:
         torch.hub.download_url_to_file(url, str(cached), match.group(1) if match else None, progress=False)
     except (urllib.error.URLError, OSError) as e:
@@ -114,6 +133,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, wrong format, unpicklable object...
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if blocked:  # torch's own message advises weights_only=False, which would run the pickled code
+            raise CheckpointError(
+                f"checkpoint {p} refused: it needs the Python object {blocked.group(1)}, which a checkpoint of "
+                "weights and plain values never holds (unpickling it could run code); not loaded"
+            ) from None
         reason = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"checkpoint {p} could not be read ({type(e).__name__}: {reason})") from e
     if not isinstance(ckpt, dict):
@@ -177,14 +202,78 @@ def prepare_output_dir(folder: str | os.PathLike[str]) -> list[str]:
 
 
 def check_free_space(folder: str | os.PathLike[str], checkpoint_bytes: int) -> str | None:
-    """A warning when ``folder``'s file system has room for fewer than three checkpoints."""
+    """A warning when ``folder``'s file system has room for fewer than three checkpoints; raises
+    ``CheckpointError`` when it has room for less than one (the first save would fail)."""
     free = shutil.disk_usage(folder).free
+    room = f"only {free / 2**20:.0f} MiB free in {folder}"
+    size = f"~{checkpoint_bytes / 2**20:.0f} MiB each"
+    if free < checkpoint_bytes:
+        raise CheckpointError(f"{room}, less than one checkpoint ({size}): free space or choose another --output_dir")
     if free < 3 * checkpoint_bytes:
-        return (
-            f"only {free / 2**20:.0f} MiB free in {folder}, less than three checkpoints "
-            f"(~{checkpoint_bytes / 2**20:.0f} MiB each): saving may fail"
-        )
+        return f"{room}, less than three checkpoints ({size}): saving may fail"
     return None
+
+
+RUN_FILES = ("checkpoint*.pth", "log.txt", "eval.json", "eval", "tensorboard")
+
+
+def previous_run_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The files and folders a run leaves in ``folder`` (checkpoints, ``log.txt``, evaluations,
+    TensorBoard events), sorted; [] for a new folder."""
+    folder = Path(folder)
+    return sorted({p for pattern in RUN_FILES for p in folder.glob(pattern)}) if folder.is_dir() else []
+
+
+class RunLock:
+    """``<folder>/.run.lock``: held (``fcntl.flock``) by the one run that writes ``folder``, and
+    naming it (host, PID, start time). The kernel drops the hold when that process ends however it
+    ends, so a lock file left by a killed run is stale: taken over, with a note. Raises
+    ``CheckpointError`` naming the holder when a live run holds it."""
+
+    NAME = ".run.lock"
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.path = Path(folder) / self.NAME
+        self.fd: int | None = None
+        self.note = ""
+
+    def acquire(self) -> RunLock:
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, default_file_mode())
+            except OSError as e:
+                raise CheckpointError(f"--output_dir {self.path.parent} cannot be written ({e.strerror or e})") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "an unknown process"
+                os.close(fd)
+                raise CheckpointError(
+                    f"--output_dir {self.path.parent} is in use by another run ({holder}; lock {self.path}): "
+                    "wait for it to end, or choose another --output_dir"
+                ) from None
+            try:  # the file may have been removed by a run ending between our open and flock: retry
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if previous:
+            self.note = f"took over the stale lock {self.path} of a run that ended without removing it ({previous})"
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        os.pwrite(fd, f"host {socket.gethostname()}, PID {os.getpid()}, started {started}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: no other run holds a removed file
+            os.close(self.fd)
+            self.fd = None
 
 
 def find_resume_checkpoint(
@@ -321,6 +410,41 @@ class CheckpointSaver:
     def __init__(self, output_dir: str | os.PathLike[str] | None, keep: int = 2) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.keep = keep
+        self.last_saved = ""  # what this run saved last ("epoch 3", "epoch 4, iteration 17")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``output_dir``'s ``RunLock`` (writing rank only) while the run lasts; a second run
+        on the folder stops with a ``CheckpointError`` naming the holder."""
+        from util import distributed as dist_utils
+
+        if self.output_dir is None or not dist_utils.is_main_process():
+            yield
+            return
+        held = RunLock(self.output_dir).acquire()
+        if held.note:
+            print(f"warning: {held.note}", flush=True)
+        try:
+            yield
+        finally:
+            held.release()
+
+    def check_new_run(self, overwrite: bool) -> list[str]:
+        """A run that does not resume must not replace another run's files: raises
+        ``CheckpointError`` naming ``--resume auto`` and ``--overwrite_output_dir`` when
+        ``output_dir`` holds checkpoints; with ``overwrite``, removes that run's files (listed in the
+        returned notes)."""
+        if self.output_dir is None or not any(self.output_dir.glob("checkpoint*.pth")):
+            return []
+        files = previous_run_files(self.output_dir)
+        if not overwrite:
+            raise CheckpointError(
+                f"--output_dir {self.output_dir} holds another run's files ({key_list([p.name for p in files])}): "
+                "continue it with --resume auto, or start over with --overwrite_output_dir (removes them)"
+            )
+        for p in files:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return [f"--overwrite_output_dir: removed the previous run's {key_list([p.name for p in files])}"]
 
     def _write(self, payload: dict[str, Any], name: str, keep: int = 1) -> str | None:
         from util import distributed as dist_utils
@@ -329,14 +453,30 @@ class CheckpointSaver:
         if self.output_dir is not None:
             path = self.output_dir / name
             if dist_utils.is_main_process():
-                save_checkpoint(payload, path, keep=keep)
+                self._save_file(payload, path, keep)
         dist_utils.barrier()
         return str(path) if path is not None else None
 
+    def _save_file(self, payload: dict[str, Any], path: Path, keep: int = 1) -> None:
+        """``save_checkpoint``; a failed write (a full disk, a quota) is a ``CheckpointError``
+        saying which checkpoints are still there."""
+        try:
+            save_checkpoint(payload, path, keep=keep)
+        except OSError as e:
+            kept = [n for n in rolling_names(self.keep) if (path.parent / n).is_file()]
+            last = f" (this run's last save: {self.last_saved})" if self.last_saved else ""
+            have = f"kept unchanged: {', '.join(kept)}{last}" if kept else "no checkpoint is saved"
+            raise CheckpointError(
+                f"could not save {path}: {e.strerror or e}; {have}. Free space, then continue with --resume auto"
+            ) from e
+
     def save(self, state: Any, epoch_copy: bool = False) -> str | None:
-        """``checkpoint.pth`` (rotating ``keep`` files), plus ``checkpointNNNN.pth`` with ``epoch_copy``."""
+        """``checkpoint.pth`` (rotating ``keep`` files), plus ``checkpointNNNN.pth`` with ``epoch_copy``.
+        A failed write raises ``CheckpointError`` saying which checkpoints are kept."""
         payload = state.state_dict()
         path = self._write(payload, "checkpoint.pth", keep=self.keep)
+        iteration = payload.get("iteration")
+        self.last_saved = f"epoch {state.epoch}" + (f", iteration {iteration}" if iteration is not None else "")
         if epoch_copy:
             self._write(payload, f"checkpoint{state.epoch:04}.pth")
         return path
@@ -374,7 +514,7 @@ class CheckpointSaver:
         for key in ("id2label", "is_thing_map"):
             if getattr(state, key) is not None:
                 best[key] = getattr(state, key)
-        save_checkpoint(best, self.output_dir / "checkpoint_best.pth")  # not collective: rank 0 calls it
+        self._save_file(best, self.output_dir / "checkpoint_best.pth")  # not collective: rank 0 calls it
         print(f"checkpoint_best.pth: {metric} {value:.4f} at epoch {epoch} ({which} weights)")
 
     def find_recovery(self) -> str:

@@ -281,6 +281,9 @@ class RuntimeConfig:
     """Where and how this process runs: never stored in checkpoints."""
 
     output_dir: str = setting("", RUNTIME, "where to save; empty for no saving")
+    overwrite_output_dir: bool = setting(
+        False, RUNTIME, "start a new run in an --output_dir holding another run's checkpoints, removing them"
+    )
     device: str | None = setting(None, RUNTIME, "default: cuda when available, else cpu")
     resume: str = setting("", RUNTIME, "checkpoint to resume (path or URL); 'auto': the newest in --output_dir")
     start_epoch: int = setting(0, RUNTIME, "first epoch (a resumed run starts after its checkpoint's)")
@@ -300,9 +303,13 @@ class RuntimeConfig:
     print_freq: int = setting(10, RUNTIME, "log every N iterations")
     world_size: int = setting(1, RUNTIME, "number of distributed processes")
     dist_url: str = setting("env://", RUNTIME, "url used to set up distributed training")
+    dist_timeout: int = setting(
+        1800, RUNTIME, "seconds a rank waits for the others in a collective before the run stops (30 min: 8-GPU saves)"
+    )
 
     def __post_init__(self) -> None:
         _check(self.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(self.dist_timeout >= 1, f"--dist_timeout must be >= 1 second, got {self.dist_timeout}")
 
 
 PARTS: tuple[type, ...] = (ModelConfig, TrainConfig, DataConfig, RuntimeConfig)

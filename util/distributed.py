@@ -8,7 +8,9 @@ code hard-codes NCCL), and ``all_gather`` uses ``torch.distributed.all_gather_ob
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 from typing import Any
 
 import torch
@@ -73,6 +75,39 @@ def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> di
         return dict(zip(names, values))
 
 
+def is_collective_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that waited longer than the process group's timeout
+    (gloo: "Timed out waiting ... for recv"; also DDP's all-reduce in the backward pass)."""
+    return is_dist_avail_and_initialized() and isinstance(error, RuntimeError) and "timed out" in str(error).lower()
+
+
+def unanswered_ranks(wait: float = 10.0) -> list[int]:
+    """After a collective timed out: the ranks that do not answer through the rendezvous store
+    within ``wait`` seconds (each rank that gets here checks in; a hung or dead one does not)."""
+    store = dist.distributed_c10d._get_default_store()
+    world, rank = get_world_size(), get_rank()
+    store.set(f"answered/{rank}", "1")
+    deadline = time.monotonic() + wait
+    missing = list(range(world))
+    while missing and time.monotonic() < deadline:
+        missing = [r for r in missing if not store.check([f"answered/{r}"])]
+        time.sleep(0.2)
+    return missing
+
+
+def collective_timeout_message(error: BaseException, timeout: int) -> str:
+    """One line for a collective timeout on this rank, naming the ranks that did not answer."""
+    try:
+        missing = unanswered_ranks(min(10.0, float(timeout)))
+    except Exception:  # the store itself is gone (its host rank died): say what is known
+        missing = []
+    who = f"rank(s) {', '.join(map(str, missing))} did not answer" if missing else "another rank did not answer"
+    return (
+        f"error: rank {get_rank()}: a collective waited longer than --dist_timeout {timeout} s: {who} "
+        "(hung, stopped or dead); stopping this rank. Resume with --resume auto"
+    )
+
+
 def setup_for_distributed(is_master: bool) -> None:
     """Silence ``print`` on non-master ranks (``print(..., force=True)`` still prints)."""
     import builtins as __builtin__
@@ -115,7 +150,8 @@ def init_distributed_mode(args: Any) -> None:
     args.dist_backend = "nccl" if use_cuda else "gloo"
     print(f"| distributed init (rank {args.rank}, backend {args.dist_backend}): {args.dist_url}", flush=True)
     dist.init_process_group(
-        backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank
-    )
+        backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank,
+        timeout=datetime.timedelta(seconds=args.dist_timeout),
+    )  # fmt: skip
     dist.barrier()
     setup_for_distributed(args.rank == 0)

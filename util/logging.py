@@ -215,6 +215,31 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def check_log(path: Path) -> str | None:
+    """Check a resumed run's ``log.txt`` before training: a last line cut short by an interrupted
+    write (no newline, not JSON) is removed, and a warning returned; any other line that is not a
+    JSON object raises ``ValueError`` naming the file and line."""
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict):
+            continue
+        if i == len(lines) - 1 and not line.endswith("\n"):
+            write_text_atomic(path, "".join(lines[:i]))
+            return f"{path}: removed its last line, cut short by an interrupted write ({len(line)} characters)"
+        raise ValueError(
+            f"{path} line {i + 1} is not a JSON object (one per epoch): repair or remove that line, then resume"
+        )
+    return None
+
+
 def write_log_line(path: Path, stats: dict[str, Any]) -> None:
     """Append the epoch's line to ``log.txt`` (replacing a line of the same epoch written before a
     crash, so that a redone evaluation is never logged twice)."""

@@ -70,6 +70,44 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str,
         group.update(kept)
 
 
+def optimizer_param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[list[str]]:
+    """The names (in ``model``) of each parameter group's parameters: saved with the optimizer
+    state, so that a resumed run whose trained parameters changed can match the state by name."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+
+def remap_optimizer_state(
+    saved: dict[str, Any], saved_names: list[list[str]], names: list[list[str]]
+) -> tuple[dict[str, Any], list[str]]:
+    """A saved optimizer state dict (its groups' parameters named by ``saved_names``) re-indexed
+    for an optimizer whose groups hold the parameters ``names``: each parameter that is still
+    trained keeps its state (Adam moments, momentum), one no longer trained loses it, a newly
+    trained one starts fresh; each group keeps its saved settings (learning rate...). Returns
+    the state dict and notes. Raises ``ValueError`` when the number of groups differs."""
+    groups = saved["param_groups"]
+    if len(groups) != len(names) or len(saved_names) != len(groups):
+        raise ValueError(f"the checkpoint's optimizer has {len(groups)} parameter groups, this run's {len(names)}")
+    index = {n: i for g, gn in zip(groups, saved_names) for i, n in zip(g["params"], gn, strict=True)}
+    state: dict[int, Any] = {}
+    new_groups, k = [], 0
+    for g, group_names in zip(groups, names):
+        params = []
+        for name in group_names:
+            if name in index and index[name] in saved["state"]:
+                state[k] = saved["state"][index[name]]
+            params.append(k)
+            k += 1
+        new_groups.append({**g, "params": params})
+    trained = {n for gn in names for n in gn}
+    notes = []
+    if dropped := len(set(index) - trained):
+        notes.append(f"{dropped} parameter tensors no longer trained: their optimizer state is dropped")
+    if fresh := len(trained - set(index)):
+        notes.append(f"{fresh} parameter tensors newly trained: their optimizer state starts fresh")
+    return {"state": state, "param_groups": new_groups}, notes
+
+
 def param_groups(model: torch.nn.Module, args: Any) -> list[dict[str, Any]]:
     """Three learning rates as officially: transformer and heads (``lr``), parameters named by
     ``lr_backbone_names`` (``lr_backbone``), by ``lr_linear_proj_names`` (``lr * lr_linear_proj_mult``)."""

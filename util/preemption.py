@@ -1,6 +1,7 @@
 """Stopping a training run cleanly on a preemption or time-limit signal, at an optimizer-step boundary.
 
-``StopRequest`` records ``SIGUSR1``, ``SIGUSR2`` (submitit's preemption signal) and ``SIGTERM``; the
+``StopRequest`` records ``SIGUSR1``, ``SIGUSR2`` (submitit's preemption signal), ``SIGTERM`` and
+``SIGINT`` (Ctrl-C; a second Ctrl-C stops at once, raising ``KeyboardInterrupt``); the
 training loop polls ``should_stop()`` after each optimizer step (all ranks agree), saves a mid-epoch
 checkpoint and raises ``Preempted``, whose ``replay_previous_handlers`` then calls the handlers
 installed before ours (submitit's requeue; ``run_with_submitit.py`` does so on rank 0). The official
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from util.distributed import is_dist_avail_and_initialized
 
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 Handler = Callable[[int, FrameType | None], Any] | int | None
 
@@ -54,7 +55,7 @@ class Preempted(Exception):
         """Call the handlers that were installed before ``StopRequest`` for the signals received
         (e.g. submitit's checkpoint-and-requeue handler, which may exit the process)."""
         for signum, handler in self.previous:
-            if callable(handler):
+            if callable(handler) and handler is not signal.default_int_handler:  # that one raises KeyboardInterrupt
                 handler(signum, None)
 
 
@@ -80,11 +81,14 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and signum in self.received:  # Ctrl-C twice: the user will not wait
+            raise KeyboardInterrupt
         if signum not in self.received:
             self.received.append(signum)
+        again = " (Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
         # stderr, not print: non-master ranks have print silenced (util.distributed.setup_for_distributed)
         sys.stderr.write(
-            f"received {signal.Signals(signum).name}: saving a checkpoint and stopping after the current step\n"
+            f"received {signal.Signals(signum).name}: saving a checkpoint and stopping after the current step{again}\n"
         )
         sys.stderr.flush()
 
@@ -111,3 +115,9 @@ class StopRequest:
         sigs = list(self.received) or [signum]
         sigs.sort(key=lambda s: s == signal.SIGUSR2)
         return [(s, self._previous.get(s)) for s in sigs]
+
+
+def ignore_interrupts(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of DataLoader workers: Ctrl-C reaches the terminal's whole process group,
+    and a worker it killed would break the loader before the main process saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

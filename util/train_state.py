@@ -31,9 +31,12 @@ import torch
 from torch import nn
 
 import util.distributed as dist_utils
-from util.checkpoint import CHECKPOINT_VERSION, get_rng_state, load_model_state, set_rng_state
+from util.checkpoint import CHECKPOINT_VERSION, CheckpointError, get_rng_state, load_model_state, set_rng_state
 from util.ema import ModelEma
-from util.optim import load_optimizer_state
+from util.optim import load_optimizer_state, optimizer_param_names, remap_optimizer_state
+
+# The settings that change which parameters train (and so the optimizer's parameter groups).
+PARAMETER_FLAGS = ("freeze_backbone", "freeze_encoder", "lr_backbone", "train_backbone_all", "lr_backbone_names")
 
 
 @dataclass
@@ -96,6 +99,7 @@ class TrainState:
         }
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
+            state["optimizer_param_names"] = optimizer_param_names(self.optimizer, self.model)
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
         if self.scaler is not None:
@@ -120,7 +124,9 @@ class TrainState:
         notes: list[str] = []
         load_model_state(self.model, state["model"], source)
         if self.optimizer is not None and "optimizer" in state:
-            load_optimizer_state(self.optimizer, state["optimizer"])  # keeps this run's kernel choice
+            optimizer_state, changes = self._optimizer_state(state, source)
+            notes += changes
+            load_optimizer_state(self.optimizer, optimizer_state)  # keeps this run's kernel choice
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.optimizer is not None and "optimizer" not in state:
@@ -168,6 +174,32 @@ class TrainState:
                     "uninterrupted one"
                 )
         return notes
+
+    def _optimizer_state(self, state: dict[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+        """The checkpoint's optimizer state for this run's parameter groups, which differ when
+        ``--freeze_backbone``, ``--freeze_encoder`` or ``--lr_backbone 0`` changed on resume: matched
+        by parameter name (checkpoints that record the names), else refused naming the flags."""
+        saved, saved_names = state["optimizer"], state.get("optimizer_param_names")
+        names = optimizer_param_names(self.optimizer, self.model)
+        stored = state.get("args") if isinstance(state.get("args"), dict) else {}
+        flags = [f"--{k} {self.args[k]}" for k in PARAMETER_FLAGS if k in stored and k in self.args
+                 and stored[k] != self.args[k]]  # fmt: skip
+        changed = ", ".join(flags) or "the trained parameters"
+        if saved_names is None:
+            if [len(g["params"]) for g in saved["param_groups"]] != [len(n) for n in names]:
+                raise CheckpointError(
+                    f"resuming {source} with {changed}: its optimizer state does not record which parameters "
+                    f"it belongs to (an older checkpoint). Resume without that change, or start a new schedule "
+                    f"from its weights with --finetune {source}"
+                )
+            return saved, []
+        if saved_names == names:
+            return saved, []
+        try:
+            remapped, notes = remap_optimizer_state(saved, saved_names, names)
+        except ValueError as e:
+            raise CheckpointError(f"resuming {source} with {changed}: {e}") from e
+        return remapped, [f"{changed}: {note}" for note in notes]
 
     def restore_rng(self) -> None:
         """Put back this rank's generators saved in the loaded checkpoint (just before training)."""

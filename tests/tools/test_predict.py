@@ -46,6 +46,65 @@ def test_folder_with_a_broken_file(tiny_checkpoints, image_folder, tmp_path, cap
     assert not list(out.glob(".*.tmp"))
 
 
+def test_output_folder_of_the_inputs_is_refused_and_ids_stay_distinct(tiny_checkpoints, tmp_path):
+    """``photos/ --output photos/``: refused in one line, the inputs untouched. Elsewhere: ``1.png``
+    and ``01.png`` get distinct image ids (their paths), ``holiday.jpg`` and ``holiday.png``
+    distinct drawings."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(("1.png", "01.png", "holiday.jpg", "holiday.png", "000000000007.png")):
+        write_image(photos / name, 64, 48, seed=i)
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        run("--checkpoint", tiny_checkpoints["detr"], photos, "--output", photos)
+    assert str(e.value).startswith(f"error: --output {photos} holds input images (")
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+    out = tmp_path / "out"
+    run("--checkpoint", tiny_checkpoints["detr"], photos, "--output", out, "--threshold", "0.0")
+    ids = {r["file_name"]: r["image_id"] for r in json.loads((out / "predictions.json").read_text())}
+    assert ids == {str(photos / "01.png"): str(photos / "01.png"), str(photos / "1.png"): str(photos / "1.png"),
+                   str(photos / "holiday.jpg"): "holiday.jpg", str(photos / "holiday.png"): "holiday.png",
+                   str(photos / "000000000007.png"): 7}  # fmt: skip
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "000000000007.png", "01.png", "1.png", "holiday.png", "holiday_2.png"
+    ]  # fmt: skip
+
+
+def test_checkpoint_urls_are_cached_apart_and_hostile_ones_refused(tiny_checkpoints, tmp_path, monkeypatch):
+    """``--checkpoint https://a/checkpoint.pth`` then ``https://b/checkpoint.pth``: two downloads,
+    two models (8 detections per image from DETR, 40 from Deformable DETR at threshold 0). A
+    checkpoint that pickles ``os.system``: refused naming it, without torch's advice to load it
+    with ``weights_only=False``."""
+    from local_server import LocalServer
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    files = {f"/{k}/checkpoint.pth": tiny_checkpoints[v].read_bytes() for k, v in (("a", "detr"), ("b", "deformable"))}
+    server = LocalServer(files)
+    image = write_image(tmp_path / "street.png", 64, 48)
+    try:
+        for key, expected in (("a", 8), ("b", 40)):
+            out = tmp_path / key
+            run("--checkpoint", f"{server.url}/{key}/checkpoint.pth", image, "--output", out, "--threshold", "0.0",
+                "--no_drawings")  # fmt: skip
+            assert len(json.loads((out / "predictions.json").read_text())) == expected
+    finally:
+        server.close()
+    assert server.requests == ["/a/checkpoint.pth", "/b/checkpoint.pth"]
+    assert len(list((tmp_path / "hub").rglob("checkpoint.pth"))) == 2
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, ("echo hostile",))
+
+    torch.save({"model": {}, "args": Hostile()}, tmp_path / "hostile.pth")
+    with pytest.raises(SystemExit) as e:
+        run("--checkpoint", tmp_path / "hostile.pth", image, "--output", tmp_path / "h")
+    message = str(e.value)
+    assert message.startswith(f"error: checkpoint {tmp_path / 'hostile.pth'} refused: it needs the Python object ")
+    assert f"{os.system.__module__}.system" in message and "weights_only" not in message and "\n" not in message
+
+
 def test_preprocessing_and_batching(tiny_checkpoints, tmp_path):
     """Batch 1: the results of the evaluation pipeline (validation transform of the checkpoint's
     sizes, model, post-processor at the original size). Batch 2 of equally sized images (no

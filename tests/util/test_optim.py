@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from util.optim import build_optimizer, clip_grad_norm, load_optimizer_state
+from util.optim import (
+    build_optimizer,
+    clip_grad_norm,
+    load_optimizer_state,
+    optimizer_param_names,
+    remap_optimizer_state,
+)
 
 
 def _train(model: nn.Module, make_opt, clip, steps: int = 3) -> nn.Module:
@@ -89,3 +95,28 @@ def test_resuming_an_official_optimizer_state_keeps_the_fast_kernels():
     load_optimizer_state(ours, official.state_dict())
     assert ours.param_groups[0]["foreach"] is True and ours.param_groups[0]["weight_decay"] == 0.01
     assert torch.equal(ours.state[model.weight]["exp_avg"], official.state[model.weight]["exp_avg"])
+
+
+def test_optimizer_state_is_matched_by_name_when_the_trained_parameters_change():
+    """Groups [0.*] and [2.*]; resumed with 0.weight frozen: 0.bias and 2.* keep their Adam state,
+    0.weight leaves the optimizer, each group keeps its learning rate."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = build_optimizer([{"params": list(model[0].parameters()), "lr": 1e-3},
+                           {"params": list(model[2].parameters()), "lr": 1e-4}], 1e-3, 0.0)  # fmt: skip
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    saved, saved_names = opt.state_dict(), optimizer_param_names(opt, model)
+    assert saved_names == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
+
+    model[0].weight.requires_grad_(False)
+    new = build_optimizer([{"params": [model[0].bias], "lr": 1e-3},
+                           {"params": list(model[2].parameters()), "lr": 1e-4}], 1e-3, 0.0)  # fmt: skip
+    names = optimizer_param_names(new, model)
+    remapped, notes = remap_optimizer_state(saved, saved_names, names)
+    load_optimizer_state(new, remapped)
+    assert notes == ["1 parameter tensors no longer trained: their optimizer state is dropped"]
+    for p, old in ((model[0].bias, 1), (model[2].weight, 2), (model[2].bias, 3)):
+        assert torch.equal(new.state[p]["exp_avg"], saved["state"][old]["exp_avg"])
+    assert [g["lr"] for g in new.param_groups] == [1e-3, 1e-4]
+    with pytest.raises(ValueError, match="2 parameter groups, this run's 1"):
+        remap_optimizer_state(saved, saved_names, [["0.bias"]])
