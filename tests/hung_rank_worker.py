@@ -12,23 +12,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import main as main_module  # noqa: E402
 from util.distributed import get_rank  # noqa: E402
 
-_real = main_module.train_one_epoch
+_real = main_module.train_steps
 
 
 def _stopping(*a, **k):
-    on_step = k["on_step"]
-
-    def on_step_then_hang(it: int, scalars: dict) -> None:
+    for it, scalars in _real(*a, **k):
         if get_rank() == 1:
             sys.stderr.write(f"rank 1 stops itself (pid {os.getpid()})\n")  # print is silenced off rank 0
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGSTOP)
-        on_step(it, scalars)
-
-    return _real(*a, **{**k, "on_step": on_step_then_hang})
+        yield it, scalars
 
 
-main_module.train_one_epoch = _stopping
+main_module.train_steps = _stopping
 
 if __name__ == "__main__":
     main_module.main(main_module.get_args_parser().parse_args(sys.argv[1:]))

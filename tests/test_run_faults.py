@@ -215,17 +215,15 @@ def test_ctrl_c_saves_and_a_second_one_stops_at_once(synthetic_coco, tmp_path, m
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["iteration"] in (1, 2)
 
-    real = main_module.train_one_epoch
+    real = main_module.train_steps
 
     def twice(*a, **k):
-        def on_step(it: int, scalars: dict) -> None:
+        for it, scalars in real(*a, **k):
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-            k["on_step"](it, scalars)
+            yield it, scalars
 
-        return real(*a, **{**k, "on_step": on_step})
-
-    monkeypatch.setattr(main_module, "train_one_epoch", twice)
+    monkeypatch.setattr(main_module, "train_steps", twice)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         run_main(run_args(synthetic_coco, tmp_path / "twice"))
