@@ -17,8 +17,9 @@ PARTS = [name for name, _, _ in gpu_check.PARTS]
 
 @pytest.mark.slow
 def test_cpu_tiny_mode_writes_every_part(standin: Path, tmp_path: Path) -> None:
+    # a budget no loaded machine exhausts: the parts' completion is checked, not their speed
     report = gpu_check.main(["--out", str(tmp_path), "--cpu-tiny", "--official-detr", str(standin),
-                             "--official-deformable", str(standin)])  # fmt: skip
+                             "--official-deformable", str(standin), "--budget-s", "36000"])  # fmt: skip
     written = json.loads((tmp_path / "gpu_report.json").read_text())
     assert written["mode"] == "cpu-tiny" and [p["name"] for p in written["parts"]] == PARTS
     parts = {p["name"]: p for p in written["parts"]}
@@ -48,7 +49,7 @@ def test_cpu_tiny_mode_writes_every_part(standin: Path, tmp_path: Path) -> None:
     }
     for r in inference:
         assert r["images_per_s"] > 0 and r["x_official_fp32"] > 0
-        assert r["x_hf_same_amp"] > 0 or "hf" not in codes[r["model"]]
+        assert "hf" not in codes[r["model"]] or r["x_hf_same_amp"] > 0
     assert all(r["max_d_boxes"] < 1e-4 for r in inference if r["amp"] == "none")  # same weights: same outputs
     training = parts["training_speed"]["rows"]
     assert [(r["code"], r["amp"]) for r in training] == [("official", "none"), ("ours", "none"),
