@@ -16,6 +16,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,7 +71,9 @@ def official_impl(src: str) -> Callable[..., torch.Tensor]:
     return official
 
 
-def bench_op(args: argparse.Namespace, device: torch.device) -> None:
+def bench_op(
+    args: argparse.Namespace, device: torch.device, extra: dict[str, Callable[..., torch.Tensor]] | None = None
+) -> list[dict[str, Any]]:
     """Time ``ms_deform_attn`` forward (no grad) and forward+backward at COCO shapes (``COCO_LEVELS``:
     the 4 levels of an 800x1333 image; 8 heads of 32 channels; 4 points) for the decoder (300
     queries) and the encoder (one query per token, ~22k), for each implementation that runs on the
@@ -80,7 +83,8 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
     (``pytorch`` and ``triton``); CPU: batch 1, fp32, the PyTorch path only (the Triton kernels need
     a GPU). ``--level_scale 8`` divides the level sizes by 8 for a quick run. ``--official DIR`` (a
     Deformable DETR clone) adds the official ``ms_deform_attn_core_pytorch``, the reference this
-    project's PyTorch path started from, as ``official``."""
+    project's PyTorch path started from, as ``official``; ``extra`` adds more (name -> op). Returns
+    the rows (``error`` set where an implementation failed: out of memory, a dtype it lacks)."""
     on_cuda = device.type == "cuda"
     impls = {name: MS_DEFORM_ATTN_IMPLS[name] for name in args.impls}
     if on_cuda:
@@ -94,6 +98,8 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
         print("CPU: batch 1, fp32, the PyTorch path (the Triton kernels need a GPU)")
     if args.official:
         impls["official"] = official_impl(args.official)
+    impls.update(extra or {})
+    rows: list[dict[str, Any]] = []
     scale = args.level_scale
     levels = [(max(1, h // scale), max(1, w // scale)) for h, w in COCO_LEVELS]
     cases = [("decoder", 300), ("encoder", None)]
@@ -126,14 +132,17 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
                     fwd[name], fwd_bwd[name] = forward, forward_backward
                 timings = {"f": Alternating(), "fb": Alternating()}
                 failed = set()
+                row = {"case": case, "batch": batch, "queries": q, "dtype": dname}
                 for name in impls:  # warm-up (and Triton compilation)
                     try:
-                        for _ in range(args.warmup):
+                        for _ in range(max(args.warmup, 1)):
                             outputs[name] = fwd[name]()
                             fwd_bwd[name]()
-                    except torch.cuda.OutOfMemoryError:
+                    except RuntimeError as e:  # out of memory (a RuntimeError too), a dtype it lacks
                         failed.add(name)
-                        print(f"{case:8} {batch:>2} {q:>6} {dname:5} {name:8} out of memory")
+                        error = "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else str(e)
+                        rows.append({**row, "impl": name, "error": error.splitlines()[0][:200]})
+                        print(f"{case:8} {batch:>2} {q:>6} {dname:5} {name:8} failed: {rows[-1]['error']}")
                 for _ in range(args.repeats):
                     for name in impls:
                         if name not in failed:
@@ -145,6 +154,9 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
                         continue
                     peak_f, peak_fb = peak_memory_mib(fwd[name], device), peak_memory_mib(fwd_bwd[name], device)
                     t_f, t_fb = timings["f"].median(name) * 1e3, timings["fb"].median(name) * 1e3
+                    rows.append({**row, "impl": name, "fwd_ms": t_f, "fwd_x": timings["f"].ratio(name, ref),
+                                 "fwd_peak_mib": peak_f, "fwd_bwd_ms": t_fb, "fwd_bwd_x": timings["fb"].ratio(name, ref),
+                                 "fwd_bwd_peak_mib": peak_fb, "max_diff": max_abs_diff(outputs[name], outputs[ref])})  # fmt: skip
                     print(
                         f"{case:8} {batch:>2} {q:>6} {dname:5} {name:8} {t_f:9.2f} {timings['f'].ratio(name, ref):6.2f} "
                         f"{peak_f:9.1f} {t_fb:11.2f} {timings['fb'].ratio(name, ref):6.2f} {peak_fb:9.1f} "
@@ -157,6 +169,7 @@ def bench_op(args: argparse.Namespace, device: torch.device) -> None:
     print(
         f"x = speed-up over the first implementation listed ({next(iter(impls))}); max|d| = largest difference from it"
     )
+    return rows
 
 
 def bench_model(args: argparse.Namespace, device: torch.device) -> None:

@@ -106,7 +106,8 @@ class Variant:
 
     def step(self, samples: Any, targets: list[dict[str, torch.Tensor]]) -> float:
         """One training step (as ``engine.train_one_epoch``); returns its loss."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.name == "bf16"):
+        device_type = next(self.model.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.name == "bf16"):
             outputs = self.model(samples)
         loss_dict = self.criterion(_float_outputs(outputs), targets)
         weights = self.criterion.weight_dict

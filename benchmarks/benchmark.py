@@ -14,6 +14,7 @@ with the official code. Figures in docs/results.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from contextlib import nullcontext
@@ -25,12 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    Alternating,
     describe_machine,
     max_abs_diff,
     peak_memory_mib,
     set_threads,
-    time_call,
+    time_alternately,
 )
 from benchmarks.official import CodeBase, build_official, build_ours, cleanup, copy_weights, load_official  # noqa: E402
 from models.optimize import AMP_DTYPES, cast_floating, optimize_for_inference  # noqa: E402
@@ -113,17 +113,20 @@ class Side:
 
         return run
 
-    def train_fn(self, images: list[torch.Tensor], amp: str):  # type: ignore[no-untyped-def]
-        """A call making one training step on ``images`` with 3 fixed boxes each."""
+    def train_fn(self, images: list[torch.Tensor], amp: str, fused: bool = False, more: tuple = ()):  # type: ignore[no-untyped-def]
+        """A call making one training step on ``images`` with 3 fixed boxes each and returning its
+        loss; with ``more`` (further lists of images), successive calls take each batch in turn.
+        ``fused``: AdamW's fused kernel (``--fused_optimizer``)."""
         dtype = AMP_DTYPES[amp]
-        samples = self.nested(images)
-        targets = _targets(len(images), self.device)
+        batches = [(self.nested(b), _targets(len(b), self.device)) for b in (images, *more)]
+        turn = itertools.cycle(batches)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-4, fused=fused or None)
         weights = self.criterion.weight_dict
         scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
 
-        def step() -> None:
+        def step() -> torch.Tensor:
+            samples, targets = next(turn)
             with self.context():
                 self.model.train()
                 self.criterion.train()
@@ -143,6 +146,7 @@ class Side:
                     scaler.update()
                 else:
                     optimizer.step()
+            return loss.detach()
 
         return step
 
@@ -262,17 +266,11 @@ def run(args: argparse.Namespace, model_flags: list[str]) -> list[dict[str, Any]
                     else:
                         for opt in args.eval_optimize:
                             fns[OPTIMIZE_LABELS[opt], amp] = side.inference_fn(images, amp, opt)
-            outputs = {}
-            for key, fn in fns.items():  # warm-up (and compilation) outside the timed rounds
-                for i in range(max(warm_iters, 1 if mode == "inference" else 0)):
-                    out = fn()
-                    if i == 0:
-                        outputs[key] = out
-            timings = Alternating()
-            for _ in range(repeats):
-                for key, fn in fns.items():
-                    for _ in range(num_iters):
-                        timings.add("/".join(key), time_call(fn, device))
+            # warm-up (and compilation) outside the timed rounds; inference keeps a first output
+            warm = max(warm_iters, 1 if mode == "inference" else 0)
+            timings, firsts = time_alternately({"/".join(k): f for k, f in fns.items()}, device, warm, num_iters,
+                                               repeats)  # fmt: skip
+            outputs = {tuple(k.split("/")): v for k, v in firsts.items()}
             ref_out = outputs.get((reference, "none"))
             for (name, amp), fn in fns.items():
                 key = f"{name}/{amp}"

@@ -113,6 +113,26 @@ class Alternating:
         return self.median(reference, cpu) / self.median(name, cpu)
 
 
+def time_alternately(
+    fns: dict[str, Callable[[], object]], device: torch.device, warm: int, iters: int, repeats: int
+) -> tuple[Alternating, dict[str, object]]:
+    """Time every ``fns`` entry alternately: first ``warm`` untimed calls of each (compilation,
+    allocator), keeping each one's first output; then ``repeats`` rounds of ``iters`` timed calls
+    (``time_call``) of each in turn. Returns the timings and the first outputs (of those warmed)."""
+    outputs: dict[str, object] = {}
+    for key, fn in fns.items():
+        for i in range(warm):
+            out = fn()
+            if i == 0:
+                outputs[key] = out
+    timings = Alternating()
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            for _ in range(iters):
+                timings.add(key, time_call(fn, device))
+    return timings, outputs
+
+
 def set_threads(threads: int | None, device: torch.device) -> int:
     """On a CPU, ``torch.set_num_threads(threads)`` (default: every core, at most the CPU count)."""
     if device.type == "cpu":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,43 +23,12 @@ TINY = ["--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2", "--enc_
 QUICK = ["--device", "cpu", "--size", "64", "80", "--num_iters", "1", "--warm_iters", "0", "--repeats", "1",
          "--threads", "2", "--no_memory"]  # fmt: skip
 
-STANDIN_BUILD = '''
-
-_build_model_of_this_project = build_model
-
-
-def build_model(args):
-    """Stand-in for the official build: COCO's 91 classes, no ImageNet download."""
-    from util.config import resolve
-
-    args.backbone_weights = "none"
-    args.num_classes = getattr(args, "num_classes", None) or 91
-    return _build_model_of_this_project(resolve(args))
-'''
-
 
 def official_clone(name: str) -> Path:
     path = OFFICIAL_DIR / name
     if not (path / "main.py").is_file():
         pytest.skip(f"no official clone at {path} (set DETR_OFFICIAL_DIR)")
     return path
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder laid out as the official repositories are (``main.get_args_parser``/``main.main``,
-    ``models.build_model``, ``engine``, ``util.misc``, ``datasets``): a copy of this project whose
-    ``build_model`` behaves as the official one (COCO's 91 classes, no ImageNet download). It
-    exercises the loading, the alternation and the table."""
-    out = tmp_path_factory.mktemp("official") / "detr"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("models", "util", "datasets"):
-        shutil.copytree(ROOT / name, out / name, ignore=ignore)
-    for name in ("main.py", "engine.py", "hubconf.py"):
-        shutil.copy(ROOT / name, out / name)
-    with (out / "models" / "__init__.py").open("a") as f:
-        f.write(STANDIN_BUILD)
-    return out
 
 
 def agreement(printed: str) -> tuple[float, float, float, float]:
