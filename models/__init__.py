@@ -20,6 +20,9 @@ from models.deformable_detr import build as build_deformable
 from models.deformable_transformer import DeformableTransformerConfig
 from models.detr import DETRConfig
 from models.detr import build as build_detr
+from models.dino import DINOConfig
+from models.dino import build as build_dino
+from models.dino_transformer import DINOTransformerConfig
 from models.matcher import MatcherConfig
 from models.position_encoding import PositionEncodingConfig
 from models.transformer import TransformerConfig
@@ -30,7 +33,9 @@ BuildResult = tuple[nn.Module, SetCriterion, dict[str, nn.Module]]
 DETR_RETURN_LAYERS_MASKS = ("layer1", "layer2", "layer3", "layer4")
 
 
-def backbone_config(cfg: ModelConfig, return_layers: tuple[str, ...], offset: float = 0.0) -> BackboneConfig:
+def backbone_config(
+    cfg: ModelConfig, return_layers: tuple[str, ...], offset: float = 0.0, temperature: int = 10000
+) -> BackboneConfig:
     """The backbone's arguments. No ImageNet weights when a checkpoint will replace them all."""
     weights = cfg.backbone_weights if cfg.load_backbone_weights and cfg.backbone_weights != "none" else None
     return BackboneConfig(
@@ -42,7 +47,11 @@ def backbone_config(cfg: ModelConfig, return_layers: tuple[str, ...], offset: fl
         weights=weights or None,
         per_image=cfg.backbone_per_image,
         position=PositionEncodingConfig(
-            kind=cfg.position_embedding, hidden_dim=cfg.hidden_dim, scale=cfg.position_embedding_scale, offset=offset
+            kind=cfg.position_embedding,
+            hidden_dim=cfg.hidden_dim,
+            scale=cfg.position_embedding_scale,
+            offset=offset,
+            temperature=temperature,
         ),
     )
 
@@ -89,6 +98,22 @@ def detr_config(cfg: ModelConfig) -> DETRConfig:
     )
 
 
+def _deformable_transformer_settings(cfg: ModelConfig) -> dict:
+    """The settings Deformable DETR's and DINO's transformer configs share."""
+    names = ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "dropout", "num_feature_levels",
+             "dec_n_points", "enc_n_points", "num_queries", "attn_impl")  # fmt: skip
+    return {name: getattr(cfg, name) for name in names}
+
+
+def _focal_loss_config(cfg: ModelConfig) -> LossConfig:
+    return LossConfig(
+        cls_loss_coef=cfg.cls_loss_coef,
+        bbox_loss_coef=cfg.bbox_loss_coef,
+        giou_loss_coef=cfg.giou_loss_coef,
+        focal_alpha=cfg.focal_alpha,
+    )
+
+
 def deformable_config(cfg: ModelConfig) -> DeformableDETRConfig:
     """Deformable DETR's arguments."""
     levels = cfg.num_feature_levels
@@ -100,33 +125,37 @@ def deformable_config(cfg: ModelConfig) -> DeformableDETRConfig:
         # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
         # fails with 2 levels, which here use layer3-4).
         backbone=backbone_config(cfg, ("layer2", "layer3", "layer4")[-min(levels, 3) :], offset=-0.5),
-        transformer=DeformableTransformerConfig(
-            hidden_dim=cfg.hidden_dim,
-            nheads=cfg.nheads,
-            enc_layers=cfg.enc_layers,
-            dec_layers=cfg.dec_layers,
-            dim_feedforward=cfg.dim_feedforward,
-            dropout=cfg.dropout,
-            num_feature_levels=levels,
-            dec_n_points=cfg.dec_n_points,
-            enc_n_points=cfg.enc_n_points,
-            two_stage=cfg.two_stage,
-            num_queries=cfg.num_queries,
-            attn_impl=cfg.attn_impl,
-        ),
+        transformer=DeformableTransformerConfig(**_deformable_transformer_settings(cfg), two_stage=cfg.two_stage),
         matcher=_matcher_config(cfg),
-        loss=LossConfig(
-            cls_loss_coef=cfg.cls_loss_coef,
-            bbox_loss_coef=cfg.bbox_loss_coef,
-            giou_loss_coef=cfg.giou_loss_coef,
-            focal_alpha=cfg.focal_alpha,
-        ),
+        loss=_focal_loss_config(cfg),
+    )
+
+
+def dino_config(cfg: ModelConfig) -> DINOConfig:
+    """DINO's arguments: the backbone's layer2-4 (4 scales) or layer1-4 (5 scales, as the official
+    DINO-5scale), the sine position encoding with temperature 20, as officially."""
+    levels = cfg.num_feature_levels
+    stages = (
+        ("layer1", "layer2", "layer3", "layer4") if levels >= 5 else ("layer2", "layer3", "layer4")[-min(levels, 3) :]
+    )
+    return DINOConfig(
+        num_classes=_check_num_classes(cfg),
+        aux_loss=cfg.aux_loss,
+        dn_number=cfg.dn_number,
+        dn_label_noise_ratio=cfg.dn_label_noise_ratio,
+        dn_box_noise_scale=cfg.dn_box_noise_scale,
+        num_select=cfg.num_select,
+        backbone=backbone_config(cfg, stages, temperature=20),
+        transformer=DINOTransformerConfig(**_deformable_transformer_settings(cfg)),
+        matcher=_matcher_config(cfg),
+        loss=_focal_loss_config(cfg),
     )
 
 
 MODEL_BUILDERS: dict[str, Callable[[ModelConfig], BuildResult]] = {
     "detr": lambda cfg: build_detr(detr_config(cfg)),
     "deformable_detr": lambda cfg: build_deformable(deformable_config(cfg)),
+    "dino": lambda cfg: build_dino(dino_config(cfg)),
 }
 
 
