@@ -20,7 +20,7 @@ from models.deformable_detr import build as build_deformable
 from models.deformable_transformer import DeformableTransformerConfig
 from models.detr import DETRConfig
 from models.detr import build as build_detr
-from models.dino import DINOConfig
+from models.dino import DINO, DINOConfig
 from models.dino import build as build_dino
 from models.dino_transformer import DINOTransformerConfig
 from models.matcher import MatcherConfig
@@ -157,6 +157,12 @@ MODEL_BUILDERS: dict[str, Callable[[ModelConfig], BuildResult]] = {
     "deformable_detr": lambda cfg: build_deformable(deformable_config(cfg)),
     "dino": lambda cfg: build_dino(dino_config(cfg)),
 }
+
+
+def takes_targets(model: nn.Module) -> bool:
+    """Whether ``model`` (or the one DDP wraps) takes the targets in training: DINO, for its
+    denoising queries."""
+    return isinstance(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model, DINO)
 
 
 def build_model(args: argparse.Namespace | ModelConfig) -> BuildResult:

@@ -1,0 +1,99 @@
+"""``main.py --model dino`` end to end on the generated data: train through the real command line,
+resume with ``--resume auto`` bit for bit (the denoising noise comes from the run's checkpointed
+generators), evaluate the checkpoint without repeating its flags, fine-tune it to another class
+count (class heads and the denoising label embedding re-initialised); DINO flags refused elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import TINY
+
+import main as main_module
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny run's flags with a 2-level DINO (hidden 32: GroupNorm(32)), 10 queries, 6 denoising groups.
+TINY_DINO = [
+    *TINY, "--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--batch_size", "2",
+    "--attn_impl", "pytorch", "--dn_number", "3",
+]  # fmt: skip
+
+
+def parse(argv: list[str]):
+    return main_module.get_args_parser().parse_args(argv)
+
+
+@pytest.mark.slow
+def test_dino_train_resume_eval_finetune(synthetic_coco, tmp_path, capsys):
+    common = [*TINY_DINO, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    full = tmp_path / "full"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *common, "--epochs", "2", "--output_dir", str(full)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = [json.loads(line) for line in (full / "log.txt").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [0, 1]
+    assert log[0]["train_loss_ce_dn"] > 0 and "train_loss_bbox_dn_0" in log[0] and "train_loss_ce_interm" in log[0]
+    assert {"AP", "AP50"} <= set(json.loads((full / "eval.json").read_text())["bbox"])
+
+    part = tmp_path / "part"
+    main_module.main(parse([*common, "--epochs", "1", "--output_dir", str(part)]))
+    main_module.main(parse([*common, "--epochs", "2", "--output_dir", str(part), "--resume", "auto"]))
+    a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (full, part))
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    logs = [(d / "log.txt").read_text().splitlines() for d in (full, part)]
+    assert json.loads(logs[0][1])["train_loss"] == json.loads(logs[1][1])["train_loss"]
+
+    capsys.readouterr()
+    main_module.main(parse(["--coco_path", str(synthetic_coco), "--device", "cpu", "--num_workers", "0",
+                            "--eval", "--resume", str(full / "checkpoint.pth"), "--output_dir", str(tmp_path / "ev")]))  # fmt: skip
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["bbox"]["AP"] == log[-1]["test_coco_eval_bbox"][0]
+
+    main_module.main(parse([*common, "--epochs", "1", "--num_classes", "6", "--output_dir", str(tmp_path / "ft"),
+                            "--finetune", str(full / "checkpoint.pth")]))  # fmt: skip
+    text = capsys.readouterr().out
+    assert "re-initialised class_embed.0.weight: checkpoint (4, 32), model (6, 32)" in text
+    assert "re-initialised label_enc.weight: checkpoint (5, 32), model (7, 32)" in text
+    assert "re-initialised transformer.enc_out_class_embed.weight" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "detr", "--dn_number", "5"], "--dn_number is a DINO option"),
+        (["--model", "deformable_detr", "--num_select", "100"], "--num_select is a DINO option"),
+        (["--model", "dino", "--dn_number", "-1"], "--dn_number must be >= 0"),
+        (["--model", "dino", "--dn_box_noise_scale", "1.5"], "--dn_box_noise_scale must be in [0, 1]"),
+        (["--model", "dino", "--dn_label_noise_ratio", "-0.1"], "--dn_label_noise_ratio must be in [0, 1]"),
+        (["--model", "dino", "--two_stage"], "--two_stage: DINO always"),
+        (["--model", "dino", "--num_feature_levels", "1"], "--num_feature_levels must be >= 2"),
+    ],
+)
+def test_bad_dino_flags_are_one_line_errors(argv, message):
+    from util.config import resolve
+
+    with pytest.raises(SystemExit) as e:
+        resolve(parse(argv))
+    assert message in str(e.value.code) and "\n" not in str(e.value.code)
+
+
+def test_dino_preset_is_the_official_4scale():
+    from util.config import resolve
+
+    args = resolve(parse(["--model", "dino"]))
+    assert (args.num_queries, args.dim_feedforward, args.lr, args.lr_backbone, args.epochs, args.lr_drop) == (
+        900, 2048, 1e-4, 1e-5, 12, 11,
+    )  # fmt: skip
+    assert (args.dropout, args.cls_loss_coef, args.num_select, args.dn_number) == (0.0, 1.0, 300, 100)
+    assert (args.dn_label_noise_ratio, args.dn_box_noise_scale, args.num_feature_levels) == (0.5, 0.4, 4)
+    assert args.lr_backbone_names == ["backbone"] and args.lr_linear_proj_names == []
