@@ -97,3 +97,24 @@ def test_dino_preset_is_the_official_4scale():
     assert (args.dropout, args.cls_loss_coef, args.num_select, args.dn_number) == (0.0, 1.0, 300, 100)
     assert (args.dn_label_noise_ratio, args.dn_box_noise_scale, args.num_feature_levels) == (0.5, 0.4, 4)
     assert args.lr_backbone_names == ["backbone"] and args.lr_linear_proj_names == []
+
+
+def test_dino_config_scripts_give_valid_settings(tmp_path):
+    """configs/dino_*.sh pass main.py flags that resolve: the official schedules and box noise."""
+    from util.config import resolve
+
+    launcher = tmp_path / "launch"
+    launcher.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    launcher.chmod(0o755)
+    seen = {}
+    for name in ("dino_4scale", "dino_4scale_24ep", "dino_5scale"):
+        proc = subprocess.run([str(ROOT / "configs" / f"{name}.sh"), "--coco_path", "coco"], env={
+            **os.environ, "LAUNCH": str(launcher)}, capture_output=True, text=True, check=True)  # fmt: skip
+        args = resolve(parse(proc.stdout.splitlines()[1:]))
+        seen[name] = (args.model, args.epochs, args.lr_drop, args.batch_size, args.num_feature_levels)
+        assert args.dn_box_noise_scale == 1.0 and args.num_queries == 900
+    assert seen == {
+        "dino_4scale": ("dino", 12, 11, 2, 4),
+        "dino_4scale_24ep": ("dino", 24, 20, 2, 4),
+        "dino_5scale": ("dino", 12, 11, 1, 5),
+    }
