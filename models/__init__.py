@@ -201,13 +201,15 @@ def architecture_from_state_dict(state: dict) -> dict:
     ``model``, ``num_classes``, ``num_queries``, ``hidden_dim``, ``enc_layers``, ``dec_layers``,
     ``dim_feedforward``, ``pre_norm`` (DETR), ``masks``, ``position_embedding`` (learned or not),
     ``backbone`` (torchvision ResNets), ``train_backbone_all`` (learning BatchNorm), and for
-    Deformable DETR ``num_feature_levels``, ``with_box_refine``, ``two_stage``. Not determined by
+    Deformable DETR ``num_feature_levels``, ``with_box_refine``, ``two_stage`` (DINO, told by its
+    denoising label embedding: ``num_feature_levels``). Not determined by
     shapes: ``nheads``, ``dilation``, the number of sampling points per head.
     """
     masks = any(k.startswith("detr.") for k in state)
     p = "detr." if masks else ""
     deformable = f"{p}transformer.level_embed" in state
-    out: dict = {"model": "deformable_detr" if deformable else "detr", "masks": masks}
+    dino = f"{p}label_enc.weight" in state  # DINO's denoising label embedding
+    out: dict = {"model": "dino" if dino else "deformable_detr" if deformable else "detr", "masks": masks}
     num_classes = num_classes_from_state_dict(state)
     if num_classes is not None:
         out["num_classes"] = num_classes
@@ -218,7 +220,10 @@ def architecture_from_state_dict(state: dict) -> dict:
         ffn = state.get(f"{p}transformer.decoder.layers.0.linear1.weight")
     if ffn is not None:
         out["dim_feedforward"], out["hidden_dim"] = int(ffn.shape[0]), int(ffn.shape[1])
-    if deformable:
+    if dino:
+        out["num_feature_levels"] = int(state[f"{p}transformer.level_embed"].shape[0])
+        out["num_queries"] = int(state[f"{p}transformer.tgt_embed.weight"].shape[0])
+    elif deformable:
         out["num_feature_levels"] = int(state[f"{p}transformer.level_embed"].shape[0])
         out["two_stage"] = f"{p}transformer.enc_output.weight" in state
         out["with_box_refine"] = f"{p}transformer.decoder.bbox_embed.0.layers.0.weight" in state

@@ -115,3 +115,33 @@ def test_denoising_queries_match_the_official_draw(case):
     assert torch.equal(dn.labels, ref["labels"])
     assert torch.equal(dn.attn_mask, ref["attn_mask"])
     torch.testing.assert_close(dn.boxes, ref["boxes"], atol=1e-6, rtol=0)
+
+
+def test_architecture_from_official_weights_and_wrong_model_error(case):
+    """The weights alone rebuild the official model (strict load); given to Deformable DETR, a
+    one-line error that names the DINO keys (DINO's decoder norm first) and --model."""
+    from models import architecture_from_state_dict
+    from util.checkpoint import CheckpointError, load_model_state
+
+    golden, model = case[0], case[1]
+    state = model.state_dict()
+    arch = architecture_from_state_dict(state)
+    levels = golden["config"]["num_feature_levels"]
+    assert arch["model"] == "dino" and arch["num_feature_levels"] == levels and arch["num_queries"] == 20
+    assert (arch["hidden_dim"], arch["dim_feedforward"], arch["num_classes"], arch["backbone"]) == (
+        256,
+        64,
+        20,
+        "resnet50",
+    )
+    rebuilt, _, _ = build_model(
+        resolve(golden_args({**arch, "dn_number": golden["config"]["dn_number"]}, attn_impl="pytorch"))
+    )
+    rebuilt.load_state_dict(state, strict=True)
+
+    deformable, _, _ = build_model(resolve(golden_args({**arch, "model": "deformable_detr", "num_queries": 20})))
+    with pytest.raises(CheckpointError) as e:
+        load_model_state(deformable, state, "checkpoint0011_4scale.pth")
+    msg = str(e.value)
+    assert "checkpoint0011_4scale.pth" in msg and "unexpected keys: transformer.decoder.norm.weight" in msg
+    assert "--model" in msg and "\n" not in msg
