@@ -1,6 +1,7 @@
 """``main.py --model dino`` end to end on the generated data: train through the real command line,
 resume with ``--resume auto`` bit for bit (the denoising noise comes from the run's checkpointed
-generators), evaluate the checkpoint without repeating its flags, fine-tune it to another class
+generators), evaluate the checkpoint without repeating its flags, detect with tools/predict.py,
+fine-tune it to another class
 count (class heads and the denoising label embedding re-initialised); DINO flags refused elsewhere."""
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def test_dino_train_resume_eval_finetune(synthetic_coco, tmp_path, capsys):
     main_module.main(parse(["--coco_path", str(synthetic_coco), "--device", "cpu", "--num_workers", "0",
                             "--eval", "--resume", str(full / "checkpoint.pth"), "--output_dir", str(tmp_path / "ev")]))  # fmt: skip
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["bbox"]["AP"] == log[-1]["test_coco_eval_bbox"][0]
+
+    pred = tmp_path / "pred"  # the tools on a DINO checkpoint: no denoising queries at inference
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "predict.py"), "--checkpoint", str(full / "checkpoint.pth"),
+         "--output", str(pred), "--threshold", "0", "--no_drawings", str(synthetic_coco / "val2017")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    detections = json.loads((pred / "predictions.json").read_text())
+    assert len(detections) == 6 * 10 * 4  # 6 images x min(--num_select 300, 10 queries x 4 classes)
+    assert {d["category_id"] for d in detections} <= {0, 1, 2, 3}
 
     main_module.main(parse([*common, "--epochs", "1", "--num_classes", "6", "--output_dir", str(tmp_path / "ft"),
                             "--finetune", str(full / "checkpoint.pth")]))  # fmt: skip
@@ -118,3 +130,14 @@ def test_dino_config_scripts_give_valid_settings(tmp_path):
         "dino_4scale_24ep": ("dino", 24, 20, 2, 4),
         "dino_5scale": ("dino", 12, 11, 1, 5),
     }
+
+
+def test_hub_entries_build_dino_and_name_the_official_weights():
+    import hubconf
+    from util.checkpoint import CheckpointError
+
+    model, post = hubconf.dino_5scale(num_classes=3, return_postprocessor=True)
+    assert model.transformer.level_embed.shape == (5, 256) and model.label_enc.weight.shape == (4, 256)
+    assert model.transformer.tgt_embed.weight.shape[0] == 900 and post.num_select == 300
+    with pytest.raises(CheckpointError, match="checkpoint0011_4scale.pth.*drive.google.com"):
+        hubconf.dino_4scale(pretrained=True)
