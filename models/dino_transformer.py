@@ -180,6 +180,8 @@ class DINOTransformer(nn.Module):
         if dn_tgt is not None and dn_refpoints is not None:
             refpoints = torch.cat([dn_refpoints, refpoints], 1)
             tgt = torch.cat([dn_tgt, tgt], 1)
+        if attn_mask is not None:  # fewer encoder tokens than num_queries: fewer matching queries
+            attn_mask = attn_mask[: tgt.shape[1], : tgt.shape[1]]
         hs, references = self.decoder(
             tgt, refpoints, memory, spatial_shapes, level_start_index, valid_ratios, mask, attn_mask
         )

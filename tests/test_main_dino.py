@@ -89,6 +89,7 @@ def test_dino_train_resume_eval_finetune(synthetic_coco, tmp_path, capsys):
         (["--model", "dino", "--dn_label_noise_ratio", "-0.1"], "--dn_label_noise_ratio must be in [0, 1]"),
         (["--model", "dino", "--two_stage"], "--two_stage: DINO always"),
         (["--model", "dino", "--num_feature_levels", "1"], "--num_feature_levels must be >= 2"),
+        (["--model", "dino", "--masks"], "--masks is not supported with --model dino"),
     ],
 )
 def test_bad_dino_flags_are_one_line_errors(argv, message):
@@ -141,3 +142,21 @@ def test_hub_entries_build_dino_and_name_the_official_weights():
     assert model.transformer.tgt_embed.weight.shape[0] == 900 and post.num_select == 300
     with pytest.raises(CheckpointError, match="checkpoint0011_4scale.pth.*drive.google.com"):
         hubconf.dino_4scale(pretrained=True)
+
+
+def test_training_on_images_with_fewer_tokens_than_queries():
+    """900 queries (the preset) on a 64 px image: fewer encoder tokens than queries, the denoising
+    attention mask cut to the queries selected; one training forward and loss."""
+    from models import build_model
+    from util.config import resolve
+
+    args = resolve(parse(["--model", "dino", "--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim",
+                          "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "32",
+                          "--num_classes", "3", "--num_feature_levels", "2", "--dn_number", "2", "--device", "cpu",
+                          "--attn_impl", "pytorch"]))  # fmt: skip
+    model, criterion, _ = build_model(args)
+    targets = [{"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.2, 0.2]])}]
+    out = model(torch.randn(1, 3, 64, 64), targets)
+    assert out["pred_logits"].shape == (1, 4 * 4 + 2 * 2, 3)  # every token of layer3 (4x4) and layer4 (2x2)
+    losses = criterion(out, targets)
+    assert losses["loss_ce_dn"] > 0 and all(torch.isfinite(v) for v in losses.values())

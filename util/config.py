@@ -152,6 +152,7 @@ class ModelConfig:
                 _check(
                     not getattr(self, name), f"--{name}: DINO always refines its boxes and selects two-stage queries"
                 )
+            _check(not self.masks, "--masks is not supported with --model dino (no segmentation head)")
             _check(
                 self.num_feature_levels >= 2,
                 f"--num_feature_levels must be >= 2 for DINO, got {self.num_feature_levels}",
