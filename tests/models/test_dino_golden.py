@@ -145,3 +145,20 @@ def test_architecture_from_official_weights_and_wrong_model_error(case):
     msg = str(e.value)
     assert "checkpoint0011_4scale.pth" in msg and "unexpected keys: transformer.decoder.norm.weight" in msg
     assert "--model" in msg and "\n" not in msg
+
+
+def test_official_style_checkpoint_loads_without_flags(case, tmp_path):
+    """A checkpoint as the official code saves it (``model`` and its ``argparse.Namespace`` args,
+    no ``--model``): rebuilt as DINO from the weights and args, the official evaluation outputs."""
+    import argparse
+
+    from models.loading import build_model_from_checkpoint
+
+    golden, model = case[0], case[1]
+    path = tmp_path / "checkpoint0011_4scale.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(**golden["config"]), "epoch": 11}, path)
+    loaded = build_model_from_checkpoint(str(path), device="cpu")
+    assert loaded.args.model == "dino" and loaded.args.num_feature_levels == golden["config"]["num_feature_levels"]
+    with torch.no_grad():
+        out = loaded.model(NestedTensor(golden["samples_tensors"], golden["samples_mask"]))
+    _close(out, golden["eval_outputs"], "loaded")
