@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -104,6 +105,27 @@ def flatten_levels(
         src_flatten_t, torch.cat(mask_flatten, 1), torch.cat(lvl_pos_embed_flatten, 1), spatial_shapes,
         level_start_index, valid_ratios,
     )  # fmt: skip
+
+
+def reset_deformable_parameters(module: nn.Module) -> None:
+    """Xavier-uniform for every matrix of ``module``, then the deformable attentions' own
+    initialisation (Deformable DETR's and DINO's transformers)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for m in module.modules():
+        if isinstance(m, MSDeformAttn):
+            m._reset_parameters()
+
+
+def validate_transformer_settings(cfg: Any) -> None:
+    """``ValueError`` naming the flag for settings of a deformable transformer config (Deformable
+    DETR's or DINO's) it cannot be built with."""
+    if cfg.hidden_dim % cfg.nheads:
+        raise ValueError(f"--hidden_dim ({cfg.hidden_dim}) must be divisible by --nheads ({cfg.nheads})")
+    for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 class DeformableTransformerEncoderLayer(nn.Module):
@@ -374,12 +396,7 @@ class DeformableTransformer(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m._reset_parameters()
+        reset_deformable_parameters(self)
         if not self.two_stage:
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
@@ -482,11 +499,7 @@ class DeformableTransformerConfig:
 
     def validate(self) -> None:
         """``ValueError`` naming the flag for values the transformer cannot be built with."""
-        if self.hidden_dim % self.nheads:
-            raise ValueError(f"--hidden_dim ({self.hidden_dim}) must be divisible by --nheads ({self.nheads})")
-        for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        validate_transformer_settings(self)
 
 
 def build_deformable_transformer(cfg: DeformableTransformerConfig) -> DeformableTransformer:

@@ -23,9 +23,10 @@ from models.deformable_transformer import (
     encoder_output_proposals,
     flatten_levels,
     inverse_sigmoid,
+    reset_deformable_parameters,
+    validate_transformer_settings,
 )
 from models.detr import MLP
-from models.ops import MSDeformAttn
 from models.ops.ms_deform_attn_pytorch import SpatialShapes
 from models.transformer import get_clones
 
@@ -134,12 +135,7 @@ class DINOTransformer(nn.Module):
         self.enc_out_class_embed: nn.Module | None = None
         self.enc_out_bbox_embed: nn.Module | None = None
         nn.init.normal_(self.tgt_embed.weight)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m._reset_parameters()
+        reset_deformable_parameters(self)
         nn.init.normal_(self.level_embed)
 
     def forward(
@@ -206,11 +202,7 @@ class DINOTransformerConfig:
 
     def validate(self) -> None:
         """``ValueError`` naming the flag for values the transformer cannot be built with."""
-        if self.hidden_dim % self.nheads:
-            raise ValueError(f"--hidden_dim ({self.hidden_dim}) must be divisible by --nheads ({self.nheads})")
-        for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        validate_transformer_settings(self)
         if self.hidden_dim % 4:
             raise ValueError(f"--hidden_dim must be divisible by 4 for DINO's box embedding, got {self.hidden_dim}")
 
