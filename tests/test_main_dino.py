@@ -1,8 +1,8 @@
 """``main.py --model dino`` end to end on the generated data: train through the real command line,
 resume with ``--resume auto`` bit for bit (the denoising noise comes from the run's checkpointed
-generators), evaluate the checkpoint without repeating its flags, detect with tools/predict.py,
-fine-tune it to another class
-count (class heads and the denoising label embedding re-initialised); DINO flags refused elsewhere."""
+generators), evaluate the checkpoint without repeating its flags, detect with tools/predict.py;
+fine-tune to another class count (class heads and the denoising label embedding re-initialised);
+DINO flags refused elsewhere; the recipe scripts and hub entries."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import main as main_module
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny run's flags with a 2-level DINO (hidden 32: GroupNorm(32)), 10 queries, 6 denoising groups.
 TINY_DINO = [
-    *TINY, "--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--batch_size", "2",
-    "--attn_impl", "pytorch", "--dn_number", "3",
+    *TINY, "--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--attn_impl", "pytorch",
+    "--dn_number", "3",
 ]  # fmt: skip
 
 
@@ -31,7 +31,7 @@ def parse(argv: list[str]):
 
 
 @pytest.mark.slow
-def test_dino_train_resume_eval_finetune(synthetic_coco, tmp_path, capsys):
+def test_dino_train_resume_eval_predict(synthetic_coco, tmp_path):
     common = [*TINY_DINO, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     full = tmp_path / "full"
@@ -55,7 +55,6 @@ def test_dino_train_resume_eval_finetune(synthetic_coco, tmp_path, capsys):
     logs = [(d / "log.txt").read_text().splitlines() for d in (full, part)]
     assert json.loads(logs[0][1])["train_loss"] == json.loads(logs[1][1])["train_loss"]
 
-    capsys.readouterr()
     main_module.main(parse(["--coco_path", str(synthetic_coco), "--device", "cpu", "--num_workers", "0",
                             "--eval", "--resume", str(full / "checkpoint.pth"), "--output_dir", str(tmp_path / "ev")]))  # fmt: skip
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["bbox"]["AP"] == log[-1]["test_coco_eval_bbox"][0]
@@ -71,12 +70,24 @@ def test_dino_train_resume_eval_finetune(synthetic_coco, tmp_path, capsys):
     assert len(detections) == 6 * 10 * 4  # 6 images x min(--num_select 300, 10 queries x 4 classes)
     assert {d["category_id"] for d in detections} <= {0, 1, 2, 3}
 
-    main_module.main(parse([*common, "--epochs", "1", "--num_classes", "6", "--output_dir", str(tmp_path / "ft"),
-                            "--finetune", str(full / "checkpoint.pth")]))  # fmt: skip
-    text = capsys.readouterr().out
-    assert "re-initialised class_embed.0.weight: checkpoint (4, 32), model (6, 32)" in text
-    assert "re-initialised label_enc.weight: checkpoint (5, 32), model (7, 32)" in text
-    assert "re-initialised transformer.enc_out_class_embed.weight" in text
+
+def test_finetune_reinitialises_dino_class_heads_and_label_embedding():
+    """--finetune's loader (util.checkpoint.load_finetune_weights) from a 4-class DINO into a
+    6-class one: the class heads (decoder and proposals) and the denoising label embedding keep
+    their fresh initialisation, every other weight is loaded."""
+    from models import build_model
+    from util.checkpoint import load_finetune_weights
+    from util.config import resolve
+
+    def tiny(num_classes: int):
+        return build_model(resolve(parse([*TINY_DINO, "--num_classes", str(num_classes)])))[0]
+
+    source, target = tiny(4), tiny(6)
+    notes = "\n".join(load_finetune_weights(target, source.state_dict(), "dino.pth"))
+    assert "re-initialised class_embed.0.weight: checkpoint (4, 32), model (6, 32)" in notes
+    assert "re-initialised label_enc.weight: checkpoint (5, 32), model (7, 32)" in notes
+    assert "re-initialised transformer.enc_out_class_embed.weight" in notes
+    assert torch.equal(target.transformer.tgt_embed.weight, source.transformer.tgt_embed.weight)
 
 
 @pytest.mark.parametrize(
