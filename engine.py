@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models import takes_targets
 from util.distributed import all_gather, reduce_dict
 from util.logging import MetricLogger, SmoothedValue, write_text_atomic
 from util.optim import clip_grads, total_grad_norm
@@ -148,7 +149,7 @@ def _micro_batch(
     returns its loss terms averaged over ranks."""
     weight_dict = criterion.weight_dict
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        outputs = model(samples)
+        outputs = model(samples, targets) if takes_targets(model) else model(samples)  # DINO: denoising queries
     outputs = _float_outputs(outputs)
     bad_output = first_nonfinite(outputs)
     if bad_output is not None:  # keep every rank in step: the NaN losses reach all of them

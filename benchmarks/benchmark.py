@@ -1,4 +1,4 @@
-"""Inference FPS, training images/s and peak memory of DETR / Deformable DETR, alone or against the official code.
+"""Inference FPS, training images/s and peak memory of DETR / Deformable DETR / DINO (ours only), alone or against the official code.
 
     python benchmarks/benchmark.py --model deformable_detr --with_box_refine --two_stage \
         --batch_size 1 4 8 --amp none bf16 --compare_official ~/Deformable-DETR
@@ -33,6 +33,7 @@ from benchmarks.common import (  # noqa: E402
     time_alternately,
 )
 from benchmarks.official import CodeBase, build_official, build_ours, cleanup, copy_weights, load_official  # noqa: E402
+from models import takes_targets  # noqa: E402
 from models.optimize import AMP_DTYPES, cast_floating, optimize_for_inference  # noqa: E402
 
 OPTIMIZE_LABELS = {"none": "ours", "fast": "ours-fast", "compile": "ours-compile"}
@@ -40,7 +41,7 @@ OPTIMIZE_LABELS = {"none": "ours", "fast": "ours-fast", "compile": "ours-compile
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other flags go to main.py's parser.")
-    p.add_argument("--model", default="detr", choices=["detr", "deformable_detr"])
+    p.add_argument("--model", default="detr", choices=["detr", "deformable_detr", "dino"])
     p.add_argument("--batch_size", type=int, nargs="+", default=None, help="default 1 4 8 (CPU: 1)")
     p.add_argument("--amp", nargs="+", default=["none"], choices=sorted(AMP_DTYPES))
     p.add_argument(
@@ -124,6 +125,7 @@ class Side:
         optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-4, fused=fused or None)
         weights = self.criterion.weight_dict
         scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        denoising = self.codebase is None and takes_targets(self.model)  # DINO trains with its denoising queries
 
         def step() -> torch.Tensor:
             samples, targets = next(turn)
@@ -131,7 +133,7 @@ class Side:
                 self.model.train()
                 self.criterion.train()
                 with torch.autocast(self.device.type, dtype or torch.float32, enabled=dtype is not None):
-                    outputs = self.model(samples)
+                    outputs = self.model(samples, targets) if denoising else self.model(samples)
                 losses = self.criterion(cast_floating(outputs), targets)
                 loss = sum(losses[k] * weights[k] for k in losses if k in weights)
                 optimizer.zero_grad(set_to_none=True)
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace, model_flags: list[str]) -> list[dict[str, Any]
     else:
         gen = torch.Generator().manual_seed(args.seed)
         all_images = [torch.randn(3, h, w, generator=gen).to(device) for _ in range(max(batches))]
-    sigmoid = args.model == "deformable_detr"  # focal-loss logits
+    sigmoid = args.model in ("deformable_detr", "dino")  # focal-loss logits
     if "official" in sides:
         official = sides["official"]
         ref = official.inference_fn(all_images[:1], "none")()

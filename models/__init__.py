@@ -20,6 +20,9 @@ from models.deformable_detr import build as build_deformable
 from models.deformable_transformer import DeformableTransformerConfig
 from models.detr import DETRConfig
 from models.detr import build as build_detr
+from models.dino import DINO, DINOConfig
+from models.dino import build as build_dino
+from models.dino_transformer import DINOTransformerConfig
 from models.matcher import MatcherConfig
 from models.position_encoding import PositionEncodingConfig
 from models.transformer import TransformerConfig
@@ -30,7 +33,9 @@ BuildResult = tuple[nn.Module, SetCriterion, dict[str, nn.Module]]
 DETR_RETURN_LAYERS_MASKS = ("layer1", "layer2", "layer3", "layer4")
 
 
-def backbone_config(cfg: ModelConfig, return_layers: tuple[str, ...], offset: float = 0.0) -> BackboneConfig:
+def backbone_config(
+    cfg: ModelConfig, return_layers: tuple[str, ...], offset: float = 0.0, temperature: int = 10000
+) -> BackboneConfig:
     """The backbone's arguments. No ImageNet weights when a checkpoint will replace them all."""
     weights = cfg.backbone_weights if cfg.load_backbone_weights and cfg.backbone_weights != "none" else None
     return BackboneConfig(
@@ -42,7 +47,11 @@ def backbone_config(cfg: ModelConfig, return_layers: tuple[str, ...], offset: fl
         weights=weights or None,
         per_image=cfg.backbone_per_image,
         position=PositionEncodingConfig(
-            kind=cfg.position_embedding, hidden_dim=cfg.hidden_dim, scale=cfg.position_embedding_scale, offset=offset
+            kind=cfg.position_embedding,
+            hidden_dim=cfg.hidden_dim,
+            scale=cfg.position_embedding_scale,
+            offset=offset,
+            temperature=temperature,
         ),
     )
 
@@ -89,6 +98,22 @@ def detr_config(cfg: ModelConfig) -> DETRConfig:
     )
 
 
+def _deformable_transformer_settings(cfg: ModelConfig) -> dict:
+    """The settings Deformable DETR's and DINO's transformer configs share."""
+    names = ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "dropout", "num_feature_levels",
+             "dec_n_points", "enc_n_points", "num_queries", "attn_impl")  # fmt: skip
+    return {name: getattr(cfg, name) for name in names}
+
+
+def _focal_loss_config(cfg: ModelConfig) -> LossConfig:
+    return LossConfig(
+        cls_loss_coef=cfg.cls_loss_coef,
+        bbox_loss_coef=cfg.bbox_loss_coef,
+        giou_loss_coef=cfg.giou_loss_coef,
+        focal_alpha=cfg.focal_alpha,
+    )
+
+
 def deformable_config(cfg: ModelConfig) -> DeformableDETRConfig:
     """Deformable DETR's arguments."""
     levels = cfg.num_feature_levels
@@ -100,34 +125,44 @@ def deformable_config(cfg: ModelConfig) -> DeformableDETRConfig:
         # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
         # fails with 2 levels, which here use layer3-4).
         backbone=backbone_config(cfg, ("layer2", "layer3", "layer4")[-min(levels, 3) :], offset=-0.5),
-        transformer=DeformableTransformerConfig(
-            hidden_dim=cfg.hidden_dim,
-            nheads=cfg.nheads,
-            enc_layers=cfg.enc_layers,
-            dec_layers=cfg.dec_layers,
-            dim_feedforward=cfg.dim_feedforward,
-            dropout=cfg.dropout,
-            num_feature_levels=levels,
-            dec_n_points=cfg.dec_n_points,
-            enc_n_points=cfg.enc_n_points,
-            two_stage=cfg.two_stage,
-            num_queries=cfg.num_queries,
-            attn_impl=cfg.attn_impl,
-        ),
+        transformer=DeformableTransformerConfig(**_deformable_transformer_settings(cfg), two_stage=cfg.two_stage),
         matcher=_matcher_config(cfg),
-        loss=LossConfig(
-            cls_loss_coef=cfg.cls_loss_coef,
-            bbox_loss_coef=cfg.bbox_loss_coef,
-            giou_loss_coef=cfg.giou_loss_coef,
-            focal_alpha=cfg.focal_alpha,
-        ),
+        loss=_focal_loss_config(cfg),
+    )
+
+
+def dino_config(cfg: ModelConfig) -> DINOConfig:
+    """DINO's arguments: the backbone's layer2-4 (4 scales) or layer1-4 (5 scales, as the official
+    DINO-5scale), the sine position encoding with temperature 20, as officially."""
+    levels = cfg.num_feature_levels
+    stages = (
+        ("layer1", "layer2", "layer3", "layer4") if levels >= 5 else ("layer2", "layer3", "layer4")[-min(levels, 3) :]
+    )
+    return DINOConfig(
+        num_classes=_check_num_classes(cfg),
+        aux_loss=cfg.aux_loss,
+        dn_number=cfg.dn_number,
+        dn_label_noise_ratio=cfg.dn_label_noise_ratio,
+        dn_box_noise_scale=cfg.dn_box_noise_scale,
+        num_select=cfg.num_select,
+        backbone=backbone_config(cfg, stages, temperature=20),
+        transformer=DINOTransformerConfig(**_deformable_transformer_settings(cfg)),
+        matcher=_matcher_config(cfg),
+        loss=_focal_loss_config(cfg),
     )
 
 
 MODEL_BUILDERS: dict[str, Callable[[ModelConfig], BuildResult]] = {
     "detr": lambda cfg: build_detr(detr_config(cfg)),
     "deformable_detr": lambda cfg: build_deformable(deformable_config(cfg)),
+    "dino": lambda cfg: build_dino(dino_config(cfg)),
 }
+
+
+def takes_targets(model: nn.Module) -> bool:
+    """Whether ``model`` (or the one DDP wraps) takes the targets in training: DINO, for its
+    denoising queries."""
+    return isinstance(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model, DINO)
 
 
 def build_model(args: argparse.Namespace | ModelConfig) -> BuildResult:
@@ -167,13 +202,15 @@ def architecture_from_state_dict(state: dict, nheads: int | None = None) -> dict
     ``enc_layers``, ``dec_layers``, ``dim_feedforward``, ``pre_norm`` (DETR), ``masks``,
     ``position_embedding`` (learned or not), ``backbone`` (torchvision ResNets), ``train_backbone_all``
     (learning BatchNorm), and for Deformable DETR ``num_feature_levels``, ``with_box_refine``,
-    ``two_stage`` and, given ``nheads`` (which shapes do not tell), ``enc_n_points`` / ``dec_n_points``.
+    ``two_stage`` (DINO, told by its denoising label embedding: ``num_feature_levels``,
+    ``num_queries``) and, given ``nheads`` (which shapes do not tell), ``enc_n_points`` / ``dec_n_points``.
     Not determined by shapes: ``nheads``, ``dilation``.
     """
     masks = any(k.startswith("detr.") for k in state)
     p = "detr." if masks else ""
     deformable = f"{p}transformer.level_embed" in state
-    out: dict = {"model": "deformable_detr" if deformable else "detr", "masks": masks}
+    dino = f"{p}label_enc.weight" in state  # DINO's denoising label embedding
+    out: dict = {"model": "dino" if dino else "deformable_detr" if deformable else "detr", "masks": masks}
     num_classes = num_classes_from_state_dict(state)
     if num_classes is not None:
         out["num_classes"] = num_classes
@@ -196,6 +233,9 @@ def architecture_from_state_dict(state: dict, nheads: int | None = None) -> dict
                 offsets = state.get(f"{p}transformer.{key}.sampling_offsets.weight")
                 if offsets is not None:
                     out[flag] = int(offsets.shape[0]) // (nheads * out["num_feature_levels"] * 2)
+    if dino:
+        out["num_queries"] = int(state[f"{p}transformer.tgt_embed.weight"].shape[0])
+    elif deformable:
         out["two_stage"] = f"{p}transformer.enc_output.weight" in state
         out["with_box_refine"] = f"{p}transformer.decoder.bbox_embed.0.layers.0.weight" in state
         query = state.get(f"{p}query_embed.weight")

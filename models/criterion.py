@@ -200,16 +200,8 @@ class SetCriterion(nn.Module):
         self._check_targets(targets)
         outputs_without_aux = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
         indices = self.matcher(outputs_without_aux, targets)
-        normalising = targets if group_targets is None else group_targets
         group_sizes = None if group_targets is None else [len(t["labels"]) for t in group_targets]
-
-        # Average the number of target boxes across all nodes, for normalisation.
-        num_boxes_t = torch.as_tensor(
-            [sum(len(t["labels"]) for t in normalising)], dtype=torch.float, device=next(iter(outputs.values())).device
-        )
-        if is_dist_avail_and_initialized():
-            torch.distributed.all_reduce(num_boxes_t)
-        num_boxes = torch.clamp(num_boxes_t / get_world_size(), min=1).item()
+        num_boxes = self.num_boxes(next(iter(outputs.values())).device, targets, group_targets)
 
         losses: dict[str, Tensor] = {}
         for loss in self.losses:
@@ -225,6 +217,16 @@ class SetCriterion(nn.Module):
                 bt["labels"] = torch.zeros_like(bt["labels"])
             losses.update(self._side_losses(outputs["enc_outputs"], bin_targets, num_boxes, "_enc", group_sizes))
         return losses
+
+    @staticmethod
+    def num_boxes(device: torch.device, targets: list[dict], group_targets: list[dict] | None = None) -> float:
+        """The normalisation of the box terms: the target boxes of the batch (of the accumulation
+        group with ``group_targets``), averaged over the ranks, at least 1."""
+        normalising = targets if group_targets is None else group_targets
+        num_boxes_t = torch.as_tensor([sum(len(t["labels"]) for t in normalising)], dtype=torch.float, device=device)
+        if is_dist_avail_and_initialized():
+            torch.distributed.all_reduce(num_boxes_t)
+        return torch.clamp(num_boxes_t / get_world_size(), min=1).item()
 
     def _side_losses(
         self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str, group_sizes: list[int] | None = None

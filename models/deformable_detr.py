@@ -30,6 +30,60 @@ from util import box_ops
 from util.misc import NestedTensor, refuse_torchscript, to_nested_tensor
 
 
+def build_input_proj(channels: list[int], hidden_dim: int, num_feature_levels: int) -> nn.ModuleList:
+    """1x1 convolution + GroupNorm(32) per backbone stage, then a stride-2 3x3 one for each extra
+    level (Deformable DETR and DINO); Xavier-initialised, zero bias."""
+    if num_feature_levels > 1:
+        input_proj_list = []
+        for in_channels in channels:
+            input_proj_list.append(
+                nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+            )
+        in_channels = channels[-1]
+        for _ in range(num_feature_levels - len(channels)):
+            input_proj_list.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                    nn.GroupNorm(32, hidden_dim),
+                )
+            )
+            in_channels = hidden_dim
+        input_proj = nn.ModuleList(input_proj_list)
+    else:
+        input_proj = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(channels[0], hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))]
+        )
+    for proj in input_proj:
+        nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        nn.init.constant_(proj[0].bias, 0)
+    return input_proj
+
+
+def multiscale_features(
+    backbone: nn.Module, input_proj: nn.ModuleList, samples: NestedTensor
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """The projected feature levels ``[B, C, H_l, W_l]``, their padding masks ``[B, H_l, W_l]`` and
+    position encodings: the backbone's stages, then ``len(input_proj)`` minus those levels made by
+    the strided projections from the last stage."""
+    features, pos = backbone(samples)
+    pos = list(pos)
+    srcs = []
+    masks = []
+    for lvl, feat in enumerate(features):
+        src, mask = feat.decompose()
+        srcs.append(input_proj[lvl](src))
+        masks.append(mask)
+    n_srcs = len(srcs)
+    for lvl in range(n_srcs, len(input_proj)):
+        src = input_proj[lvl](features[-1].tensors if lvl == n_srcs else srcs[-1])
+        mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+        pos_l = backbone[1](NestedTensor(src, mask)).to(src.dtype)
+        srcs.append(src)
+        masks.append(mask)
+        pos.append(pos_l)
+    return srcs, masks, pos
+
+
 class DeformableDETR(nn.Module):
     """Backbone (``Joiner``) + ``DeformableTransformer`` + per-decoder-layer class and box heads.
 
@@ -59,27 +113,7 @@ class DeformableDETR(nn.Module):
         self.num_feature_levels = num_feature_levels
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
-        channels = list(backbone.feature_channels)
-        if num_feature_levels > 1:
-            input_proj_list = []
-            for in_channels in channels:
-                input_proj_list.append(
-                    nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
-                )
-            in_channels = channels[-1]
-            for _ in range(num_feature_levels - len(channels)):
-                input_proj_list.append(
-                    nn.Sequential(
-                        nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                        nn.GroupNorm(32, hidden_dim),
-                    )
-                )
-                in_channels = hidden_dim
-            self.input_proj = nn.ModuleList(input_proj_list)
-        else:
-            self.input_proj = nn.ModuleList(
-                [nn.Sequential(nn.Conv2d(channels[0], hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))]
-            )
+        self.input_proj = build_input_proj(list(backbone.feature_channels), hidden_dim, num_feature_levels)
         self.backbone = backbone
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
@@ -91,9 +125,6 @@ class DeformableDETR(nn.Module):
             self.class_embed.bias.fill_(bias_value)
         nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
         nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
 
         # Two-stage adds one prediction head for the encoder proposals.
         num_pred = transformer.decoder.num_layers + 1 if two_stage else transformer.decoder.num_layers
@@ -119,24 +150,7 @@ class DeformableDETR(nn.Module):
         Returns ``pred_logits [B, Q, num_classes]`` (sigmoid logits), ``pred_boxes [B, Q, 4]``
         (normalised cxcywh), with ``aux_loss`` the ``aux_outputs`` of the earlier decoder layers,
         and in two-stage ``enc_outputs`` (``pred_logits [B, S, num_classes]``, ``pred_boxes [B, S, 4]``)."""
-        samples = to_nested_tensor(samples)
-        features, pos = self.backbone(samples)
-        pos = list(pos)
-        srcs = []
-        masks = []
-        for lvl, feat in enumerate(features):
-            src, mask = feat.decompose()
-            srcs.append(self.input_proj[lvl](src))
-            masks.append(mask)
-        if self.num_feature_levels > len(srcs):
-            n_srcs = len(srcs)
-            for lvl in range(n_srcs, self.num_feature_levels):
-                src = self.input_proj[lvl](features[-1].tensors if lvl == n_srcs else srcs[-1])
-                mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
-                pos_l = self.backbone[1](NestedTensor(src, mask)).to(src.dtype)
-                srcs.append(src)
-                masks.append(mask)
-                pos.append(pos_l)
+        srcs, masks, pos = multiscale_features(self.backbone, self.input_proj, to_nested_tensor(samples))
 
         query_embeds = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact = self.transformer(

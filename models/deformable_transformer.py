@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,105 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     x1 = x.clamp(min=eps)
     x2 = (1 - x).clamp(min=eps)
     return torch.log(x1 / x2)
+
+
+def encoder_output_proposals(
+    memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: SpatialShapes
+) -> tuple[Tensor, Tensor]:
+    """One proposal per encoder token: its pixel centre and a size ``0.05 * 2**level`` (two-stage
+    Deformable DETR and DINO).
+
+    ``memory [B, S, C]``, ``memory_padding_mask [B, S]``, ``spatial_shapes [L, 2]`` ->
+    ``output_memory [B, S, C]`` (zeroed on padding and invalid proposals) and
+    ``output_proposals [B, S, 4]`` (inverse-sigmoid cxcywh, ``inf`` on padding and on proposals too
+    close to the border)."""
+    n, _, _ = memory.shape
+    proposals = []
+    cur = 0
+    for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
+        mask_flatten_ = memory_padding_mask[:, cur : cur + h * w].view(n, h, w, 1)
+        valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
+        valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
+        grid_y, grid_x = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=memory.device),  # = linspace(0, h - 1, h), exportable
+            torch.arange(w, dtype=torch.float32, device=memory.device),
+            indexing="ij",
+        )
+        grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
+        scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(n, 1, 1, 2)
+        grid = (grid.unsqueeze(0).expand(n, -1, -1, -1) + 0.5) / scale
+        wh = torch.ones_like(grid) * 0.05 * (2.0**lvl)
+        proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
+        cur += h * w
+    output_proposals = torch.cat(proposals, 1)
+    output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1, keepdim=True)
+    output_proposals = torch.log(output_proposals / (1 - output_proposals))
+    output_proposals = output_proposals.masked_fill(memory_padding_mask.unsqueeze(-1), float("inf"))
+    output_proposals = output_proposals.masked_fill(~output_proposals_valid, float("inf"))
+
+    output_memory = memory.masked_fill(memory_padding_mask.unsqueeze(-1), 0.0)
+    output_memory = output_memory.masked_fill(~output_proposals_valid, 0.0)
+    return output_memory, output_proposals
+
+
+def get_valid_ratio(mask: Tensor) -> Tensor:
+    """Fraction of each feature map that is not padding: ``mask [B, H, W]`` -> ``[B, 2]`` (w, h)."""
+    _, h, w = mask.shape
+    valid_h = torch.sum(~mask[:, :, 0], 1)
+    valid_w = torch.sum(~mask[:, 0, :], 1)
+    return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
+
+
+def flatten_levels(
+    srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor], level_embed: Tensor
+) -> tuple[Tensor, Tensor, Tensor, LevelSizes, Tensor, Tensor]:
+    """The feature levels as one token sequence: ``srcs``/``pos_embeds`` per level ``[B, C, H_l, W_l]``,
+    ``masks`` ``[B, H_l, W_l]``, ``level_embed [L, C]`` -> ``src [B, S, C]``, ``mask [B, S]``,
+    ``pos [B, S, C]`` (with the level embedding), the level sizes, ``level_start_index [L]`` and
+    ``valid_ratios [B, L, 2]``."""
+    src_flatten = []
+    mask_flatten = []
+    lvl_pos_embed_flatten = []
+    spatial_shapes_list = []
+    for lvl, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
+        _, _, h, w = src.shape
+        spatial_shapes_list.append((h, w))
+        src_flatten.append(src.flatten(2).transpose(1, 2))
+        mask_flatten.append(mask.flatten(1))
+        pos_embed = pos_embed.flatten(2).transpose(1, 2)
+        lvl_pos_embed_flatten.append(pos_embed + level_embed[lvl].view(1, 1, -1))
+    src_flatten_t = torch.cat(src_flatten, 1)
+    # The level sizes as a list of (h, w) holding the official [L, 2] tensor too (tensors are still
+    # accepted): no device-to-host copy per layer, and sizes that stay symbolic under torch.export.
+    spatial_shapes = LevelSizes(spatial_shapes_list, device=src_flatten_t.device)
+    sizes = spatial_shapes.tensor
+    level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.prod(1).cumsum(0)[:-1]))
+    valid_ratios = torch.stack([get_valid_ratio(m) for m in masks], 1)
+    return (
+        src_flatten_t, torch.cat(mask_flatten, 1), torch.cat(lvl_pos_embed_flatten, 1), spatial_shapes,
+        level_start_index, valid_ratios,
+    )  # fmt: skip
+
+
+def reset_deformable_parameters(module: nn.Module) -> None:
+    """Xavier-uniform for every matrix of ``module``, then the deformable attentions' own
+    initialisation (Deformable DETR's and DINO's transformers)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for m in module.modules():
+        if isinstance(m, MSDeformAttn):
+            m._reset_parameters()
+
+
+def validate_transformer_settings(cfg: Any) -> None:
+    """``ValueError`` naming the flag for settings of a deformable transformer config (Deformable
+    DETR's or DINO's) it cannot be built with."""
+    if cfg.hidden_dim % cfg.nheads:
+        raise ValueError(f"--hidden_dim ({cfg.hidden_dim}) must be divisible by --nheads ({cfg.nheads})")
+    for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 class DeformableTransformerEncoderLayer(nn.Module):
@@ -165,11 +265,14 @@ class DeformableTransformerDecoderLayer(nn.Module):
         src_spatial_shapes: SpatialShapes,
         level_start_index: Tensor,
         src_padding_mask: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
         """``tgt``, ``query_pos [B, Q, C]``, ``reference_points [B, Q, L, 2 or 4]``, memory
-        ``src [B, S, C]`` -> ``[B, Q, C]``."""
+        ``src [B, S, C]`` -> ``[B, Q, C]``. ``self_attn_mask [Q, Q]``: True where a query may not
+        attend (DINO's denoising groups)."""
         q = k = self.with_pos_embed(tgt, query_pos)
-        tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1))[0].transpose(0, 1)
+        tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1), attn_mask=self_attn_mask)[0]
+        tgt2 = tgt2.transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.cross_attn(
             self.with_pos_embed(tgt, query_pos),
@@ -293,12 +396,7 @@ class DeformableTransformer(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m._reset_parameters()
+        reset_deformable_parameters(self)
         if not self.two_stage:
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
@@ -320,48 +418,14 @@ class DeformableTransformer(nn.Module):
     def gen_encoder_output_proposals(
         self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: SpatialShapes
     ) -> tuple[Tensor, Tensor]:
-        """One proposal per encoder token: its pixel centre and a size ``0.05 * 2**level``.
-
-        ``memory [B, S, C]``, ``memory_padding_mask [B, S]``, ``spatial_shapes [L, 2]`` ->
-        ``output_memory [B, S, C]`` (zeroed on padding and invalid proposals, then
-        ``enc_output`` + ``enc_output_norm``) and ``output_proposals [B, S, 4]`` (inverse-sigmoid
-        cxcywh, ``inf`` on padding and on proposals too close to the border)."""
-        n, _, _ = memory.shape
-        proposals = []
-        cur = 0
-        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
-            mask_flatten_ = memory_padding_mask[:, cur : cur + h * w].view(n, h, w, 1)
-            valid_h = torch.sum(~mask_flatten_[:, :, 0, 0], 1)
-            valid_w = torch.sum(~mask_flatten_[:, 0, :, 0], 1)
-            grid_y, grid_x = torch.meshgrid(
-                torch.arange(h, dtype=torch.float32, device=memory.device),  # = linspace(0, h - 1, h), exportable
-                torch.arange(w, dtype=torch.float32, device=memory.device),
-                indexing="ij",
-            )
-            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
-            scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(n, 1, 1, 2)
-            grid = (grid.unsqueeze(0).expand(n, -1, -1, -1) + 0.5) / scale
-            wh = torch.ones_like(grid) * 0.05 * (2.0**lvl)
-            proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
-            cur += h * w
-        output_proposals = torch.cat(proposals, 1)
-        output_proposals_valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1, keepdim=True)
-        output_proposals = torch.log(output_proposals / (1 - output_proposals))
-        output_proposals = output_proposals.masked_fill(memory_padding_mask.unsqueeze(-1), float("inf"))
-        output_proposals = output_proposals.masked_fill(~output_proposals_valid, float("inf"))
-
-        output_memory = memory.masked_fill(memory_padding_mask.unsqueeze(-1), 0.0)
-        output_memory = output_memory.masked_fill(~output_proposals_valid, 0.0)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        return output_memory, output_proposals
+        """``encoder_output_proposals``, the memory then through ``enc_output`` + ``enc_output_norm``."""
+        output_memory, output_proposals = encoder_output_proposals(memory, memory_padding_mask, spatial_shapes)
+        return self.enc_output_norm(self.enc_output(output_memory)), output_proposals
 
     @staticmethod
     def get_valid_ratio(mask: Tensor) -> Tensor:
         """Fraction of each feature map that is not padding: ``mask [B, H, W]`` -> ``[B, 2]`` (w, h)."""
-        _, h, w = mask.shape
-        valid_h = torch.sum(~mask[:, :, 0], 1)
-        valid_w = torch.sum(~mask[:, 0, :], 1)
-        return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
+        return get_valid_ratio(mask)
 
     def forward(
         self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor], query_embed: Tensor | None = None
@@ -374,26 +438,9 @@ class DeformableTransformer(nn.Module):
         ``enc_outputs_class [B, S, K]`` and ``enc_outputs_coord_unact [B, S, 4]`` (else None)."""
         if not self.two_stage and query_embed is None:
             raise ValueError("DeformableTransformer: query_embed is required unless two_stage")
-        src_flatten = []
-        mask_flatten = []
-        lvl_pos_embed_flatten = []
-        spatial_shapes_list = []
-        for lvl, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
-            _, _, h, w = src.shape
-            spatial_shapes_list.append((h, w))
-            src_flatten.append(src.flatten(2).transpose(1, 2))
-            mask_flatten.append(mask.flatten(1))
-            pos_embed = pos_embed.flatten(2).transpose(1, 2)
-            lvl_pos_embed_flatten.append(pos_embed + self.level_embed[lvl].view(1, 1, -1))
-        src_flatten_t = torch.cat(src_flatten, 1)
-        mask_flatten_t = torch.cat(mask_flatten, 1)
-        lvl_pos_embed_flatten_t = torch.cat(lvl_pos_embed_flatten, 1)
-        # The level sizes as a list of (h, w) holding the official [L, 2] tensor too (tensors are still
-        # accepted): no device-to-host copy per layer, and sizes that stay symbolic under torch.export.
-        spatial_shapes = LevelSizes(spatial_shapes_list, device=src_flatten_t.device)
-        sizes = spatial_shapes.tensor
-        level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
+        src_flatten_t, mask_flatten_t, lvl_pos_embed_flatten_t, spatial_shapes, level_start_index, valid_ratios = (
+            flatten_levels(srcs, masks, pos_embeds, self.level_embed)
+        )
 
         memory = self.encoder(
             src_flatten_t, spatial_shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten_t, mask_flatten_t
@@ -452,11 +499,7 @@ class DeformableTransformerConfig:
 
     def validate(self) -> None:
         """``ValueError`` naming the flag for values the transformer cannot be built with."""
-        if self.hidden_dim % self.nheads:
-            raise ValueError(f"--hidden_dim ({self.hidden_dim}) must be divisible by --nheads ({self.nheads})")
-        for name in ("num_feature_levels", "num_queries", "enc_n_points", "dec_n_points", "dec_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        validate_transformer_settings(self)
 
 
 def build_deformable_transformer(cfg: DeformableTransformerConfig) -> DeformableTransformer:

@@ -105,10 +105,13 @@ class PositionEncodingConfig:
     hidden_dim: int = 256
     scale: float = 2 * math.pi
     offset: float = 0.0
+    temperature: int = 10000  # DINO: 20
 
 
 def _sine(cfg: PositionEncodingConfig) -> nn.Module:
-    return PositionEmbeddingSine(cfg.hidden_dim // 2, normalize=True, scale=cfg.scale, offset=cfg.offset)
+    return PositionEmbeddingSine(
+        cfg.hidden_dim // 2, cfg.temperature, normalize=True, scale=cfg.scale, offset=cfg.offset
+    )
 
 
 def _learned(cfg: PositionEncodingConfig) -> nn.Module:

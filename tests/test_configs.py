@@ -22,7 +22,7 @@ def test_expected_scripts_exist_and_parse():
         "r50_deformable_detr", "r50_deformable_detr_single_scale", "r50_deformable_detr_single_scale_dc5",
         "r50_deformable_detr_plus_iterative_bbox_refinement",
         "r50_deformable_detr_plus_iterative_bbox_refinement_plus_plus_two_stage",
-        "detr_r50_voc_finetune", "deformable_detr_voc_finetune",
+        "detr_r50_voc_finetune", "deformable_detr_voc_finetune", "dino_4scale", "dino_4scale_24ep", "dino_5scale",
     } <= names  # fmt: skip
     for p in SCRIPTS:
         assert os.access(p, os.X_OK), f"{p.name} is not executable"

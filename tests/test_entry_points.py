@@ -53,12 +53,12 @@ def test_official_flags_keep_their_defaults():
     args = main.get_args_parser().parse_args([])
     official = {"lr_backbone_names": None, "lr_linear_proj_mult": 0.1, "batch_size": 2, "weight_decay": 1e-4,
                 "clip_max_norm": 0.1, "backbone": "resnet50", "dilation": False, "position_embedding": "sine",
-                "enc_layers": 6, "dec_layers": 6, "hidden_dim": 256, "dropout": 0.1, "nheads": 8, "pre_norm": False,
+                "enc_layers": 6, "dec_layers": 6, "hidden_dim": 256, "dropout": None, "nheads": 8, "pre_norm": False,
                 "masks": False, "aux_loss": True, "set_cost_bbox": 5, "set_cost_giou": 2, "mask_loss_coef": 1,
                 "dice_loss_coef": 1, "bbox_loss_coef": 5, "giou_loss_coef": 2, "eos_coef": 0.1, "dataset_file": "coco",
                 "output_dir": "", "seed": 42, "resume": "", "start_epoch": 0, "eval": False, "num_workers": 2,
                 "world_size": 1, "dist_url": "env://", "num_feature_levels": 4, "dec_n_points": 4, "enc_n_points": 4,
-                "with_box_refine": False, "two_stage": False, "cls_loss_coef": 2, "focal_alpha": 0.25}  # fmt: skip
+                "with_box_refine": False, "two_stage": False, "cls_loss_coef": None, "focal_alpha": 0.25}  # fmt: skip
     assert {k: getattr(args, k) for k in official} == official
     resolved = {m: config.resolve(main.get_args_parser().parse_args(["--model", m])) for m in config.MODELS}
     assert (resolved["detr"].lr, resolved["detr"].lr_backbone, resolved["detr"].epochs, resolved["detr"].lr_drop) == (
@@ -66,6 +66,8 @@ def test_official_flags_keep_their_defaults():
     deformable = resolved["deformable_detr"]
     assert (deformable.lr, deformable.num_queries, deformable.dim_feedforward, deformable.set_cost_class) == (
         2e-4, 300, 1024, 2.0)  # fmt: skip
+    # dropout and the class loss weight are presets since DINO (0.0 and 1.0): the official values stay
+    assert all((resolved[m].dropout, resolved[m].cls_loss_coef) == (0.1, 2.0) for m in ("detr", "deformable_detr"))
 
 
 def test_each_setting_is_declared_once_and_the_parser_follows():

@@ -87,9 +87,11 @@ def core_model(model: nn.Module) -> nn.Module:
 
 
 def is_deformable(model: nn.Module) -> bool:
+    """Deformable DETR or DINO: sigmoid class scores, no no-object logit."""
     from models.deformable_detr import DeformableDETR
+    from models.dino import DINO
 
-    return isinstance(core_model(model), DeformableDETR)
+    return isinstance(core_model(model), (DeformableDETR, DINO))
 
 
 def load_detector(

@@ -341,8 +341,9 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 # Weights that fine-tuning may re-initialise when their shapes differ: the class heads (also the
-# two-stage encoder's and the box-refinement decoder's, which share or copy them) and the queries.
-_HEAD_PATTERN = re.compile(r"(^|\.)class_embed(\.|$)|(^|\.)query_embed\.weight$")
+# two-stage encoder's and the box-refinement decoder's, which share or copy them, and DINO's
+# proposal head), the queries and DINO's denoising label embedding (one row per class).
+_HEAD_PATTERN = re.compile(r"(^|\.)(class_embed|enc_out_class_embed)(\.|$)|(^|\.)(query_embed|label_enc)\.weight$")
 
 
 def load_finetune_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

@@ -29,20 +29,26 @@ EVALUATION = "evaluation"  # image sizes of evaluation: also taken by --eval of 
 RUNTIME = "runtime"  # where and how this process runs: never saved, never inherited
 KINDS = (ARCHITECTURE, SCHEDULE, RECIPE, DATA, EVALUATION, RUNTIME)
 
-MODELS = ("detr", "deformable_detr")
+MODELS = ("detr", "deformable_detr", "dino")
 # The defaults that depend on --model: the official values of each repository.
 PRESETS: dict[str, dict[str, Any]] = {
     "detr": {
         "lr": 1e-4, "lr_backbone": 1e-5, "epochs": 300, "lr_drop": 200, "num_queries": 100,
         "dim_feedforward": 2048, "set_cost_class": 1.0, "lr_backbone_names": ["backbone"],
-        "lr_linear_proj_names": [],
+        "lr_linear_proj_names": [], "dropout": 0.1, "cls_loss_coef": 2.0,
     },
     "deformable_detr": {
         "lr": 2e-4, "lr_backbone": 2e-5, "epochs": 50, "lr_drop": 40, "num_queries": 300,
         "dim_feedforward": 1024, "set_cost_class": 2.0, "lr_backbone_names": ["backbone.0"],
-        "lr_linear_proj_names": ["reference_points", "sampling_offsets"],
+        "lr_linear_proj_names": ["reference_points", "sampling_offsets"], "dropout": 0.1, "cls_loss_coef": 2.0,
+    },
+    "dino": {  # DINO-4scale (IDEA-Research/DINO config/DINO/DINO_4scale.py); 5 scales: --num_feature_levels 5
+        "lr": 1e-4, "lr_backbone": 1e-5, "epochs": 12, "lr_drop": 11, "num_queries": 900,
+        "dim_feedforward": 2048, "set_cost_class": 2.0, "lr_backbone_names": ["backbone"],
+        "lr_linear_proj_names": [], "dropout": 0.0, "cls_loss_coef": 1.0,  # param_dict_type 'default'
     },
 }  # fmt: skip
+DINO_SETTINGS = ("dn_number", "dn_label_noise_ratio", "dn_box_noise_scale", "num_select")  # flags of --model dino only
 
 OFFICIAL_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CHECK_IMAGES_LEVELS = ("none", "header", "full")
@@ -96,18 +102,22 @@ class ModelConfig:
     with_box_refine: bool = setting(False, ARCHITECTURE, "Deformable DETR: iterative box refinement")
     two_stage: bool = setting(False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)")
     masks: bool = setting(False, ARCHITECTURE, "train the segmentation head")
-    dropout: float = setting(0.1, RECIPE, "dropout in the transformer")
+    dropout: float | None = setting(None, RECIPE, "dropout in the transformer")
     aux_loss: bool = setting(True, RECIPE, "disable the decoder layers' auxiliary losses", flag="--no_aux_loss")
     set_cost_class: float | None = setting(None, RECIPE, "matching cost of the class")
     set_cost_bbox: float = setting(5.0, RECIPE, "matching cost of the L1 box distance")
     set_cost_giou: float = setting(2.0, RECIPE, "matching cost of the box GIoU")
     mask_loss_coef: float = setting(1.0, RECIPE, "weight of the mask focal loss")
     dice_loss_coef: float = setting(1.0, RECIPE, "weight of the mask dice loss")
-    cls_loss_coef: float = setting(2.0, RECIPE, "Deformable DETR: weight of the class focal loss")
+    cls_loss_coef: float | None = setting(None, RECIPE, "Deformable DETR, DINO: weight of the class focal loss")
     bbox_loss_coef: float = setting(5.0, RECIPE, "weight of the L1 box loss")
     giou_loss_coef: float = setting(2.0, RECIPE, "weight of the GIoU box loss")
     eos_coef: float = setting(0.1, RECIPE, "DETR: relative class weight of no-object")
     focal_alpha: float = setting(0.25, RECIPE, "Deformable DETR: alpha of the focal loss")
+    num_select: int = setting(300, EVALUATION, "DINO: detections kept per image by the post-processing")
+    dn_number: int = setting(100, RECIPE, "DINO: denoising queries (2 per target and group)")
+    dn_label_noise_ratio: float = setting(0.5, RECIPE, "DINO: twice the fraction of denoising labels changed")
+    dn_box_noise_scale: float = setting(0.4, RECIPE, "DINO: box noise of the denoising queries, in half box sizes")
     backbone_per_image: bool = setting(
         False, RECIPE, "backbone on each image at its own size: results independent of the batch"
     )
@@ -137,6 +147,24 @@ class ModelConfig:
         if self.model == "detr":
             for name in ("with_box_refine", "two_stage"):
                 _check(not getattr(self, name), f"--{name} is a Deformable DETR option: add --model deformable_detr")
+        if self.model == "dino":
+            for name in ("with_box_refine", "two_stage"):
+                _check(
+                    not getattr(self, name), f"--{name}: DINO always refines its boxes and selects two-stage queries"
+                )
+            _check(not self.masks, "--masks is not supported with --model dino (no segmentation head)")
+            _check(
+                self.num_feature_levels >= 2,
+                f"--num_feature_levels must be >= 2 for DINO, got {self.num_feature_levels}",
+            )
+        else:
+            for name in DINO_SETTINGS:
+                default = default_of(ModelConfig.__dataclass_fields__[name])
+                _check(getattr(self, name) == default, f"--{name} is a DINO option: add --model dino")
+        _check(self.dn_number >= 0, f"--dn_number must be >= 0, got {self.dn_number}")
+        for name in ("dn_label_noise_ratio", "dn_box_noise_scale"):
+            _check(0 <= getattr(self, name) <= 1, f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        _check(self.num_select >= 1, f"--num_select must be >= 1, got {self.num_select}")
         _check(
             not self.two_stage or self.with_box_refine,
             "--two_stage needs --with_box_refine (as in the official configs)",

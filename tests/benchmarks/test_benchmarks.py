@@ -234,3 +234,13 @@ def test_cpu_peak_memory_gives_the_keep_setting_back(monkeypatch: pytest.MonkeyP
         common.peak_memory_mib(lambda: torch.ones(1), torch.device("cpu"))
         mmap_max = [a[1] for name, a in libc.calls if name == "mallopt" and a[0] == M_MMAP_MAX]
         assert mmap_max == ([65536, 0] if keeping else [65536])
+
+
+def test_benchmark_runs_dino_with_its_denoising_queries(capsys: pytest.CaptureFixture) -> None:
+    """``--model dino``: inference, and training steps that include the denoising queries."""
+    from benchmarks import benchmark
+
+    rows = benchmark.main(["--model", "dino", *QUICK, *TINY, "--num_feature_levels", "2", "--dn_number", "2",
+                           "--attn_impl", "pytorch"])  # fmt: skip
+    assert {r["mode"] for r in rows} == {"inference", "train"} and all(r["images_per_s"] > 0 for r in rows)
+    assert "dino" in capsys.readouterr().out
