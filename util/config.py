@@ -30,6 +30,7 @@ RUNTIME = "runtime"  # where and how this process runs: never saved, never inher
 KINDS = (ARCHITECTURE, SCHEDULE, RECIPE, DATA, EVALUATION, RUNTIME)
 
 MODELS = ("detr", "deformable_detr")
+MODEL_NAMES = {"detr": "DETR", "deformable_detr": "Deformable DETR"}
 # The defaults that depend on --model: the official values of each repository.
 PRESETS: dict[str, dict[str, Any]] = {
     "detr": {
@@ -49,13 +50,21 @@ CHECK_IMAGES_LEVELS = ("none", "header", "full")
 
 
 def setting(
-    default: Any, kind: str, help: str, *, flag: str | None = None, choices: Sequence[Any] | None = None
+    default: Any,
+    kind: str,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Sequence[Any] | None = None,
+    only: str | None = None,
 ) -> Any:
     """A dataclass field that is a command-line setting. ``default=None`` with the name in
     ``PRESETS``: the ``--model`` preset. ``flag``: a flag name other than ``--<name>`` (for
-    ``--no_aux_loss``, whose default ``True`` becomes ``False`` when given)."""
+    ``--no_aux_loss``, whose default ``True`` becomes ``False`` when given). ``only``: the one
+    ``--model`` that reads it (another model refuses a value other than the default)."""
     assert kind in KINDS, kind
-    metadata = {"kind": kind, "help": help, "flag": flag, "choices": tuple(choices) if choices else None}
+    assert only is None or only in MODELS, only
+    metadata = {"kind": kind, "help": help, "flag": flag, "choices": tuple(choices) if choices else None, "only": only}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -80,7 +89,9 @@ class ModelConfig:
         "sine", ARCHITECTURE, "position encoding", choices=("sine", "learned", "v2", "v3")
     )
     position_embedding_scale: float = setting(2 * math.pi, ARCHITECTURE, "scale of the sine position encoding")
-    num_feature_levels: int = setting(4, ARCHITECTURE, "Deformable DETR: number of feature levels")
+    num_feature_levels: int = setting(
+        4, ARCHITECTURE, "Deformable DETR: number of feature levels", only="deformable_detr"
+    )
     train_backbone_all: bool = setting(
         False, ARCHITECTURE, "train every backbone stage, BatchNorm included (no ImageNet weights)"
     )
@@ -90,11 +101,19 @@ class ModelConfig:
     hidden_dim: int = setting(256, ARCHITECTURE, "transformer width")
     nheads: int = setting(8, ARCHITECTURE, "attention heads")
     num_queries: int | None = setting(None, ARCHITECTURE, "object queries")
-    pre_norm: bool = setting(False, ARCHITECTURE, "DETR: layer norm before attention")
-    dec_n_points: int = setting(4, ARCHITECTURE, "Deformable DETR: sampling points per head and level, decoder")
-    enc_n_points: int = setting(4, ARCHITECTURE, "Deformable DETR: sampling points per head and level, encoder")
-    with_box_refine: bool = setting(False, ARCHITECTURE, "Deformable DETR: iterative box refinement")
-    two_stage: bool = setting(False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)")
+    pre_norm: bool = setting(False, ARCHITECTURE, "DETR: layer norm before attention", only="detr")
+    dec_n_points: int = setting(
+        4, ARCHITECTURE, "Deformable DETR: sampling points per head and level, decoder", only="deformable_detr"
+    )
+    enc_n_points: int = setting(
+        4, ARCHITECTURE, "Deformable DETR: sampling points per head and level, encoder", only="deformable_detr"
+    )
+    with_box_refine: bool = setting(
+        False, ARCHITECTURE, "Deformable DETR: iterative box refinement", only="deformable_detr"
+    )
+    two_stage: bool = setting(
+        False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)", only="deformable_detr"
+    )
     masks: bool = setting(False, ARCHITECTURE, "train the segmentation head")
     dropout: float = setting(0.1, RECIPE, "dropout in the transformer")
     aux_loss: bool = setting(True, RECIPE, "disable the decoder layers' auxiliary losses", flag="--no_aux_loss")
@@ -103,11 +122,13 @@ class ModelConfig:
     set_cost_giou: float = setting(2.0, RECIPE, "matching cost of the box GIoU")
     mask_loss_coef: float = setting(1.0, RECIPE, "weight of the mask focal loss")
     dice_loss_coef: float = setting(1.0, RECIPE, "weight of the mask dice loss")
-    cls_loss_coef: float = setting(2.0, RECIPE, "Deformable DETR: weight of the class focal loss")
+    cls_loss_coef: float = setting(
+        2.0, RECIPE, "Deformable DETR: weight of the class focal loss", only="deformable_detr"
+    )
     bbox_loss_coef: float = setting(5.0, RECIPE, "weight of the L1 box loss")
     giou_loss_coef: float = setting(2.0, RECIPE, "weight of the GIoU box loss")
-    eos_coef: float = setting(0.1, RECIPE, "DETR: relative class weight of no-object")
-    focal_alpha: float = setting(0.25, RECIPE, "Deformable DETR: alpha of the focal loss")
+    eos_coef: float = setting(0.1, RECIPE, "DETR: relative class weight of no-object", only="detr")
+    focal_alpha: float = setting(0.25, RECIPE, "Deformable DETR: alpha of the focal loss", only="deformable_detr")
     backbone_per_image: bool = setting(
         False, RECIPE, "backbone on each image at its own size: results independent of the batch"
     )
@@ -134,12 +155,21 @@ class ModelConfig:
         _check(
             self.frozen_weights is None or self.masks, "--frozen_weights trains only the mask head: it needs --masks"
         )
-        if self.model == "detr":
-            for name in ("with_box_refine", "two_stage"):
-                _check(not getattr(self, name), f"--{name} is a Deformable DETR option: add --model deformable_detr")
+        ignored = [f for f in settings_of(type(self)) if f.metadata["only"] not in (None, self.model)]
+        ignored = [f for f in ignored if getattr(self, f.name) != default_of(f)]  # given, or from a checkpoint
+        if ignored:
+            raise ConfigError(_ignored_message(ignored, self.model))
+        for name in ("mask_loss_coef", "dice_loss_coef"):
+            _check(self.masks or getattr(self, name) == 1.0, f"--{name} weighs a mask loss: it needs --masks")
+        _check(
+            self.position_embedding not in ("learned", "v3") or self.position_embedding_scale == 2 * math.pi,
+            f"--position_embedding_scale scales the sine encoding: --position_embedding {self.position_embedding} "
+            "ignores it",
+        )
         _check(
             not self.two_stage or self.with_box_refine,
-            "--two_stage needs --with_box_refine (as in the official configs)",
+            "--two_stage needs --with_box_refine: without it the official code fails at the first forward pass "
+            "(its proposal head is the box refinement's last layer)",
         )
 
     @classmethod
@@ -203,6 +233,11 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         _check(self.grad_accum_steps >= 1, f"--grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
+        _check(
+            self.lr_linear_proj_names is None or bool(self.lr_linear_proj_names) or self.lr_linear_proj_mult == 0.1,
+            "--lr_linear_proj_mult applies to --lr_linear_proj_names, which are none (as for --model detr): "
+            "give those names too, or drop it",
+        )
 
 
 @dataclass(frozen=True)
@@ -505,6 +540,16 @@ def _read(part: type, args: argparse.Namespace) -> dict[str, Any]:
 
 class ConfigError(ValueError):
     """A setting's value, or a combination of settings, that cannot work; the message names the flag."""
+
+
+def _ignored_message(ignored: list[dataclasses.Field], model: str) -> str:
+    """``--x is a Deformable DETR option, which --model detr ignores: ...`` for one flag or several."""
+    names = ", ".join(f"--{f.name}" for f in ignored)
+    owners = sorted({f.metadata["only"] for f in ignored})
+    what = f"{' / '.join(MODEL_NAMES[m] for m in owners)} option"
+    if len(ignored) == 1:
+        return f"{names} is a {what}, which --model {model} ignores: drop it or use --model {owners[0]}"
+    return f"{names} are {what}s, which --model {model} ignores: drop them or use --model {owners[0]}"
 
 
 def _check(ok: bool, message: str) -> None:
