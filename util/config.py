@@ -178,7 +178,10 @@ class ModelConfig:
         values, given = _read(cls, args), vars(args)
         lr_backbone = _read(TrainConfig, args)["lr_backbone"]
         values["train_backbone"] = lr_backbone > 0
-        values["load_backbone_weights"] = not (given.get("resume") or given.get("frozen_weights"))
+        # every backbone weight comes from the checkpoint: no ImageNet download
+        values["load_backbone_weights"] = not (
+            given.get("resume") or given.get("frozen_weights") or given.get("finetune")
+        )
         values["panoptic_is_thing_map"] = given.get("panoptic_is_thing_map")
         return cls(**values)
 
@@ -481,17 +484,24 @@ def inherit(args: argparse.Namespace, given: Iterable[str], stored: dict[str, An
     """Set in ``args`` the settings not ``given`` on the command line from a checkpoint's
     ``stored`` ones. ``purpose``: ``"resume"`` takes every stored setting (of an official
     checkpoint, its architecture), ``"eval"`` the architecture and evaluation sizes,
-    ``"finetune"`` the architecture but ``num_classes``. A stored ``None`` for a setting whose
+    ``"finetune"`` the architecture but ``num_classes``, ``"frozen"`` (``--frozen_weights``, a box
+    model under a mask head) the architecture but ``masks``. A stored ``None`` for a setting whose
     default is not ``None`` (older checkpoints) means the default. Returns ``(notes, refused)``:
-    notes for the log, and the architecture changes a resumed run refuses."""
+    notes for the log, and the architecture changes a resumed run (or a frozen one) refuses."""
     given = set(given)
-    kinds = {"resume": KINDS, "eval": (ARCHITECTURE, EVALUATION), "finetune": (ARCHITECTURE,)}[purpose]
+    kinds = {
+        "resume": KINDS,
+        "eval": (ARCHITECTURE, EVALUATION),
+        "finetune": (ARCHITECTURE,),
+        "frozen": (ARCHITECTURE,),
+    }[purpose]
+    skipped = {"finetune": "num_classes", "frozen": "masks"}.get(purpose)
     if official:  # the official code's args: only its architecture flags mean the same here
         kinds = (ARCHITECTURE,)
     wanted = all_settings(*tuple(k for k in kinds if k != RUNTIME))
     notes, refused = [], []
     for name, f in wanted.items():
-        if name not in stored or (purpose == "finetune" and name == "num_classes"):
+        if name not in stored or name == skipped:
             continue
         value, kind = stored[name], f.metadata["kind"]
         if value is None and default_of(f) is not None and name not in PRESETS["detr"]:
@@ -500,7 +510,7 @@ def inherit(args: argparse.Namespace, given: Iterable[str], stored: dict[str, An
         if name not in given:
             setattr(args, name, value)
         elif _plain(current) != _plain(value):
-            if purpose == "resume" and kind == ARCHITECTURE:
+            if purpose in ("resume", "frozen") and kind == ARCHITECTURE:
                 refused.append(f"--{name} {current} (the checkpoint has {value})")
             elif purpose == "resume":
                 epoch_on = " from the resumed epoch on" if kind == SCHEDULE else ""
