@@ -60,8 +60,8 @@ def test_model_onnx_detection(variant, tmp_path):
 
 @pytest.fixture(scope="module")
 def small_image_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Checkpoints of models for 64 px images (``--val_size 64``, as ``main.py`` saves them): DETR
-    with one decoder layer (whose empty auxiliary outputs broke ``torch.export``'s file) and
+    """Checkpoints of models for 64 px images (``--val_size 64``, as ``main.py`` saves them), one
+    decoder layer each: DETR (its empty auxiliary outputs broke ``torch.export``'s file) and
     Deformable DETR with its four official feature levels (the coarsest, stride 64, is one pixel
     at 64 px: specialised to a constant, it broke the ONNX file at other sizes)."""
     folder = tmp_path_factory.mktemp("small_image_checkpoints")
