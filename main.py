@@ -88,11 +88,14 @@ def _run(args: argparse.Namespace, given: set[str], saver: CheckpointSaver) -> d
         print(f"resuming {args.resume}: --finetune {args.finetune} is not applied again (the run continues)")
         args.finetune = ""
     checkpoints = {p: _read(p) for p in {args.resume, args.finetune, args.frozen_weights or ""} if p}
-    source = args.resume or args.finetune
+    source = args.resume or args.finetune or args.frozen_weights
     if source:
         stored, official = _settings(checkpoints[source], source)
-        purpose = ("eval" if args.eval else "resume") if args.resume else "finetune"
+        purpose = ("eval" if args.eval else "resume") if args.resume else "finetune" if args.finetune else "frozen"
         notes, refused = config.inherit(args, given, stored, purpose, official)
+        if refused and purpose == "frozen":
+            raise SystemExit(f"error: --frozen_weights {source} fixes the box model's architecture: drop "
+                             f"{'; '.join(refused)}")  # fmt: skip
         if refused:
             raise SystemExit(
                 f"error: resuming {source} cannot change the architecture: {'; '.join(refused)}. Drop these flags "
@@ -142,6 +145,9 @@ def _run(args: argparse.Namespace, given: set[str], saver: CheckpointSaver) -> d
         if getattr(ds, "num_degenerate_boxes", 0):
             print(f"{name}: dropped {ds.num_degenerate_boxes} degenerate box(es) (zero or negative width/height) "
                   f"from {ds.ann_file}")  # fmt: skip
+    if dataset_train is not None and (small := datasets.small_images_warning(dataset_train, args.train_scales,
+                                                                               args.max_size)):  # fmt: skip
+        print(f"warning: {small}")
     reference = dataset_train if dataset_train is not None else dataset_val
     if args.masks and hasattr(reference, "is_thing_map"):  # coco_panoptic: things and stuff from the data
         args.panoptic_is_thing_map = reference.is_thing_map()

@@ -82,6 +82,38 @@ def get_coco_api_from_dataset(dataset: torch.utils.data.Dataset) -> COCO | None:
     return getattr(_unwrap(dataset), "coco", None)
 
 
+def small_images_warning(dataset: torch.utils.data.Dataset, train_scales: Sequence[int], max_size: int) -> str | None:
+    """One line when training would upscale the images of ``dataset`` (sizes from its ground truth)
+    at least twice, even at the smallest of ``train_scales`` (the longer side capped at
+    ``max_size``): their sizes, the upscaling, and the flags that fit them. ``None`` otherwise."""
+    coco_api = get_coco_api_from_dataset(dataset)
+    sizes = [(img.get("width"), img.get("height")) for img in (coco_api.imgs.values() if coco_api else [])]
+    sizes = [(min(w, h), max(w, h)) for w, h in sizes if _positive(w) and _positive(h)]
+    if not sizes:
+        return None
+    sizes.sort()
+    short, long = sizes[len(sizes) // 2]  # the median image
+
+    def upscale(scale: int) -> float:
+        return min(scale / short, max_size / long)
+
+    if upscale(min(train_scales)) < 2:
+        return None
+    longest = round(max(s[1] for s in sizes))
+    fit = sorted({max(1, round(short * f)) for f in (0.6, 0.8, 1.0)})
+    return (
+        f"the training images are much smaller than --train_scales {min(train_scales)}..{max(train_scales)} "
+        f"(--max_size {max_size}): shorter sides {round(sizes[0][0])}-{round(sizes[-1][0])} px (median "
+        f"{round(short)}), upscaled {upscale(min(train_scales)):.1f}-{upscale(max(train_scales)):.1f}x, which "
+        f"costs time and adds no detail; for images this size pass --train_scales {' '.join(map(str, fit))} "
+        f"--val_size {round(short)} --max_size {longest}"
+    )
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def dataset_id2label(dataset: torch.utils.data.Dataset) -> dict[int, str]:
     """``{category id: class name}`` of a data set built here (for checkpoints and predictions)."""
     return dict(getattr(_unwrap(dataset), "id2label", {}))

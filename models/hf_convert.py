@@ -36,7 +36,6 @@ timm backbones with fused BatchNorm + activation layers (EfficientNet, MobileNet
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -485,9 +484,10 @@ def _preprocessor_config(arch: Mapping[str, Any], saved: Mapping[str, Any] | Non
 
 
 def build_model_from_args(arch: Mapping[str, Any]) -> nn.Module:
-    """This project's model for settings ``arch`` (random weights, nothing downloaded); settings
-    not in ``arch`` take their ``--model`` preset."""
-    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"model"}
+    """This project's model for the architecture settings of ``arch`` (``ARCH_FLAGS``; random
+    weights, nothing downloaded); the others take their ``--model`` preset (the loss settings
+    ``arch`` may carry do not shape the model)."""
+    names = set(ARCH_FLAGS) - {"model"}
     values = {k: v for k, v in arch.items() if k in names and v is not None}
     cfg = ModelConfig.preset(arch["model"], **values, load_backbone_weights=False, train_backbone=False)
     return build_model(cfg)[0]

@@ -98,7 +98,7 @@ def test_finetune_reinitialises_dino_class_heads_and_label_embedding():
         (["--model", "dino", "--dn_number", "-1"], "--dn_number must be >= 0"),
         (["--model", "dino", "--dn_box_noise_scale", "1.5"], "--dn_box_noise_scale must be in [0, 1]"),
         (["--model", "dino", "--dn_label_noise_ratio", "-0.1"], "--dn_label_noise_ratio must be in [0, 1]"),
-        (["--model", "dino", "--two_stage"], "--two_stage: DINO always"),
+        (["--model", "dino", "--two_stage"], "--two_stage is a Deformable DETR option, which --model dino ignores"),
         (["--model", "dino", "--num_feature_levels", "1"], "--num_feature_levels must be >= 2"),
         (["--model", "dino", "--masks"], "--masks is not supported with --model dino"),
     ],

@@ -35,6 +35,7 @@ from models.ops import MSDeformAttn  # noqa: E402
 from tools.inference import (  # noqa: E402
     add_model_arguments,
     class_names,
+    core_model,
     default_file_mode,
     eval_transform,
     is_deformable,
@@ -62,12 +63,20 @@ class ExportableDetector(nn.Module):
     outputs are left out. The images are resized and normalised as ``main.py --eval`` does (shorter
     side ``val_size``, ImageNet mean/std). Images of a batch share one size: there is no padding-mask
     input (pad, and padding is seen as image). Deformable DETR goes through its PyTorch
-    deformable-attention path (``grid_sample``), never Triton."""
+    deformable-attention path (``grid_sample``), never Triton. ``min_side``: the smallest image
+    side the export takes (its coarsest feature map then has at least 2 pixels a side; ``None``
+    for a stand-in model without a backbone: ``torch.export`` infers it). The
+    auxiliary outputs are switched off in ``model`` (with one decoder layer their empty list made
+    an ``aten.unbind`` that ``torch.export`` cannot load back)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.output_names = OUTPUT_NAMES if hasattr(model, "mask_head") else OUTPUT_NAMES[:2]
+        detector = core_model(model)
+        if hasattr(detector, "aux_loss"):
+            detector.aux_loss = False
+        self.min_side = coarsest_stride(detector) + 1 if hasattr(detector, "backbone") else None
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         outputs = self.model(images)
@@ -91,11 +100,23 @@ def require_packages(fmt: str) -> None:
         )
 
 
-def dynamic_shapes() -> tuple[dict[int, Any], ...]:
-    """Batch, height and width of ``images`` are dynamic (their valid ranges are inferred by
-    ``torch.export``: an image must give the backbone's last feature map more than one pixel)."""
-    dynamic = torch.export.Dim.DYNAMIC
-    return ({0: dynamic, 2: dynamic, 3: dynamic},)
+def coarsest_stride(detector: nn.Module) -> int:
+    """The stride of a DETR / Deformable DETR's coarsest feature map: the backbone's last stage,
+    halved again by each level Deformable DETR adds beyond the backbone's."""
+    strides = list(detector.backbone.strides)
+    extra = detector.num_feature_levels - len(strides) if is_deformable(detector) else 0
+    return max(strides) * 2 ** max(0, extra)
+
+
+def dynamic_shapes(min_side: int | None) -> tuple[dict[int, Any], ...]:
+    """``images`` of any batch and of any height and width from ``min_side`` on, named ``batch``,
+    ``height`` and ``width`` (the ONNX file's dimension names). A feature map of one pixel would
+    be specialised to a constant by ``torch.export``, hence ``min_side``. ``None``: unnamed
+    dimensions whose ranges ``torch.export`` infers."""
+    dim = torch.export.Dim
+    if min_side is None:
+        return ({0: dim.DYNAMIC, 2: dim.DYNAMIC, 3: dim.DYNAMIC},)
+    return ({0: dim("batch"), 2: dim("height", min=min_side), 3: dim("width", min=min_side)},)
 
 
 def export_onnx(wrapper: ExportableDetector, example: Tensor, path: Path, metadata: dict[str, str],
@@ -112,7 +133,7 @@ def export_onnx(wrapper: ExportableDetector, example: Tensor, path: Path, metada
         warnings.simplefilter("ignore")  # the exporter's tracing chatter
         program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=opset, optimize=False,
                                     input_names=["images"], output_names=list(wrapper.output_names),
-                                    dynamic_shapes=dynamic_shapes(), verbose=False)  # fmt: skip
+                                    dynamic_shapes=dynamic_shapes(wrapper.min_side), verbose=False)  # fmt: skip
     program.save(str(path), external_data=False)
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)
@@ -122,7 +143,7 @@ def export_onnx(wrapper: ExportableDetector, example: Tensor, path: Path, metada
 def export_torch(wrapper: ExportableDetector, example: Tensor, path: Path, metadata: dict[str, str]) -> None:
     """``torch.export.export`` with dynamic batch and image size, saved with ``metadata`` as the
     extra file ``metadata.json`` (``torch.export.load(path).module()`` runs it; AOTInductor can compile it)."""
-    program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes())
+    program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes(wrapper.min_side))
     torch.export.save(program, str(path), extra_files={"metadata.json": json.dumps(metadata)})
 
 
@@ -138,13 +159,28 @@ def run_exported(fmt: str, path: Path) -> Any:
     return lambda x: tuple(t.detach() for t in module(x))
 
 
-def check_inputs(image: Image.Image, transform: Any) -> list[Tensor]:
-    """Batch 1 at the evaluation size, then batch 2 (the image and its mirror image) at about 3/4 of it."""
+def resized(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def check_inputs(image: Image.Image, transform: Any, min_side: int) -> list[Tensor]:
+    """The image at the evaluation size (each side at least ``min_side``, height and width made to
+    differ so that ``torch.export`` does not tie them), batch 1; then batch 2 (it and its mirror
+    image) at about 3/4 of that size; then batch 1 far larger (shorter side at least 800 and twice
+    the first). The first is also the example the export traces."""
     x = transform(image)
-    h, w = x.shape[-2:]
-    size = (max(32, round(h * 0.75)), max(32, round(w * 0.75)))
-    small = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
-    return [x[None], torch.stack([small, small.flip(-1)])]
+    h, w = _untied(*x.shape[-2:], min_side)
+    x = resized(x, (h, w)) if (h, w) != tuple(x.shape[-2:]) else x
+    small = resized(x, _untied(round(h * 0.75), round(w * 0.75), min_side))
+    scale = max(2.0, 800 / min(h, w))
+    large = resized(x, _untied(round(h * scale), round(w * scale), min_side))
+    return [x[None], torch.stack([small, small.flip(-1)]), large[None]]
+
+
+def _untied(h: int, w: int, min_side: int) -> tuple[int, int]:
+    """``(h, w)`` raised to ``min_side``, the width made one larger when both are equal."""
+    h, w = max(min_side, h), max(min_side, w)
+    return h, w + (h == w)
 
 
 @torch.no_grad()
@@ -180,7 +216,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             module.impl = "pytorch"
     wrapper = ExportableDetector(loaded.model).eval()
     transform = eval_transform(loaded.args)
-    inputs = check_inputs(image, transform)
+    inputs = check_inputs(image, transform, wrapper.min_side)
     example = torch.cat([inputs[0], inputs[0].flip(-1)])  # batch 2: torch.export fixes dimensions of size 1
     metadata = {
         "source": str(loaded.source),
@@ -190,6 +226,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         "scores": "sigmoid" if is_deformable(loaded.model) else "softmax over classes + no-object (last)",
         "val_size": str(loaded.args.val_size or 800),
         "max_size": str(loaded.args.max_size or 1333),
+        "min_side": str(wrapper.min_side),
         "mean": json.dumps(list(IMAGENET_MEAN)),
         "std": json.dumps(list(IMAGENET_STD)),
         "id2label": json.dumps({str(k): v for k, v in class_names(loaded).items()}),
@@ -198,7 +235,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     result = export_checked(wrapper, example, inputs, args.format, output, metadata, args.tolerance, args.opset)
     size_mb = output.stat().st_size / 2**20
     print(f"wrote {output} ({args.format}, {size_mb:.1f} MiB, exported in {result['seconds']:.1f} s); input 'images' "
-          f"[B, 3, H, W] normalised, shorter side {metadata['val_size']} (max {metadata['max_size']})")  # fmt: skip
+          f"[B, 3, H, W] normalised, shorter side {metadata['val_size']} (max {metadata['max_size']}), "
+          f"sides at least {wrapper.min_side}")  # fmt: skip
     return result
 
 
@@ -210,7 +248,7 @@ def export_checked(wrapper: ExportableDetector, example: Tensor, inputs: list[Te
     ``ExportCheckError``. Returns ``{"output", "seconds", "diffs"}``. (The official ``test_all.py``
     exports the hub model with the TorchScript-based ONNX exporter at one fixed size and compares it
     in onnxruntime: ported in ``tests/tools/test_export.py``.)"""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".tmp{output.suffix}", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

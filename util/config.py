@@ -30,6 +30,7 @@ RUNTIME = "runtime"  # where and how this process runs: never saved, never inher
 KINDS = (ARCHITECTURE, SCHEDULE, RECIPE, DATA, EVALUATION, RUNTIME)
 
 MODELS = ("detr", "deformable_detr", "dino")
+MODEL_NAMES = {"detr": "DETR", "deformable_detr": "Deformable DETR", "dino": "DINO"}
 # The defaults that depend on --model: the official values of each repository.
 PRESETS: dict[str, dict[str, Any]] = {
     "detr": {
@@ -48,20 +49,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_linear_proj_names": [], "dropout": 0.0, "cls_loss_coef": 1.0,  # param_dict_type 'default'
     },
 }  # fmt: skip
-DINO_SETTINGS = ("dn_number", "dn_label_noise_ratio", "dn_box_noise_scale", "num_select")  # flags of --model dino only
+DEFORMABLE = ("deformable_detr", "dino")  # the models with deformable attention and focal loss
 
 OFFICIAL_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CHECK_IMAGES_LEVELS = ("none", "header", "full")
 
 
 def setting(
-    default: Any, kind: str, help: str, *, flag: str | None = None, choices: Sequence[Any] | None = None
+    default: Any,
+    kind: str,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Sequence[Any] | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> Any:
     """A dataclass field that is a command-line setting. ``default=None`` with the name in
     ``PRESETS``: the ``--model`` preset. ``flag``: a flag name other than ``--<name>`` (for
-    ``--no_aux_loss``, whose default ``True`` becomes ``False`` when given)."""
+    ``--no_aux_loss``, whose default ``True`` becomes ``False`` when given). ``only``: the
+    ``--model`` values that read it (another model refuses a value other than its default)."""
     assert kind in KINDS, kind
-    metadata = {"kind": kind, "help": help, "flag": flag, "choices": tuple(choices) if choices else None}
+    assert only is None or set(only) <= set(MODELS), only
+    metadata = {"kind": kind, "help": help, "flag": flag, "choices": tuple(choices) if choices else None, "only": only}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -86,7 +95,9 @@ class ModelConfig:
         "sine", ARCHITECTURE, "position encoding", choices=("sine", "learned", "v2", "v3")
     )
     position_embedding_scale: float = setting(2 * math.pi, ARCHITECTURE, "scale of the sine position encoding")
-    num_feature_levels: int = setting(4, ARCHITECTURE, "Deformable DETR: number of feature levels")
+    num_feature_levels: int = setting(
+        4, ARCHITECTURE, "Deformable DETR, DINO: number of feature levels", only=DEFORMABLE
+    )
     train_backbone_all: bool = setting(
         False, ARCHITECTURE, "train every backbone stage, BatchNorm included (no ImageNet weights)"
     )
@@ -96,11 +107,19 @@ class ModelConfig:
     hidden_dim: int = setting(256, ARCHITECTURE, "transformer width")
     nheads: int = setting(8, ARCHITECTURE, "attention heads")
     num_queries: int | None = setting(None, ARCHITECTURE, "object queries")
-    pre_norm: bool = setting(False, ARCHITECTURE, "DETR: layer norm before attention")
-    dec_n_points: int = setting(4, ARCHITECTURE, "Deformable DETR: sampling points per head and level, decoder")
-    enc_n_points: int = setting(4, ARCHITECTURE, "Deformable DETR: sampling points per head and level, encoder")
-    with_box_refine: bool = setting(False, ARCHITECTURE, "Deformable DETR: iterative box refinement")
-    two_stage: bool = setting(False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)")
+    pre_norm: bool = setting(False, ARCHITECTURE, "DETR: layer norm before attention", only=("detr",))
+    dec_n_points: int = setting(
+        4, ARCHITECTURE, "Deformable DETR, DINO: sampling points per head and level, decoder", only=DEFORMABLE
+    )
+    enc_n_points: int = setting(
+        4, ARCHITECTURE, "Deformable DETR, DINO: sampling points per head and level, encoder", only=DEFORMABLE
+    )
+    with_box_refine: bool = setting(
+        False, ARCHITECTURE, "Deformable DETR: iterative box refinement", only=("deformable_detr",)
+    )
+    two_stage: bool = setting(
+        False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)", only=("deformable_detr",)
+    )
     masks: bool = setting(False, ARCHITECTURE, "train the segmentation head")
     dropout: float | None = setting(None, RECIPE, "dropout in the transformer")
     aux_loss: bool = setting(True, RECIPE, "disable the decoder layers' auxiliary losses", flag="--no_aux_loss")
@@ -109,15 +128,21 @@ class ModelConfig:
     set_cost_giou: float = setting(2.0, RECIPE, "matching cost of the box GIoU")
     mask_loss_coef: float = setting(1.0, RECIPE, "weight of the mask focal loss")
     dice_loss_coef: float = setting(1.0, RECIPE, "weight of the mask dice loss")
-    cls_loss_coef: float | None = setting(None, RECIPE, "Deformable DETR, DINO: weight of the class focal loss")
+    cls_loss_coef: float | None = setting(
+        None, RECIPE, "Deformable DETR, DINO: weight of the class focal loss", only=DEFORMABLE
+    )
     bbox_loss_coef: float = setting(5.0, RECIPE, "weight of the L1 box loss")
     giou_loss_coef: float = setting(2.0, RECIPE, "weight of the GIoU box loss")
-    eos_coef: float = setting(0.1, RECIPE, "DETR: relative class weight of no-object")
-    focal_alpha: float = setting(0.25, RECIPE, "Deformable DETR: alpha of the focal loss")
-    num_select: int = setting(300, EVALUATION, "DINO: detections kept per image by the post-processing")
-    dn_number: int = setting(100, RECIPE, "DINO: denoising queries (2 per target and group)")
-    dn_label_noise_ratio: float = setting(0.5, RECIPE, "DINO: twice the fraction of denoising labels changed")
-    dn_box_noise_scale: float = setting(0.4, RECIPE, "DINO: box noise of the denoising queries, in half box sizes")
+    eos_coef: float = setting(0.1, RECIPE, "DETR: relative class weight of no-object", only=("detr",))
+    focal_alpha: float = setting(0.25, RECIPE, "Deformable DETR, DINO: alpha of the focal loss", only=DEFORMABLE)
+    num_select: int = setting(300, EVALUATION, "DINO: detections kept per image by the post-processing", only=("dino",))
+    dn_number: int = setting(100, RECIPE, "DINO: denoising queries (2 per target and group)", only=("dino",))
+    dn_label_noise_ratio: float = setting(
+        0.5, RECIPE, "DINO: twice the fraction of denoising labels changed", only=("dino",)
+    )
+    dn_box_noise_scale: float = setting(
+        0.4, RECIPE, "DINO: box noise of the denoising queries, in half box sizes", only=("dino",)
+    )
     backbone_per_image: bool = setting(
         False, RECIPE, "backbone on each image at its own size: results independent of the batch"
     )
@@ -144,30 +169,31 @@ class ModelConfig:
         _check(
             self.frozen_weights is None or self.masks, "--frozen_weights trains only the mask head: it needs --masks"
         )
-        if self.model == "detr":
-            for name in ("with_box_refine", "two_stage"):
-                _check(not getattr(self, name), f"--{name} is a Deformable DETR option: add --model deformable_detr")
+        ignored = [f for f in settings_of(type(self)) if f.metadata["only"] and self.model not in f.metadata["only"]]
+        ignored = [f for f in ignored if getattr(self, f.name) not in (None, _model_default(f, self.model))]
+        if ignored:  # given, or from a checkpoint
+            raise ConfigError(_ignored_message(ignored, self.model))
         if self.model == "dino":
-            for name in ("with_box_refine", "two_stage"):
-                _check(
-                    not getattr(self, name), f"--{name}: DINO always refines its boxes and selects two-stage queries"
-                )
             _check(not self.masks, "--masks is not supported with --model dino (no segmentation head)")
             _check(
                 self.num_feature_levels >= 2,
                 f"--num_feature_levels must be >= 2 for DINO, got {self.num_feature_levels}",
             )
-        else:
-            for name in DINO_SETTINGS:
-                default = default_of(ModelConfig.__dataclass_fields__[name])
-                _check(getattr(self, name) == default, f"--{name} is a DINO option: add --model dino")
         _check(self.dn_number >= 0, f"--dn_number must be >= 0, got {self.dn_number}")
         for name in ("dn_label_noise_ratio", "dn_box_noise_scale"):
             _check(0 <= getattr(self, name) <= 1, f"--{name} must be in [0, 1], got {getattr(self, name)}")
         _check(self.num_select >= 1, f"--num_select must be >= 1, got {self.num_select}")
+        for name in ("mask_loss_coef", "dice_loss_coef"):
+            _check(self.masks or getattr(self, name) == 1.0, f"--{name} weighs a mask loss: it needs --masks")
+        _check(
+            self.position_embedding not in ("learned", "v3") or self.position_embedding_scale == 2 * math.pi,
+            f"--position_embedding_scale scales the sine encoding: --position_embedding {self.position_embedding} "
+            "ignores it",
+        )
         _check(
             not self.two_stage or self.with_box_refine,
-            "--two_stage needs --with_box_refine (as in the official configs)",
+            "--two_stage needs --with_box_refine: without it the official code fails at the first forward pass "
+            "(its proposal head is the box refinement's last layer)",
         )
 
     @classmethod
@@ -176,7 +202,10 @@ class ModelConfig:
         values, given = _read(cls, args), vars(args)
         lr_backbone = _read(TrainConfig, args)["lr_backbone"]
         values["train_backbone"] = lr_backbone > 0
-        values["load_backbone_weights"] = not (given.get("resume") or given.get("frozen_weights"))
+        # every backbone weight comes from the checkpoint: no ImageNet download
+        values["load_backbone_weights"] = not (
+            given.get("resume") or given.get("frozen_weights") or given.get("finetune")
+        )
         values["panoptic_is_thing_map"] = given.get("panoptic_is_thing_map")
         return cls(**values)
 
@@ -231,6 +260,11 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         _check(self.grad_accum_steps >= 1, f"--grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         _check(self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}")
+        _check(
+            self.lr_linear_proj_names is None or bool(self.lr_linear_proj_names) or self.lr_linear_proj_mult == 0.1,
+            "--lr_linear_proj_mult applies to --lr_linear_proj_names, which are none (as for --model detr): "
+            "give those names too, or drop it",
+        )
 
 
 @dataclass(frozen=True)
@@ -492,17 +526,24 @@ def inherit(args: argparse.Namespace, given: Iterable[str], stored: dict[str, An
     """Set in ``args`` the settings not ``given`` on the command line from a checkpoint's
     ``stored`` ones. ``purpose``: ``"resume"`` takes every stored setting (of an official
     checkpoint, its architecture), ``"eval"`` the architecture and evaluation sizes,
-    ``"finetune"`` the architecture but ``num_classes``. A stored ``None`` for a setting whose
+    ``"finetune"`` the architecture but ``num_classes``, ``"frozen"`` (``--frozen_weights``, a box
+    model under a mask head) the architecture but ``masks``. A stored ``None`` for a setting whose
     default is not ``None`` (older checkpoints) means the default. Returns ``(notes, refused)``:
-    notes for the log, and the architecture changes a resumed run refuses."""
+    notes for the log, and the architecture changes a resumed run (or a frozen one) refuses."""
     given = set(given)
-    kinds = {"resume": KINDS, "eval": (ARCHITECTURE, EVALUATION), "finetune": (ARCHITECTURE,)}[purpose]
+    kinds = {
+        "resume": KINDS,
+        "eval": (ARCHITECTURE, EVALUATION),
+        "finetune": (ARCHITECTURE,),
+        "frozen": (ARCHITECTURE,),
+    }[purpose]
+    skipped = {"finetune": "num_classes", "frozen": "masks"}.get(purpose)
     if official:  # the official code's args: only its architecture flags mean the same here
         kinds = (ARCHITECTURE,)
     wanted = all_settings(*tuple(k for k in kinds if k != RUNTIME))
     notes, refused = [], []
     for name, f in wanted.items():
-        if name not in stored or (purpose == "finetune" and name == "num_classes"):
+        if name not in stored or name == skipped:
             continue
         value, kind = stored[name], f.metadata["kind"]
         if value is None and default_of(f) is not None and name not in PRESETS["detr"]:
@@ -511,7 +552,7 @@ def inherit(args: argparse.Namespace, given: Iterable[str], stored: dict[str, An
         if name not in given:
             setattr(args, name, value)
         elif _plain(current) != _plain(value):
-            if purpose == "resume" and kind == ARCHITECTURE:
+            if purpose in ("resume", "frozen") and kind == ARCHITECTURE:
                 refused.append(f"--{name} {current} (the checkpoint has {value})")
             elif purpose == "resume":
                 epoch_on = " from the resumed epoch on" if kind == SCHEDULE else ""
@@ -551,6 +592,21 @@ def _read(part: type, args: argparse.Namespace) -> dict[str, Any]:
 
 class ConfigError(ValueError):
     """A setting's value, or a combination of settings, that cannot work; the message names the flag."""
+
+
+def _model_default(f: dataclasses.Field, model: str) -> Any:
+    """The value of setting ``f`` when ``--model model`` is not given it: its preset, or its default."""
+    return PRESETS[model].get(f.name, default_of(f))
+
+
+def _ignored_message(ignored: list[dataclasses.Field], model: str) -> str:
+    """``--x is a Deformable DETR / DINO option, which --model detr ignores: ...`` for one flag or several."""
+    names = ", ".join(f"--{f.name}" for f in ignored)
+    owners = [m for m in MODELS if all(m in f.metadata["only"] for f in ignored)] or list(ignored[0].metadata["only"])
+    what = f"{' / '.join(MODEL_NAMES[m] for m in owners)} option"
+    if len(ignored) == 1:
+        return f"{names} is a {what}, which --model {model} ignores: drop it or use --model {owners[0]}"
+    return f"{names} are {what}s, which --model {model} ignores: drop them or use --model {owners[0]}"
 
 
 def _check(ok: bool, message: str) -> None:

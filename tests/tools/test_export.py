@@ -5,17 +5,21 @@ DETR and Deformable DETR with dynamic batch and image size, and bad input."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_args, write_image
+from conftest import ID2LABEL, TINY_FLAGS, VARIANTS, tiny_args, write_image
 from torch import nn
 
 from models import build_model
 from tools import export as export_tool
 from tools.inference import load_detector
+from util import config
+from util.checkpoint import save_checkpoint
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (requirements-dev.txt)")
 onnx = pytest.importorskip("onnx", reason="onnx not installed (requirements-dev.txt)")
@@ -54,31 +58,63 @@ def test_model_onnx_detection(variant, tmp_path):
         torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def small_image_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints of models for 64 px images (``--val_size 64``, as ``main.py`` saves them), one
+    decoder layer each: DETR (its empty auxiliary outputs broke ``torch.export``'s file) and
+    Deformable DETR with its four official feature levels (the coarsest, stride 64, is one pixel
+    at 64 px: specialised to a constant, it broke the ONNX file at other sizes)."""
+    folder = tmp_path_factory.mktemp("small_image_checkpoints")
+    paths = {}
+    for variant, extra in {"detr": [], "deformable": ["--num_feature_levels", "4"]}.items():
+        torch.manual_seed(0)
+        flags = [*TINY_FLAGS, *VARIANTS[variant], *extra, "--dec_layers", "1"]
+        args = config.resolve(config.get_args_parser().parse_args(flags))
+        model, _, _ = build_model(args)
+        paths[variant] = folder / f"{variant}.pth"
+        save_checkpoint({"model": model.state_dict(), "args": config.saved(args), "id2label": ID2LABEL}, paths[variant])
+    return paths
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,fmt", [("detr", "onnx"), ("deformable", "onnx"), ("deformable", "torch_export")])
-def test_export_command(variant, fmt, tiny_checkpoints, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["onnx", "torch_export"])
+@pytest.mark.parametrize("variant", ["detr", "deformable"])
+def test_export_command(variant, fmt, small_image_checkpoints, tmp_path, capsys):
+    """``tools/export.py`` on a model for small images: the file is checked at three sizes (the
+    example raised to the smallest side the model takes, 3/4 of it, and 800 px high), then runs
+    at sizes and batches it was neither traced nor checked with, 96x128 and 128x128, as PyTorch
+    does; its dimensions are named."""
     image = write_image(tmp_path / "photo.png", 100, 70)
     out = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt2")
-    export_tool.main(["--checkpoint", str(tiny_checkpoints[variant]), "--format", fmt, "--output", str(out),
+    export_tool.main(["--checkpoint", str(small_image_checkpoints[variant]), "--format", fmt, "--output", str(out),
                       "--image", str(image)])  # fmt: skip
     text = capsys.readouterr().out
-    assert text.count("max abs diff vs PyTorch") == 2 and "1x3x64x91" in text and "2x3x48x68" in text
+    min_side = 65 if variant == "deformable" else 33  # coarsest stride 64 (Deformable, 4 levels) or 32, plus 1
+    checked = re.findall(r"max abs diff vs PyTorch on (\S+):", text)
+    large = "1x3x800x1120" if variant == "deformable" else "1x3x800x1138"
+    assert checked == [f"1x3x{max(64, min_side)}x91", f"2x3x{max(48, min_side)}x68", large], text
+    assert f"sides at least {min_side}" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "photo.png"])  # no temporary file left
     if fmt == "onnx":
-        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-        assert meta["val_size"] == "64" and json.loads(meta["id2label"])["1"] == "square"
+        model = onnx.load(str(out))
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["val_size"] == "64" and meta["min_side"] == str(min_side)
+        assert json.loads(meta["id2label"])["1"] == "square"
+        dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, "height", "width"]
+        assert [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim][0] == "batch"
 
-    # dynamic shapes, independently of the command's own check: a batch size and an image size
-    # the model was neither exported nor checked with
-    loaded = load_detector(str(tiny_checkpoints[variant]), overrides={"attn_impl": "pytorch"})
+    loaded = load_detector(str(small_image_checkpoints[variant]), overrides={"attn_impl": "pytorch"})
     wrapper = export_tool.ExportableDetector(loaded.model).eval()
-    x = torch.randn(3, 3, 72, 56)
-    with torch.no_grad():
-        expected = wrapper(x)
-    got = export_tool.run_exported(fmt, out)(x)
-    for e, g in zip(expected, got, strict=True):
-        assert g.shape == e.shape
-        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4)
+    run = export_tool.run_exported(fmt, out)
+    for shape in [(3, 3, 96, 128), (1, 3, 128, 128)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = wrapper(x)
+        got = run(x)
+        for e, g in zip(expected, got, strict=True):
+            assert g.shape == e.shape
+            torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4)
 
 
 class _TwoConvs(nn.Module):
