@@ -48,7 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_linear_proj_names": [], "dropout": 0.0, "cls_loss_coef": 1.0,  # param_dict_type 'default'
     },
 }  # fmt: skip
-DINO_SETTINGS = ("dn_number", "dn_label_noise_ratio", "dn_box_noise_scale", "num_select")  # flags of --model dino only
+DN_SETTINGS = ("dn_number", "dn_label_noise_ratio", "dn_box_noise_scale")  # --model dino, or deformable_detr --dn
+DINO_SETTINGS = (*DN_SETTINGS, "num_select")  # flags of --model dino only (the first three also of --dn)
 
 OFFICIAL_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CHECK_IMAGES_LEVELS = ("none", "header", "full")
@@ -102,6 +103,7 @@ class ModelConfig:
     with_box_refine: bool = setting(False, ARCHITECTURE, "Deformable DETR: iterative box refinement")
     two_stage: bool = setting(False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)")
     masks: bool = setting(False, ARCHITECTURE, "train the segmentation head")
+    dn: bool = setting(False, ARCHITECTURE, "Deformable DETR: train with DINO's contrastive denoising queries")
     dropout: float | None = setting(None, RECIPE, "dropout in the transformer")
     aux_loss: bool = setting(True, RECIPE, "disable the decoder layers' auxiliary losses", flag="--no_aux_loss")
     set_cost_class: float | None = setting(None, RECIPE, "matching cost of the class")
@@ -157,10 +159,21 @@ class ModelConfig:
                 self.num_feature_levels >= 2,
                 f"--num_feature_levels must be >= 2 for DINO, got {self.num_feature_levels}",
             )
+            _check(
+                not self.dn, "--dn is Deformable DETR's: DINO always has its denoising queries (--dn_number 0: none)"
+            )
         else:
+            _check(
+                not self.dn or self.model == "deformable_detr",
+                "--dn is a Deformable DETR option: add --model deformable_detr",
+            )
             for name in DINO_SETTINGS:
                 default = default_of(ModelConfig.__dataclass_fields__[name])
-                _check(getattr(self, name) == default, f"--{name} is a DINO option: add --model dino")
+                hint = "add --model dino" + (", or --dn with --model deformable_detr" if name in DN_SETTINGS else "")
+                _check(
+                    getattr(self, name) == default or (self.dn and name in DN_SETTINGS),
+                    f"--{name} is a DINO option: {hint}",
+                )
         _check(self.dn_number >= 0, f"--dn_number must be >= 0, got {self.dn_number}")
         for name in ("dn_label_noise_ratio", "dn_box_noise_scale"):
             _check(0 <= getattr(self, name) <= 1, f"--{name} must be in [0, 1], got {getattr(self, name)}")
