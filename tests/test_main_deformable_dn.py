@@ -6,15 +6,11 @@ outputs); the denoising flags' rules."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY
+from tiny import TINY, train_resume_eval
 
 import main as main_module
 
@@ -33,31 +29,9 @@ def parse(argv: list[str]):
 @pytest.mark.slow
 def test_deformable_dn_train_resume_eval(synthetic_coco, tmp_path):
     common = [*TINY_DN, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    full = tmp_path / "full"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *common, "--epochs", "2", "--output_dir", str(full)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = [json.loads(line) for line in (full / "log.txt").read_text().splitlines()]
-    assert [e["epoch"] for e in log] == [0, 1]
+    full, log = train_resume_eval(common, synthetic_coco, tmp_path)
     assert log[0]["train_loss_ce_dn"] > 0 and log[0]["train_loss_bbox_dn_0"] > 0 and "train_loss_giou_dn" in log[0]
     assert "label_enc.weight" in torch.load(full / "checkpoint.pth", weights_only=True)["model"]
-
-    part = tmp_path / "part"
-    main_module.main(parse([*common, "--epochs", "1", "--output_dir", str(part)]))
-    main_module.main(parse([*common, "--epochs", "2", "--output_dir", str(part), "--resume", "auto"]))
-    a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (full, part))
-    assert a["epoch"] == b["epoch"] == 1
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    logs = [(d / "log.txt").read_text().splitlines() for d in (full, part)]
-    assert json.loads(logs[0][1])["train_loss"] == json.loads(logs[1][1])["train_loss"]
-
-    main_module.main(parse(["--coco_path", str(synthetic_coco), "--device", "cpu", "--num_workers", "0",
-                            "--eval", "--resume", str(full / "checkpoint.pth"), "--output_dir", str(tmp_path / "ev")]))  # fmt: skip
-    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["bbox"]["AP"] == log[-1]["test_coco_eval_bbox"][0]
 
 
 def _tiny_deformable(two_stage: bool, **changes):
@@ -131,3 +105,18 @@ def test_dn_flags_are_accepted_with_dn():
     args = resolve(parse(["--model", "deformable_detr", "--dn", "--dn_number", "5", "--dn_label_noise_ratio", "0.2"]))
     assert (args.dn, args.dn_number, args.dn_label_noise_ratio, args.dn_box_noise_scale) == (True, 5, 0.2, 0.4)
     assert not resolve(parse(["--model", "deformable_detr"])).dn
+
+
+def test_weights_only_dn_checkpoint_loads(tmp_path):
+    """A --dn checkpoint without its flags: the weights tell Deformable DETR with --dn (its
+    denoising label embedding), not DINO (told by its content queries); strict load."""
+    from models import architecture_from_state_dict
+    from models.loading import build_model_from_checkpoint
+
+    model, _, _ = _tiny_deformable(True, dn=True, dn_number=3)
+    assert architecture_from_state_dict(model.state_dict())["model"] == "deformable_detr"
+    torch.save({"model": model.state_dict()}, tmp_path / "dn.pth")
+    loaded = build_model_from_checkpoint(str(tmp_path / "dn.pth")).model
+    assert loaded.dn is not None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
