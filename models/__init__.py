@@ -164,7 +164,7 @@ def takes_targets(model: nn.Module) -> bool:
     """Whether ``model`` (or the one DDP wraps) takes the targets in training: DINO and Deformable
     DETR with ``--dn``, for their denoising queries."""
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return isinstance(model, DINO) or (isinstance(model, DeformableDETR) and model.dn is not None)
+    return isinstance(model, DINO) or (isinstance(model, DeformableDETR) and model.denoising is not None)
 
 
 def build_model(args: argparse.Namespace | ModelConfig) -> BuildResult:

@@ -148,7 +148,7 @@ class DeformableDETR(nn.Module):
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias.data[2:], 0.0)
         self.num_classes = num_classes
-        self.dn = dn
+        self.denoising = dn  # DenoisingSettings, or None without --dn
         self.dn_generator: torch.Generator | None = None  # None: torch's default, saved in checkpoints
         if dn is not None:  # the denoising queries' content (their class) and position (their box)
             self.label_enc = nn.Embedding(num_classes + 1, hidden_dim)
@@ -162,7 +162,7 @@ class DeformableDETR(nn.Module):
     ) -> dict:
         """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]`` (a ``NestedTensor``; a
         ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images is accepted too); ``targets``: with
-        ``dn`` settings, in training, the boxes the denoising queries are made from; ``dn``: given
+        denoising settings (``--dn``), in training, the boxes the denoising queries are made from; ``dn``: given
         denoising queries instead.
 
         Returns ``pred_logits [B, Q, num_classes]`` (sigmoid logits), ``pred_boxes [B, Q, 4]``
@@ -171,9 +171,10 @@ class DeformableDETR(nn.Module):
         and with denoising queries ``dn_outputs`` (the same for the ``P`` of them, with ``num_groups``)."""
         srcs, masks, pos = multiscale_features(self.backbone, self.input_proj, to_nested_tensor(samples))
 
-        if dn is None and self.dn is not None and self.training and targets is not None and self.dn.number > 0:
+        settings = self.denoising
+        if dn is None and settings is not None and self.training and targets is not None and settings.number > 0:
             dn = make_cdn_queries(
-                targets, self.dn.number, self.dn.label_noise_ratio, self.dn.box_noise_scale, self.num_classes,
+                targets, settings.number, settings.label_noise_ratio, settings.box_noise_scale, self.num_classes,
                 self.num_queries, self.dn_generator,
             )  # fmt: skip
         dn_inputs = None
@@ -190,7 +191,7 @@ class DeformableDETR(nn.Module):
         hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact = self.transformer(
             srcs, masks, pos, query_embeds, dn_inputs
         )
-        if self.dn is not None:  # the denoising weights in the graph without denoising (DDP)
+        if self.denoising is not None:  # the denoising weights in the graph without denoising (DDP)
             hs = hs + (self.label_enc.weight[0, 0] + self.dn_query_pos.layers[0].weight[0, 0]) * 0.0
 
         outputs_classes = []

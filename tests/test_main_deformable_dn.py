@@ -117,6 +117,6 @@ def test_weights_only_dn_checkpoint_loads(tmp_path):
     assert architecture_from_state_dict(model.state_dict())["model"] == "deformable_detr"
     torch.save({"model": model.state_dict()}, tmp_path / "dn.pth")
     loaded = build_model_from_checkpoint(str(tmp_path / "dn.pth")).model
-    assert loaded.dn is not None
+    assert loaded.denoising is not None
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
