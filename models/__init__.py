@@ -15,7 +15,7 @@ from torch import nn
 
 from models.backbone import BackboneConfig
 from models.criterion import LossConfig, SetCriterion
-from models.deformable_detr import DeformableDETRConfig
+from models.deformable_detr import DeformableDETR, DeformableDETRConfig, DenoisingSettings
 from models.deformable_detr import build as build_deformable
 from models.deformable_transformer import DeformableTransformerConfig
 from models.detr import DETRConfig
@@ -122,6 +122,7 @@ def deformable_config(cfg: ModelConfig) -> DeformableDETRConfig:
         aux_loss=cfg.aux_loss,
         with_box_refine=cfg.with_box_refine,
         masks=cfg.masks,
+        dn=DenoisingSettings(cfg.dn_number, cfg.dn_label_noise_ratio, cfg.dn_box_noise_scale) if cfg.dn else None,
         # The last min(levels, 3) of layer2-4 (official for 1 and >= 3 levels; the official code
         # fails with 2 levels, which here use layer3-4).
         backbone=backbone_config(cfg, ("layer2", "layer3", "layer4")[-min(levels, 3) :], offset=-0.5),
@@ -160,9 +161,10 @@ MODEL_BUILDERS: dict[str, Callable[[ModelConfig], BuildResult]] = {
 
 
 def takes_targets(model: nn.Module) -> bool:
-    """Whether ``model`` (or the one DDP wraps) takes the targets in training: DINO, for its
-    denoising queries."""
-    return isinstance(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model, DINO)
+    """Whether ``model`` (or the one DDP wraps) takes the targets in training: DINO and Deformable
+    DETR with ``--dn``, for their denoising queries."""
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return isinstance(model, DINO) or (isinstance(model, DeformableDETR) and model.denoising is not None)
 
 
 def build_model(args: argparse.Namespace | ModelConfig) -> BuildResult:
@@ -202,15 +204,17 @@ def architecture_from_state_dict(state: dict, nheads: int | None = None) -> dict
     ``enc_layers``, ``dec_layers``, ``dim_feedforward``, ``pre_norm`` (DETR), ``masks``,
     ``position_embedding`` (learned or not), ``backbone`` (torchvision ResNets), ``train_backbone_all``
     (learning BatchNorm), and for Deformable DETR ``num_feature_levels``, ``with_box_refine``,
-    ``two_stage`` (DINO, told by its denoising label embedding: ``num_feature_levels``,
-    ``num_queries``) and, given ``nheads`` (which shapes do not tell), ``enc_n_points`` / ``dec_n_points``.
+    ``two_stage``, ``dn`` (when its denoising label embedding is there) (DINO, told by its content
+    queries: ``num_feature_levels``, ``num_queries``) and, given ``nheads`` (which shapes do not tell), ``enc_n_points`` / ``dec_n_points``.
     Not determined by shapes: ``nheads``, ``dilation``.
     """
     masks = any(k.startswith("detr.") for k in state)
     p = "detr." if masks else ""
     deformable = f"{p}transformer.level_embed" in state
-    dino = f"{p}label_enc.weight" in state  # DINO's denoising label embedding
+    dino = f"{p}transformer.tgt_embed.weight" in state  # DINO's content queries
     out: dict = {"model": "dino" if dino else "deformable_detr" if deformable else "detr", "masks": masks}
+    if deformable and not dino and f"{p}label_enc.weight" in state:
+        out["dn"] = True  # Deformable DETR trained with --dn
     num_classes = num_classes_from_state_dict(state)
     if num_classes is not None:
         out["num_classes"] = num_classes

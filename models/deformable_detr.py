@@ -1,10 +1,12 @@
 """Deformable DETR (Zhu et al., 2021): ``DeformableDETR`` (multi-scale backbone features, the
 deformable transformer, sigmoid class and box heads per decoder layer, optional iterative box
-refinement and two-stage proposals), its top-k ``PostProcess``, and ``build``, which returns
-``(model, criterion, postprocessors)`` from a ``DeformableDETRConfig``.
+refinement and two-stage proposals, and with ``dn`` DINO's contrastive denoising queries in
+training), its top-k ``PostProcess``, and ``build``, which returns ``(model, criterion,
+postprocessors)`` from a ``DeformableDETRConfig``.
 
 The official modules, parameter names, initialisation and numbers (official checkpoints load with
-``strict=True``), with the shared ``models.criterion``, typed configs and fixes for edge cases.
+``strict=True``), with the shared ``models.criterion``, typed configs and fixes for edge cases; the
+denoising option is not in the official code (DN-Deformable-DETR's idea, on the plain model).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from models.deformable_transformer import (
     build_deformable_transformer,
     inverse_sigmoid,
 )
+from models.denoising import DenoisingQueries, make_cdn_queries
 from models.detr import MLP
+from models.dino_criterion import build_dino_criterion
 from models.matcher import MatcherConfig, build_matcher
 from models.transformer import get_clones
 from util import box_ops
@@ -103,6 +107,7 @@ class DeformableDETR(nn.Module):
         aux_loss: bool = True,
         with_box_refine: bool = False,
         two_stage: bool = False,
+        dn: DenoisingSettings | None = None,
     ) -> None:
         super().__init__()
         self.num_queries = num_queries
@@ -142,20 +147,52 @@ class DeformableDETR(nn.Module):
             self.transformer.decoder.class_embed = self.class_embed  # scores the encoder proposals
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias.data[2:], 0.0)
+        self.num_classes = num_classes
+        self.denoising = dn  # DenoisingSettings, or None without --dn
+        self.dn_generator: torch.Generator | None = None  # None: torch's default, saved in checkpoints
+        if dn is not None:  # the denoising queries' content (their class) and position (their box)
+            self.label_enc = nn.Embedding(num_classes + 1, hidden_dim)
+            self.dn_query_pos = MLP(2 * hidden_dim, hidden_dim, hidden_dim, 2)
 
-    def forward(self, samples: NestedTensor | Tensor | list[Tensor]) -> dict:
+    def forward(
+        self,
+        samples: NestedTensor | Tensor | list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        dn: DenoisingQueries | None = None,
+    ) -> dict:
         """``samples``: images ``[B, 3, H, W]`` with padding mask ``[B, H, W]`` (a ``NestedTensor``; a
-        ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images is accepted too).
+        ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]`` images is accepted too); ``targets``: with
+        denoising settings (``--dn``), in training, the boxes the denoising queries are made from; ``dn``: given
+        denoising queries instead.
 
         Returns ``pred_logits [B, Q, num_classes]`` (sigmoid logits), ``pred_boxes [B, Q, 4]``
         (normalised cxcywh), with ``aux_loss`` the ``aux_outputs`` of the earlier decoder layers,
-        and in two-stage ``enc_outputs`` (``pred_logits [B, S, num_classes]``, ``pred_boxes [B, S, 4]``)."""
+        in two-stage ``enc_outputs`` (``pred_logits [B, S, num_classes]``, ``pred_boxes [B, S, 4]``),
+        and with denoising queries ``dn_outputs`` (the same for the ``P`` of them, with ``num_groups``)."""
         srcs, masks, pos = multiscale_features(self.backbone, self.input_proj, to_nested_tensor(samples))
 
+        settings = self.denoising
+        if dn is None and settings is not None and self.training and targets is not None and settings.number > 0:
+            dn = make_cdn_queries(
+                targets, settings.number, settings.label_noise_ratio, settings.box_noise_scale, self.num_classes,
+                self.num_queries, self.dn_generator,
+            )  # fmt: skip
+        dn_inputs = None
+        if dn is not None:
+            valid = dn.valid.unsqueeze(-1)
+            boxes_unact = torch.where(valid, inverse_sigmoid(dn.boxes), 0.0)
+            dn_inputs = (
+                torch.where(valid, self.label_enc(dn.labels.clamp(min=0)), 0.0),
+                self.dn_query_pos(self.transformer.get_proposal_pos_embed(boxes_unact)),
+                boxes_unact.sigmoid(),
+                dn.attn_mask,
+            )
         query_embeds = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact = self.transformer(
-            srcs, masks, pos, query_embeds
+            srcs, masks, pos, query_embeds, dn_inputs
         )
+        if self.denoising is not None:  # the denoising weights in the graph without denoising (DDP)
+            hs = hs + (self.label_enc.weight[0, 0] + self.dn_query_pos.layers[0].weight[0, 0]) * 0.0
 
         outputs_classes = []
         outputs_coords = []
@@ -172,7 +209,15 @@ class DeformableDETR(nn.Module):
         outputs_class = torch.stack(outputs_classes)
         outputs_coord = torch.stack(outputs_coords)
 
-        out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        out: dict = {}
+        if dn is not None:
+            p = dn.pad_size
+            out["dn_outputs"] = {"pred_logits": outputs_class[-1, :, :p], "pred_boxes": outputs_coord[-1, :, :p]}
+            if self.aux_loss:
+                out["dn_outputs"]["aux_outputs"] = self._set_aux_loss(outputs_class[:, :, :p], outputs_coord[:, :, :p])
+            out["dn_outputs"]["num_groups"] = dn.num_groups
+            outputs_class, outputs_coord = outputs_class[:, :, p:], outputs_coord[:, :, p:]
+        out.update({"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]})
         if self.aux_loss:
             out["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
         if self.two_stage:
@@ -214,6 +259,16 @@ class PostProcess(nn.Module):
 
 
 @dataclass
+class DenoisingSettings:
+    """DINO's contrastive denoising queries added to training (``--dn``): ``number`` (``--dn_number``;
+    0: none), ``label_noise_ratio`` and ``box_noise_scale`` (DINO's defaults), ``models.denoising``."""
+
+    number: int = 100
+    label_noise_ratio: float = 0.5
+    box_noise_scale: float = 0.4
+
+
+@dataclass
 class DeformableDETRConfig:
     """Everything ``build`` needs. ``num_classes`` is the number of sigmoid logits (max category
     id + 1; no no-object class; the official code guesses 20 or 91 from the data set's name).
@@ -224,6 +279,7 @@ class DeformableDETRConfig:
     aux_loss: bool = True
     with_box_refine: bool = False
     masks: bool = False
+    dn: DenoisingSettings | None = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     transformer: DeformableTransformerConfig = field(default_factory=DeformableTransformerConfig)
     matcher: MatcherConfig = field(default_factory=lambda: MatcherConfig(2, 5, 2))
@@ -278,8 +334,16 @@ def build(cfg: DeformableDETRConfig) -> tuple[nn.Module, SetCriterion, dict[str,
         aux_loss=cfg.aux_loss,
         with_box_refine=cfg.with_box_refine,
         two_stage=cfg.two_stage,
+        dn=cfg.dn,
     )
     num_aux = cfg.transformer.dec_layers - 1 if cfg.aux_loss else 0
     matcher = build_matcher(cfg.matcher, focal=True)
     criterion = build_criterion(cfg.loss, cfg.num_classes, matcher, num_aux, two_stage=cfg.two_stage)
+    if cfg.dn is not None:  # DINO's criterion (its _dn terms) with Deformable DETR's weights
+        dn_criterion = build_dino_criterion(cfg.loss, cfg.num_classes, matcher, num_aux, cfg.dn.number > 0)
+        dn_criterion.weight_dict = {
+            **criterion.weight_dict,
+            **{k: v for k, v in dn_criterion.weight_dict.items() if "_dn" in k},
+        }
+        criterion = dn_criterion
     return model, criterion, {"bbox": PostProcess()}

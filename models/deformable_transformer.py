@@ -309,10 +309,12 @@ class DeformableTransformerDecoder(nn.Module):
         src_valid_ratios: Tensor,
         query_pos: Tensor | None = None,
         src_padding_mask: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``tgt [B, Q, C]``, ``reference_points [B, Q, 2 or 4]`` (normalised to the valid area)
         -> hidden states ``[n_layers, B, Q, C]`` and reference points ``[n_layers, B, Q, 2 or 4]``
-        (the last layer only without ``return_intermediate``)."""
+        (the last layer only without ``return_intermediate``). ``self_attn_mask [Q, Q]``: True where
+        a query may not attend (denoising groups)."""
         output = tgt
         intermediate = []
         intermediate_reference_points = []
@@ -327,7 +329,7 @@ class DeformableTransformerDecoder(nn.Module):
                 raise ValueError(f"reference_points must end in 2 or 4, got {tuple(reference_points.shape)}")
             output = layer(
                 output, query_pos, reference_points_input, src, src_spatial_shapes, src_level_start_index,
-                src_padding_mask,
+                src_padding_mask, self_attn_mask,
             )  # fmt: skip
 
             if self.bbox_embed is not None:  # iterative bounding-box refinement
@@ -428,10 +430,17 @@ class DeformableTransformer(nn.Module):
         return get_valid_ratio(mask)
 
     def forward(
-        self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor], query_embed: Tensor | None = None
+        self,
+        srcs: list[Tensor],
+        masks: list[Tensor],
+        pos_embeds: list[Tensor],
+        query_embed: Tensor | None = None,
+        dn: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """``srcs``/``pos_embeds``: per level ``[B, C, H_l, W_l]``; ``masks``: ``[B, H_l, W_l]``;
-        ``query_embed [Q, 2C]`` (position and content halves; None in two-stage).
+        ``query_embed [Q, 2C]`` (position and content halves; None in two-stage); ``dn``: denoising
+        queries decoded before the ``Q`` others, ``(content [B, P, C], position [B, P, C], boxes
+        [B, P, 4], self-attention mask [P + Q, P + Q])``, then ``Q`` reads ``P + Q`` below.
 
         Returns ``hs [n_dec, B, Q, C]``, ``init_reference [B, Q, 2 or 4]``,
         ``inter_references [n_dec, B, Q, 2 or 4]`` and, in two-stage, the encoder proposals'
@@ -470,9 +479,17 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points(query_pos).sigmoid()
             init_reference_out = reference_points
 
+        attn_mask = None
+        if dn is not None:
+            dn_tgt, dn_pos, dn_boxes, attn_mask = dn
+            tgt, query_pos = torch.cat([dn_tgt, tgt], 1), torch.cat([dn_pos, query_pos], 1)
+            reference_points = torch.cat([dn_boxes[..., : reference_points.shape[-1]], reference_points], 1)
+            init_reference_out = reference_points
+            attn_mask = attn_mask[: tgt.shape[1], : tgt.shape[1]]  # fewer proposals than --num_queries (two-stage)
         hs, inter_references = self.decoder(
-            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos, mask_flatten_t
-        )
+            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos, mask_flatten_t,
+            attn_mask,
+        )  # fmt: skip
         return hs, init_reference_out, inter_references, enc_outputs_class, enc_outputs_coord_unact
 
 

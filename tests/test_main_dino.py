@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY
+from tiny import TINY, train_resume_eval
 
 import main as main_module
 
@@ -34,30 +34,9 @@ def parse(argv: list[str]):
 def test_dino_train_resume_eval_predict(synthetic_coco, tmp_path):
     common = [*TINY_DINO, "--coco_path", str(synthetic_coco), "--lr_drop", "1", "--eval_every", "5"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    full = tmp_path / "full"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *common, "--epochs", "2", "--output_dir", str(full)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = [json.loads(line) for line in (full / "log.txt").read_text().splitlines()]
-    assert [e["epoch"] for e in log] == [0, 1]
+    full, log = train_resume_eval(common, synthetic_coco, tmp_path)
     assert log[0]["train_loss_ce_dn"] > 0 and "train_loss_bbox_dn_0" in log[0] and "train_loss_ce_interm" in log[0]
     assert {"AP", "AP50"} <= set(json.loads((full / "eval.json").read_text())["bbox"])
-
-    part = tmp_path / "part"
-    main_module.main(parse([*common, "--epochs", "1", "--output_dir", str(part)]))
-    main_module.main(parse([*common, "--epochs", "2", "--output_dir", str(part), "--resume", "auto"]))
-    a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (full, part))
-    assert a["epoch"] == b["epoch"] == 1
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    logs = [(d / "log.txt").read_text().splitlines() for d in (full, part)]
-    assert json.loads(logs[0][1])["train_loss"] == json.loads(logs[1][1])["train_loss"]
-
-    main_module.main(parse(["--coco_path", str(synthetic_coco), "--device", "cpu", "--num_workers", "0",
-                            "--eval", "--resume", str(full / "checkpoint.pth"), "--output_dir", str(tmp_path / "ev")]))  # fmt: skip
-    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["bbox"]["AP"] == log[-1]["test_coco_eval_bbox"][0]
 
     pred = tmp_path / "pred"  # the tools on a DINO checkpoint: no denoising queries at inference
     proc = subprocess.run(

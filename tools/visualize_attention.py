@@ -3,8 +3,8 @@
     python tools/visualize_attention.py --checkpoint outputs/demo/checkpoint.pth image.jpg --output pictures/
 
 DETR: ``<name>_decoder_attention.png`` and ``<name>_encoder_attention.png``, the two figures of the
-official notebook ``detr_attention.ipynb``; Deformable DETR: ``<name>_sampling_points.png``, where
-each detected object's query samples (``visualize`` lists them). The weights are captured by
+official notebook ``detr_attention.ipynb``; Deformable DETR and DINO: ``<name>_sampling_points.png``,
+where each detected object's query samples (``visualize`` lists them). The weights are captured by
 forward hooks for this one pass, so normal inference keeps its fused kernels; the official notebook
 calls the attention with ``need_weights=True`` instead, and draws with matplotlib.
 """
@@ -25,7 +25,7 @@ from tools.arguments import add_model_arguments  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Attention pictures of DETR and Deformable DETR on one image.")
+    parser = argparse.ArgumentParser(description="Attention pictures of DETR, Deformable DETR and DINO on one image.")
     add_model_arguments(parser)
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("--output", default=".", help="folder for the pictures (default: the current one)")
@@ -184,7 +184,7 @@ def msda_sampling(
 
 @torch.no_grad()
 def capture_deformable_sampling(model: nn.Module, samples: Any, layer: int = -1) -> DeformableSampling:
-    """Run Deformable DETR on ``samples`` with hooks on decoder layer ``layer``'s ``MSDeformAttn``
+    """Run Deformable DETR or DINO on ``samples`` with hooks on decoder layer ``layer``'s ``MSDeformAttn``
     (its inputs, and the outputs of its offset and weight projections); hooks removed afterwards."""
     attn = core_model(model).transformer.decoder.layers[layer].cross_attn
     store: dict[str, Any] = {}
@@ -371,7 +371,7 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     * ``<name>_encoder_attention.png``: the last encoder layer's self-attention of a few reference
       points (the centres of the best detections, or ``--points x,y ...`` in pixels) over the image.
 
-    Deformable DETR: ``<name>_sampling_points.png``: for each detected object, one panel per feature
+    Deformable DETR and DINO: ``<name>_sampling_points.png``: for each detected object, one panel per feature
     level with the points its query samples in the last decoder layer (one colour per head, area
     proportional to the attention weight), its reference point (cross) and its box.
     """

@@ -50,6 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 DEFORMABLE = ("deformable_detr", "dino")  # the models with deformable attention and focal loss
+DN_SETTINGS = ("dn_number", "dn_label_noise_ratio", "dn_box_noise_scale")  # --model dino, or deformable_detr --dn
 
 OFFICIAL_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CHECK_IMAGES_LEVELS = ("none", "header", "full")
@@ -121,6 +122,12 @@ class ModelConfig:
         False, ARCHITECTURE, "Deformable DETR: two-stage (needs --with_box_refine)", only=("deformable_detr",)
     )
     masks: bool = setting(False, ARCHITECTURE, "train the segmentation head")
+    dn: bool = setting(
+        False,
+        ARCHITECTURE,
+        "Deformable DETR: train with DINO's contrastive denoising queries",
+        only=("deformable_detr",),
+    )
     dropout: float | None = setting(None, RECIPE, "dropout in the transformer")
     aux_loss: bool = setting(True, RECIPE, "disable the decoder layers' auxiliary losses", flag="--no_aux_loss")
     set_cost_class: float | None = setting(None, RECIPE, "matching cost of the class")
@@ -169,7 +176,8 @@ class ModelConfig:
         _check(
             self.frozen_weights is None or self.masks, "--frozen_weights trains only the mask head: it needs --masks"
         )
-        ignored = [f for f in settings_of(type(self)) if f.metadata["only"] and self.model not in f.metadata["only"]]
+        ignored = [f for f in settings_of(type(self)) if f.metadata["only"] and self.model not in f.metadata["only"]
+                   and not (self.dn and f.name in DN_SETTINGS)]  # fmt: skip
         ignored = [f for f in ignored if getattr(self, f.name) not in (None, _model_default(f, self.model))]
         if ignored:  # given, or from a checkpoint
             raise ConfigError(_ignored_message(ignored, self.model))
@@ -604,9 +612,10 @@ def _ignored_message(ignored: list[dataclasses.Field], model: str) -> str:
     names = ", ".join(f"--{f.name}" for f in ignored)
     owners = [m for m in MODELS if all(m in f.metadata["only"] for f in ignored)] or list(ignored[0].metadata["only"])
     what = f"{' / '.join(MODEL_NAMES[m] for m in owners)} option"
+    dn = ", or --dn with --model deformable_detr" if any(f.name in DN_SETTINGS for f in ignored) else ""
     if len(ignored) == 1:
-        return f"{names} is a {what}, which --model {model} ignores: drop it or use --model {owners[0]}"
-    return f"{names} are {what}s, which --model {model} ignores: drop them or use --model {owners[0]}"
+        return f"{names} is a {what}, which --model {model} ignores: drop it or use --model {owners[0]}{dn}"
+    return f"{names} are {what}s, which --model {model} ignores: drop them or use --model {owners[0]}{dn}"
 
 
 def _check(ok: bool, message: str) -> None:

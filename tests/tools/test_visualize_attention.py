@@ -1,5 +1,6 @@
 """tools/visualize_attention.py: the hooked attention equals a direct computation, the hooks leave
-no trace, and the pictures are written for DETR and Deformable DETR."""
+no trace, and the pictures are written for DETR, Deformable DETR and DINO (a checkpoint made here:
+DINO is not among the shared tiny checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,35 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_args, write_image
+from conftest import ID2LABEL, TINY_FLAGS, tiny_args, write_image
 from PIL import Image
 from torch import nn
 
 from models import build_model
 from tools import visualize_attention as va
+from util import config
+from util.checkpoint import save_checkpoint
+
+DINO_FLAGS = ["--model", "dino", "--num_feature_levels", "2", "--dec_n_points", "2", "--enc_n_points", "2",
+              "--dn_number", "2"]  # fmt: skip
+
+
+def sampling_args(variant: str):
+    """The tiny settings of ``variant``: a shared one, or ``dino``."""
+    if variant == "dino":
+        return config.resolve(config.get_args_parser().parse_args([*TINY_FLAGS, *DINO_FLAGS]))
+    return tiny_args(variant)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_checkpoints, tmp_path_factory):
+    """The shared tiny checkpoints and a tiny DINO one saved as ``main.py`` saves it."""
+    torch.manual_seed(3)
+    args = sampling_args("dino")
+    model, _, _ = build_model(args)
+    path = tmp_path_factory.mktemp("dino") / "dino.pth"
+    save_checkpoint({"model": model.state_dict(), "args": config.saved(args), "id2label": ID2LABEL}, path)
+    return {**tiny_checkpoints, "dino": path}
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -66,9 +90,10 @@ def test_detr_hooks_capture_the_attention_of_the_forward():
     torch.testing.assert_close(att.decoder, direct, rtol=1e-5, atol=1e-6)
 
 
-def test_deformable_hooks_equal_what_the_op_receives(monkeypatch):
+@pytest.mark.parametrize("variant", ["deformable", "dino"])
+def test_deformable_hooks_equal_what_the_op_receives(variant, monkeypatch):
     torch.manual_seed(0)
-    model, _, _ = build_model(tiny_args("deformable"))
+    model, _, _ = build_model(sampling_args(variant))
     model.eval()
     for p in model.parameters():  # offsets and weights away from their symmetric initialisation
         p.data.add_(0.05 * torch.randn_like(p))
@@ -87,18 +112,19 @@ def test_deformable_hooks_equal_what_the_op_receives(monkeypatch):
     assert len(calls) == 1 + n_layers
     torch.testing.assert_close(samp.locations, locations, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(samp.weights, weights, rtol=1e-5, atol=1e-6)
-    assert samp.reference_points.shape[-1] == 4  # box refinement: boxes after the first layer
+    assert samp.reference_points.shape[-1] == 4  # box refinement (DINO: anchor boxes): boxes after the first layer
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize("variant,pictures", [
     ("detr", ["photo_decoder_attention.png", "photo_encoder_attention.png"]),
     ("deformable", ["photo_sampling_points.png"]),
+    ("dino", ["photo_sampling_points.png"]),
 ])  # fmt: skip
-def test_pictures_are_written(variant, pictures, tiny_checkpoints, tmp_path, capsys):
+def test_pictures_are_written(variant, pictures, checkpoints, tmp_path, capsys):
     image = write_image(tmp_path / "photo.png", 120, 90)
     out = tmp_path / "out"
-    va.main(["--checkpoint", str(tiny_checkpoints[variant]), str(image), "--output", str(out), "--max_objects", "2",
+    va.main(["--checkpoint", str(checkpoints[variant]), str(image), "--output", str(out), "--max_objects", "2",
              "--threshold", "0.0"])  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == pictures
     for name in pictures:

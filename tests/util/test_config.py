@@ -51,7 +51,7 @@ def test_every_model_specific_setting_is_declared():
         "num_feature_levels": deformable, "pre_norm": ("detr",), "dec_n_points": deformable,
         "enc_n_points": deformable, "with_box_refine": ("deformable_detr",), "two_stage": ("deformable_detr",),
         "cls_loss_coef": deformable, "eos_coef": ("detr",), "focal_alpha": deformable, "num_select": dino,
-        "dn_number": dino, "dn_label_noise_ratio": dino, "dn_box_noise_scale": dino,
+        "dn_number": dino, "dn_label_noise_ratio": dino, "dn_box_noise_scale": dino, "dn": ("deformable_detr",),
     }  # fmt: skip
 
 
