@@ -56,7 +56,8 @@ RECIPES = {
 }
 OUT_DIRS = {"demo": "demo", "deformable_detr": "demo_deformable", "detr": "demo_detr", "dino": "demo_dino"}
 # Deformable DETR's sigmoid (focal) scores run lower than DETR's softmax ones: the score from which
-# predictions.png draws a box, per recipe (chosen by looking at the pictures: few misses, few duplicates).
+# predictions.png draws a box, per recipe (chosen by looking at the pictures: few misses, few duplicates;
+# dino's is Deformable DETR's, checked only on a shorter run's pictures so far).
 THRESHOLDS = {"demo": 0.4, "deformable_detr": 0.4, "detr": 0.5, "dino": 0.4}
 # On a CPU with bfloat16 units (AVX512-BF16 or AMX) the "demo" recipe trains with these (faster per
 # iteration: docs/results.md); elsewhere in fp32, where bf16 would be emulated and slower. Either way
