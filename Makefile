@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # When make started: the demo's own timing then includes the set-up of the environment.
 STARTED := $(shell date +%s)
 
-.PHONY: demo demo-deformable demo-detr test test-fast lint format venv clean
+.PHONY: demo demo-deformable demo-detr demo-dino test test-fast lint format venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-extra.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo-deformable: $(STAMP)
 ## The original DETR on the same data, 10 epochs (outputs/demo_detr/).
 demo-detr: $(STAMP)
 	$(PY) tools/demo.py --model detr --started $(STARTED)
+
+## DINO on the same data with the demo's backbone and budget, 5 epochs (outputs/demo_dino/).
+demo-dino: $(STAMP)
+	$(PY) tools/demo.py --model dino --started $(STARTED)
 
 ## Lint, format check, then the whole test suite.
 test: $(STAMP) lint
