@@ -20,16 +20,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.coco_names import COCO_NUM_CLASSES, COCO_PANOPTIC_NAMES  # noqa: E402
-from models.hf_convert import (  # noqa: E402
-    BACKBONE_FORMATS,
-    ConversionError,
-    arch_from_checkpoint,
-    checkpoint_to_hf,
-    convert_from_hf,
-)
-from util.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,10 +30,23 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backbone-format",
         default="timm",
-        choices=BACKBONE_FORMATS,
-        help="--to-hf: backbone as a timm model (as the hub's checkpoints) or transformers' ResNetBackbone",
+        help="--to-hf: 'timm' (a timm model, as the hub's checkpoints) or 'transformers' (its ResNetBackbone)",
     )
     return parser
+
+
+if __name__ == "__main__":
+    get_parser().parse_args()  # --help and bad arguments answered before torch is imported
+
+from datasets.coco_names import COCO_NUM_CLASSES, COCO_PANOPTIC_NAMES  # noqa: E402
+from models.hf_convert import (  # noqa: E402
+    BACKBONE_FORMATS,
+    ConversionError,
+    arch_from_checkpoint,
+    checkpoint_to_hf,
+    convert_from_hf,
+)
+from util.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 
 def official_names(ckpt: dict[str, Any], source: str) -> dict[int, str] | None:
@@ -56,7 +59,10 @@ def official_names(ckpt: dict[str, Any], source: str) -> dict[int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = get_parser().parse_args(argv)
+    parser = get_parser()
+    a = parser.parse_args(argv)
+    if a.backbone_format not in BACKBONE_FORMATS:
+        parser.error(f"--backbone-format: choose from {', '.join(BACKBONE_FORMATS)}, not '{a.backbone_format}'")
     try:
         if a.from_hf:
             ckpt = convert_from_hf(a.from_hf, a.output)

@@ -25,6 +25,26 @@ from typing import Any
 if not __package__:  # run as ``python tools/export.py``
     import _repo_root  # noqa: F401
 
+from tools.arguments import add_model_arguments  # noqa: E402
+
+# Each format and the packages it needs beyond torch.
+FORMATS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torch_export": ()}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Export DETR / Deformable DETR to ONNX or torch.export, checked.")
+    add_model_arguments(parser)
+    parser.add_argument("--format", default="onnx", choices=sorted(FORMATS))
+    parser.add_argument("--output", required=True, help="file to write (model.onnx, model.pt2)")
+    parser.add_argument("--image", default=None, help="image for the check (default: a generated picture)")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed box difference")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    return parser
+
+
+if __name__ == "__main__":
+    get_parser().parse_args()  # --help and bad arguments answered before torch is imported
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -33,7 +53,6 @@ from torch import Tensor, nn  # noqa: E402
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from models.ops import MSDeformAttn  # noqa: E402
 from tools.inference import (  # noqa: E402
-    add_model_arguments,
     class_names,
     core_model,
     default_file_mode,
@@ -45,7 +64,6 @@ from tools.inference import (  # noqa: E402
     run_command,
 )
 
-FORMATS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torch_export": ()}
 OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks")
 
 
@@ -272,17 +290,6 @@ def export_checked(wrapper: ExportableDetector, example: Tensor, inputs: list[Te
     finally:
         tmp.unlink(missing_ok=True)
     return {"output": str(output), "seconds": seconds, "diffs": diffs}
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export DETR / Deformable DETR to ONNX or torch.export, checked.")
-    add_model_arguments(parser)
-    parser.add_argument("--format", default="onnx", choices=sorted(FORMATS))
-    parser.add_argument("--output", required=True, help="file to write (model.onnx, model.pt2)")
-    parser.add_argument("--image", default=None, help="image for the check (default: a generated picture)")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed box difference")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
