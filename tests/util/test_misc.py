@@ -102,7 +102,11 @@ def test_torchscript_refused_with_one_clear_error(model):
 
     flags = ["--backbone", "resnet18", "--backbone_weights", "none", "--hidden_dim", "32", "--nheads", "2",
              "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "32", "--num_classes", "3"]  # fmt: skip
-    flags += ["--masks"] if model == "detr_masks" else ["--model", model, "--num_feature_levels", "1"]
+    flags += {
+        "detr_masks": ["--masks"],
+        "detr": [],
+        "deformable_detr": ["--model", model, "--num_feature_levels", "1"],
+    }[model]
     net = build_model(resolve(get_args_parser().parse_args(flags)))[0]
     joiner = (net.detr if model == "detr_masks" else net).backbone
     with warnings.catch_warnings():
