@@ -14,6 +14,7 @@ import argparse
 import datetime
 import random
 import re
+import signal
 import sys
 import time
 import warnings
@@ -350,6 +351,8 @@ def _run(args: argparse.Namespace, given: set[str], saver: CheckpointSaver) -> d
             state.mark_evaluated()
         if (pending or start_epoch < args.epochs) and state.evaluated and state.epoch + 1 == args.epochs:
             saver.save(state)  # the finished run's checkpoint says so (resuming it is then refused)
+        if stop.signum:  # came during the last evaluation: nothing left to stop
+            print(f"{signal.Signals(stop.signum).name} came after the last training step: the run finished normally")
         print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
         return test_stats
     finally:

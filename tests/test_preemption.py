@@ -269,3 +269,20 @@ def test_resume_auto_other_configuration_is_reported(synthetic_coco, tmp_path):
         main_module.main(parse([*run_args(synthetic_coco, out, "--resume", "auto", "--num_classes", "4")]))
     msg = str(e.value.code)
     assert "checkpoint.pth" in msg and "does not fit" in msg and "transformer.foo" in msg
+
+
+@pytest.mark.slow
+def test_signal_during_last_evaluation_lets_the_run_finish(synthetic_coco, tmp_path, reference, monkeypatch, capsys):
+    """A stop signal after the last optimizer step (here during the final evaluation) has nothing
+    left to stop: the run finishes, says so, and equals the uninterrupted one."""
+    real = main_module.evaluate
+
+    def evaluate(*a, **k):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(main_module, "evaluate", evaluate)
+    out = tmp_path / "run"
+    main_module.main(parse(run_args(synthetic_coco, out)))
+    assert "SIGUSR1 came after the last training step: the run finished normally" in capsys.readouterr().out
+    assert_same_run(reference, out)

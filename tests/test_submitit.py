@@ -1,6 +1,7 @@
 """run_with_submitit.py: the real submission path through submitit's local executor (no Slurm
-here). A job receives submitit's preemption signal (SIGUSR2, what Slurm sends) mid-epoch, saves a
-mid-epoch checkpoint, is requeued by submitit through ``Trainer.checkpoint``, resumes with
+here). A job receives submitit's preemption signal (SIGUSR2, what Slurm sends) mid-epoch (the job
+waits after its first step until the signal is sent, so the stop point does not depend on the
+machine's speed), saves a mid-epoch checkpoint, is requeued by submitit through ``Trainer.checkpoint``, resumes with
 ``--resume auto`` and ends identical to an uninterrupted run. Also: the messages for a missing
 submitit, no shared job folder, an unwritable job folder and a missing Slurm."""
 
@@ -17,7 +18,34 @@ import pytest
 from test_preemption import RUN, _children, assert_same_run, reference  # noqa: F401  (fixture)
 from tiny import TINY
 
+import run_with_submitit as rws
+
 ROOT = Path(__file__).resolve().parents[1]
+RELEASE = "DETR_TEST_SIGNAL_SENT"  # file the test creates once it has signalled the job
+
+
+class PausingTrainer(rws.Trainer):
+    """``rws.Trainer`` whose job, after its first optimizer step, says so and waits for the file
+    named in ``$DETR_TEST_SIGNAL_SENT`` (the test's signal is then pending, and handled during the
+    wait). The requeued job finds the file and does not wait. Pickled by reference: tests/ is on
+    the job's ``PYTHONPATH``."""
+
+    def __call__(self):
+        import main
+
+        real, release = main.train_steps, Path(os.environ[RELEASE])
+
+        def train_steps(*a, **k):
+            for it, scalars in real(*a, **k):
+                if (a[5], it) == (0, 0) and not release.exists():  # a[5]: the epoch
+                    print("waiting for the test's signal", flush=True)
+                    deadline = time.time() + 120
+                    while not release.exists() and time.time() < deadline:
+                        time.sleep(0.05)
+                yield it, scalars
+
+        main.train_steps = train_steps
+        return super().__call__()
 
 
 def test_missing_submitit_says_how_to_install(tmp_path):
@@ -33,8 +61,6 @@ def test_missing_submitit_says_how_to_install(tmp_path):
 
 def test_job_dir_messages(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
-    import run_with_submitit as rws
-
     monkeypatch.setattr(rws, "shared_folder", lambda: None)
     with pytest.raises(SystemExit) as e:
         rws.resolve_job_dir("")
@@ -73,10 +99,11 @@ def _wait_for(path_fn, marker: str, job, timeout: float = 240) -> str:
 @pytest.mark.slow
 def test_local_executor_preempted_requeued_resumed(synthetic_coco, tmp_path, reference, monkeypatch):  # noqa: F811
     pytest.importorskip("submitit")
-    import run_with_submitit as rws
-
+    release = tmp_path / "signal_sent"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    monkeypatch.setenv(RELEASE, str(release))
+    monkeypatch.setattr(rws, "Trainer", PausingTrainer)
     argv = [
         *TINY, "--coco_path", str(synthetic_coco), *RUN,
         "--cluster", "local", "--nodes", "1", "--ngpus", "1", "--timeout", "20",
@@ -84,14 +111,15 @@ def test_local_executor_preempted_requeued_resumed(synthetic_coco, tmp_path, ref
     ]  # fmt: skip
     job = rws.submit(rws.get_args_parser().parse_args(argv))
     out = tmp_path / "jobs" / str(job.job_id)
-    _wait_for(lambda: job.paths.stdout, "Epoch: [0]  [0/3]", job)
+    _wait_for(lambda: job.paths.stdout, "waiting for the test's signal", job)
     tasks = _children(int(job.job_id))  # the controller's child: the task running main.py
     assert len(tasks) == 1
     os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends before the time limit / on preemption
+    release.touch()
 
     result = job.result()  # waits for the requeued job to finish
     log = job.paths.stdout.read_text() + job.paths.stderr.read_text()
-    assert "stopped by SIGUSR2 after epoch 0 iteration" in log, log[-3000:]
+    assert "stopped by SIGUSR2 after epoch 0 iteration 0" in log, log[-3000:]
     assert "requeuing with --resume auto" in log and "Requeued job" in log
     assert "resumed from" in log and "starting at epoch 0, iteration" in log
     assert "coco_eval_bbox" in result
