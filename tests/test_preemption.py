@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from paused_main import MARKER, RELEASE
 from tiny import TINY
 
 import main as main_module
@@ -117,9 +118,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _popen(cmd: list[str], threads: int = 2) -> subprocess.Popen:
+def _popen(cmd: list[str], threads: int = 2, release: Path | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` with its output piped; ``release``: the file a ``paused_main`` run waits for."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if release is not None:
+        env[RELEASE] = str(release)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+
+
+def paused_main(*argv: str) -> list[str]:
+    """``python main.py ARGV`` through ``tests/paused_main.py``: training waits after its first step
+    until the test has signalled it and created the release file (see ``signal_then_release``)."""
+    return [sys.executable, str(ROOT / "tests" / "paused_main.py"), str(ROOT / "main.py"), *argv]
+
+
+def signal_then_release(send: callable, release: Path) -> callable:
+    def both() -> None:
+        send()
+        release.touch()
+
+    return both
 
 
 def signal_when(proc: subprocess.Popen, marker: str, send: callable, timeout: float = 240) -> str:
@@ -146,13 +166,13 @@ def signal_when(proc: subprocess.Popen, marker: str, send: callable, timeout: fl
 def test_external_sigusr1_mid_epoch_then_resume(synthetic_coco, tmp_path, reference):
     """``kill -USR1 <pid>`` while ``python main.py`` trains epoch 0: exit status 138, a mid-epoch
     checkpoint; ``--resume auto`` then ends identical to the uninterrupted run."""
-    out = tmp_path / "run"
-    proc = _popen([sys.executable, str(ROOT / "main.py"), *run_args(synthetic_coco, out)])
-    text = signal_when(proc, "Epoch: [0]  [0/3]", lambda: proc.send_signal(signal.SIGUSR1))
+    out, release = tmp_path / "run", tmp_path / "signal_sent"
+    proc = _popen(paused_main(*run_args(synthetic_coco, out)), release=release)
+    text = signal_when(proc, MARKER, signal_then_release(lambda: proc.send_signal(signal.SIGUSR1), release))
     assert proc.returncode == 128 + signal.SIGUSR1, text[-3000:]
-    assert "received SIGUSR1" in text and "stopped by SIGUSR1 after epoch 0 iteration" in text
+    assert "received SIGUSR1" in text and "stopped by SIGUSR1 after epoch 0 iteration 0;" in text
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert ckpt["epoch"] == 0 and ckpt["iteration"] in (1, 2)  # mid-epoch (the signal came during step 1)
+    assert ckpt["epoch"] == 0 and ckpt["iteration"] == 0  # after the first of 3 steps
     assert not (out / "log.txt").exists()  # no epoch finished yet
 
     main_module.main(parse(run_args(synthetic_coco, out, "--resume", "auto")))
@@ -191,16 +211,18 @@ def test_torchrun_two_processes_signal_to_one_rank(synthetic_coco, tmp_path):
     def torchrun(out: Path, *extra: str) -> list[str]:
         return [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", str(ROOT / "main.py"),
+            f"--master_port={_free_port()}", str(ROOT / "tests" / "paused_main.py"), str(ROOT / "main.py"),
             *run_args(synthetic_coco, out, "--batch_size", "2", "--epochs", "1", *extra),
         ]  # fmt: skip
 
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    proc = _popen(threads=1, cmd=torchrun(ref))
+    ref, out, release = tmp_path / "ref", tmp_path / "run", tmp_path / "signal_sent"
+    release.touch()  # the reference run does not wait
+    proc = _popen(threads=1, cmd=torchrun(ref), release=release)
     text = signal_when(proc, "Start training", lambda: None)
     assert proc.returncode == 0, text[-3000:]
 
-    proc = _popen(threads=1, cmd=torchrun(out))
+    release.unlink()
+    proc = _popen(threads=1, cmd=torchrun(out), release=release)
 
     def to_rank1() -> None:
         deadline = time.time() + 30
@@ -212,14 +234,14 @@ def test_torchrun_two_processes_signal_to_one_rank(synthetic_coco, tmp_path):
             time.sleep(0.1)
         raise AssertionError("rank 1 not found")
 
-    text = signal_when(proc, "Epoch: [0]  [0/3]", to_rank1)
+    text = signal_when(proc, MARKER, signal_then_release(to_rank1, release))
     assert proc.returncode != 0  # torchrun reports the workers' exit status 138
-    assert "stopped by SIGUSR1 after epoch 0 iteration" in text, text[-3000:]
+    assert "stopped by SIGUSR1 after epoch 0 iteration 0;" in text, text[-3000:]
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert ckpt["epoch"] == 0 and ckpt["iteration"] in (1, 2) and ckpt["world_size"] == 2
+    assert ckpt["epoch"] == 0 and ckpt["iteration"] == 0 and ckpt["world_size"] == 2
     assert len(ckpt["rng_per_rank"]) == 2 and len(ckpt["meters_per_rank"]) == 2
 
-    proc = _popen(threads=1, cmd=torchrun(out, "--resume", "auto"))
+    proc = _popen(threads=1, cmd=torchrun(out, "--resume", "auto"), release=release)
     text = signal_when(proc, "resumed from", lambda: None)
     assert proc.returncode == 0, text[-3000:]
     assert_same_run(ref, out)

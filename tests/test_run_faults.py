@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_preemption import _children, _free_port, _popen, _rank_of, signal_when
+from paused_main import MARKER
+from test_preemption import _children, _free_port, _popen, _rank_of, paused_main, signal_then_release, signal_when
 from tiny import TINY
 
 import main as main_module
@@ -198,22 +199,16 @@ def test_ctrl_c_saves_and_a_second_one_stops_at_once(synthetic_coco, tmp_path, m
     """Ctrl-C (SIGINT to the whole process group, DataLoader worker included) during epoch 0: a
     mid-epoch checkpoint, a one-line message, exit status 130. Two Ctrl-C in one step: stopped at
     once, nothing saved."""
-    out = tmp_path / "run"
-    argv = [
-        sys.executable,
-        str(ROOT / "main.py"),
-        *run_args(synthetic_coco, out, "--print_freq", "1", "--num_workers", "1"),
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    out, release = tmp_path / "run", tmp_path / "signal_sent"
+    argv = paused_main(*run_args(synthetic_coco, out, "--print_freq", "1", "--num_workers", "1"))
+    proc = _popen(argv, release=release, start_new_session=True)
     # what a terminal does on Ctrl-C: SIGINT to the whole process group
-    text = signal_when(proc, "Epoch: [0]  [0/3]", lambda: os.killpg(proc.pid, signal.SIGINT))
+    text = signal_when(proc, MARKER, signal_then_release(lambda: os.killpg(proc.pid, signal.SIGINT), release))
     assert proc.returncode == 130, text[-3000:]
     assert "received SIGINT: saving a checkpoint and stopping after the current step (Ctrl-C again" in text
-    assert "stopped by SIGINT after epoch 0 iteration" in text and "Traceback" not in text
+    assert "stopped by SIGINT after epoch 0 iteration 0;" in text and "Traceback" not in text
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert ckpt["epoch"] == 0 and ckpt["iteration"] in (1, 2)
+    assert ckpt["epoch"] == 0 and ckpt["iteration"] == 0  # after the first of 3 steps
 
     real = main_module.train_steps
 

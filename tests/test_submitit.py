@@ -15,36 +15,23 @@ import time
 from pathlib import Path
 
 import pytest
+from paused_main import MARKER, RELEASE, pause_after_first_step
 from test_preemption import RUN, _children, assert_same_run, reference  # noqa: F401  (fixture)
 from tiny import TINY
 
 import run_with_submitit as rws
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASE = "DETR_TEST_SIGNAL_SENT"  # file the test creates once it has signalled the job
 
 
 class PausingTrainer(rws.Trainer):
-    """``rws.Trainer`` whose job, after its first optimizer step, says so and waits for the file
-    named in ``$DETR_TEST_SIGNAL_SENT`` (the test's signal is then pending, and handled during the
-    wait). The requeued job finds the file and does not wait. Pickled by reference: tests/ is on
-    the job's ``PYTHONPATH``."""
+    """``rws.Trainer`` whose job waits after its first optimizer step until the test has sent its
+    signal (``paused_main``). Pickled by reference: tests/ is on the job's ``PYTHONPATH``."""
 
     def __call__(self):
         import main
 
-        real, release = main.train_steps, Path(os.environ[RELEASE])
-
-        def train_steps(*a, **k):
-            for it, scalars in real(*a, **k):
-                if (a[5], it) == (0, 0) and not release.exists():  # a[5]: the epoch
-                    print("waiting for the test's signal", flush=True)
-                    deadline = time.time() + 120
-                    while not release.exists() and time.time() < deadline:
-                        time.sleep(0.05)
-                yield it, scalars
-
-        main.train_steps = train_steps
+        main.train_steps = pause_after_first_step(main.train_steps, Path(os.environ[RELEASE]))
         return super().__call__()
 
 
@@ -111,7 +98,7 @@ def test_local_executor_preempted_requeued_resumed(synthetic_coco, tmp_path, ref
     ]  # fmt: skip
     job = rws.submit(rws.get_args_parser().parse_args(argv))
     out = tmp_path / "jobs" / str(job.job_id)
-    _wait_for(lambda: job.paths.stdout, "waiting for the test's signal", job)
+    _wait_for(lambda: job.paths.stdout, MARKER, job)
     tasks = _children(int(job.job_id))  # the controller's child: the task running main.py
     assert len(tasks) == 1
     os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends before the time limit / on preemption
