@@ -238,7 +238,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     example = torch.cat([inputs[0], inputs[0].flip(-1)])  # batch 2: torch.export fixes dimensions of size 1
     metadata = {
         "source": str(loaded.source),
-        "model": "deformable_detr" if is_deformable(loaded.model) else "detr",
+        "model": loaded.args.model,
         "outputs": ",".join(wrapper.output_names),
         "box_format": "cxcywh normalised to [0, 1]",
         "scores": "sigmoid" if is_deformable(loaded.model) else "softmax over classes + no-object (last)",

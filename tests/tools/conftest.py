@@ -26,6 +26,9 @@ VARIANTS = {
     "deformable": ["--model", "deformable_detr", "--num_feature_levels", "2", "--dec_n_points", "2",
                    "--enc_n_points", "2", "--with_box_refine"],
 }  # fmt: skip
+# A tiny DINO (not among VARIANTS, whose checkpoints every tool test shares)
+DINO_FLAGS = ["--model", "dino", "--num_feature_levels", "2", "--dec_n_points", "2", "--enc_n_points", "2",
+              "--dn_number", "2"]  # fmt: skip
 ID2LABEL = {1: "square", 2: "disc", 3: "sky", 4: "grass"}
 
 

@@ -1,6 +1,7 @@
 """Export to ONNX and torch.export, checked with onnxruntime / the loaded program against PyTorch:
 the official test_all.py ONNX procedure on small random DETR models, tools/export.py end to end for
-DETR and Deformable DETR with dynamic batch and image size, and bad input."""
+DETR, Deformable DETR and DINO (denoising off at inference) with dynamic batch and image size, and
+bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ID2LABEL, TINY_FLAGS, VARIANTS, tiny_args, write_image
+from conftest import DINO_FLAGS, ID2LABEL, TINY_FLAGS, VARIANTS, tiny_args, write_image
 from torch import nn
 
 from models import build_model
@@ -63,12 +64,19 @@ def small_image_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Checkpoints of models for 64 px images (``--val_size 64``, as ``main.py`` saves them), one
     decoder layer each: DETR (its empty auxiliary outputs broke ``torch.export``'s file) and
     Deformable DETR with its four official feature levels (the coarsest, stride 64, is one pixel
-    at 64 px: specialised to a constant, it broke the ONNX file at other sizes)."""
+    at 64 px: specialised to a constant, it broke the ONNX file at other sizes), and DINO with four
+    levels."""
     folder = tmp_path_factory.mktemp("small_image_checkpoints")
     paths = {}
-    for variant, extra in {"detr": [], "deformable": ["--num_feature_levels", "4"]}.items():
+    levels = ["--num_feature_levels", "4"]
+    models = {
+        "detr": VARIANTS["detr"],
+        "deformable": [*VARIANTS["deformable"], *levels],
+        "dino": [*DINO_FLAGS, *levels],
+    }
+    for variant, flags in models.items():
         torch.manual_seed(0)
-        flags = [*TINY_FLAGS, *VARIANTS[variant], *extra, "--dec_layers", "1"]
+        flags = [*TINY_FLAGS, *flags, "--dec_layers", "1"]
         args = config.resolve(config.get_args_parser().parse_args(flags))
         model, _, _ = build_model(args)
         paths[variant] = folder / f"{variant}.pth"
@@ -77,8 +85,8 @@ def small_image_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "torch_export"])
-@pytest.mark.parametrize("variant", ["detr", "deformable"])
+@pytest.mark.parametrize(("variant", "fmt"), [("detr", "onnx"), ("detr", "torch_export"), ("deformable", "onnx"),
+                                              ("deformable", "torch_export"), ("dino", "onnx")])  # fmt: skip
 def test_export_command(variant, fmt, small_image_checkpoints, tmp_path, capsys):
     """``tools/export.py`` on a model for small images: the file is checked at three sizes (the
     example raised to the smallest side the model takes, 3/4 of it, and 800 px high), then runs
@@ -89,9 +97,9 @@ def test_export_command(variant, fmt, small_image_checkpoints, tmp_path, capsys)
     export_tool.main(["--checkpoint", str(small_image_checkpoints[variant]), "--format", fmt, "--output", str(out),
                       "--image", str(image)])  # fmt: skip
     text = capsys.readouterr().out
-    min_side = 65 if variant == "deformable" else 33  # coarsest stride 64 (Deformable, 4 levels) or 32, plus 1
+    min_side = 33 if variant == "detr" else 65  # coarsest stride 64 (Deformable, 4 levels) or 32, plus 1
     checked = re.findall(r"max abs diff vs PyTorch on (\S+):", text)
-    large = "1x3x800x1120" if variant == "deformable" else "1x3x800x1138"
+    large = "1x3x800x1138" if variant == "detr" else "1x3x800x1120"
     assert checked == [f"1x3x{max(64, min_side)}x91", f"2x3x{max(48, min_side)}x68", large], text
     assert f"sides at least {min_side}" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "photo.png"])  # no temporary file left
@@ -99,6 +107,8 @@ def test_export_command(variant, fmt, small_image_checkpoints, tmp_path, capsys)
         model = onnx.load(str(out))
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["val_size"] == "64" and meta["min_side"] == str(min_side)
+        assert meta["model"] == {"detr": "detr", "deformable": "deformable_detr", "dino": "dino"}[variant]
+        assert meta["scores"] == ("sigmoid" if variant != "detr" else "softmax over classes + no-object (last)")
         assert json.loads(meta["id2label"])["1"] == "square"
         dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         assert dims == ["batch", 3, "height", "width"]

@@ -9,7 +9,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from conftest import ID2LABEL, TINY_FLAGS, tiny_args, write_image
+from conftest import DINO_FLAGS, ID2LABEL, TINY_FLAGS, tiny_args, write_image
 from PIL import Image
 from torch import nn
 
@@ -17,9 +17,6 @@ from models import build_model
 from tools import visualize_attention as va
 from util import config
 from util.checkpoint import save_checkpoint
-
-DINO_FLAGS = ["--model", "dino", "--num_feature_levels", "2", "--dec_n_points", "2", "--enc_n_points", "2",
-              "--dn_number", "2"]  # fmt: skip
 
 
 def sampling_args(variant: str):
