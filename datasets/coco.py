@@ -182,7 +182,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         if data is None:
             data = load_coco_json(ann_file)
             normalize_coco_dict(data, ann_file)
-            stats = check_coco_dict(data, ann_file, num_classes)
+            stats = check_coco_dict(data, ann_file, num_classes, masks=return_masks)
         if not Path(img_folder).is_dir():
             raise DatasetError(f"image folder not found: {img_folder} (for annotation file {ann_file})")
         # Same state as torchvision.datasets.CocoDetection.__init__, with the COCO index built from the
@@ -190,7 +190,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         torchvision.datasets.VisionDataset.__init__(self, str(img_folder))
         self.coco = coco_from_dict(data)
         self.ids = sorted(self.coco.imgs.keys())
-        self.stats = stats if stats is not None else collect_coco_problems(data, ann_file)[1]
+        self.stats = stats if stats is not None else collect_coco_problems(data, ann_file, masks=return_masks)[1]
         self.ann_file = str(ann_file)
         self.img_folder = str(img_folder)
         self._transforms = transforms
@@ -279,7 +279,7 @@ def build_detection(
         probes = [infos.get(p) for p in paths]
     img_problems, img_notes = image_problems([by_id[i] for i in ids], paths, probes, ann_file)
     # After the image sizes are known (read from the files where missing): coordinates are checked against them.
-    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes)
+    ann_problems, stats = collect_coco_problems(data, ann_file, cfg.num_classes, cfg.masks)
     problems += ann_problems + img_problems
     notes += img_notes
     bad_problems = finish_split(image_set, ann_file, problems, notes, len(ids), cfg)

@@ -135,9 +135,11 @@ def _ann_name(ann: Any, index: int) -> str:
 
 
 def collect_coco_problems(
-    data: Any, path: str | os.PathLike[str], num_classes: int | None = None
+    data: Any, path: str | os.PathLike[str], num_classes: int | None = None, masks: bool = True
 ) -> tuple[list[Problem], dict[str, Any]]:
-    """Every problem of a parsed COCO detection dict (see ``validate_coco_file``) and its stats."""
+    """Every problem of a parsed COCO detection dict (see ``validate_coco_file``) and its stats.
+    ``masks=False`` (a box-only run, as the official code reads COCO without ``--masks``): a
+    malformed ``segmentation`` is not a problem but one counted warning, since nothing reads it."""
     path = str(path)
     if not isinstance(data, dict):
         what = f"is not a COCO annotation file (top level is {type(data).__name__}, expected an object)"
@@ -197,6 +199,7 @@ def collect_coco_problems(
     annotated_images: set[Any] = set()
     objects: Counter[Any] = Counter()
     num_crowd = num_without_segmentation = 0
+    unused_bad_segmentations: list[str] = []  # masks=False: "annotation ...: problem"
     max_ann_category = -1
     for index, ann in enumerate(data["annotations"]):
         name = _ann_name(ann, index)
@@ -212,11 +215,15 @@ def collect_coco_problems(
                 problems.append(Problem(path, f"duplicate annotation id {ann['id']}"))
             ann_ids.add(ann["id"])
         width, height = sizes.get(ann["image_id"], (None, None))
+        seg = segmentation_problem(ann["segmentation"], width, height) if ann.get("segmentation") is not None else None
+        if seg is not None and not masks:
+            unused_bad_segmentations.append(f"{name} {seg}")
+            seg = None
         values = [
             bbox_problem(ann["bbox"], width, height),
             flag_problem(ann.get("iscrowd", 0), "iscrowd"),
             number_problem(ann["area"], "area", low=0) if ann.get("area") is not None else None,
-            segmentation_problem(ann["segmentation"], width, height) if ann.get("segmentation") is not None else None,
+            seg,
         ]
         problems += [Problem(path, what, name) for what in values if what is not None]
         num_without_segmentation += int(not ann.get("segmentation"))
@@ -240,6 +247,11 @@ def collect_coco_problems(
             objects[ann["image_id"]] += 1
         num_crowd += int(bool(ann.get("iscrowd", 0)))
 
+    if unused_bad_segmentations:
+        warnings.append(
+            f"{path}: {len(unused_bad_segmentations)} annotation(s) with a malformed 'segmentation', unused "
+            f"without --masks (first: {unused_bad_segmentations[0]})"
+        )
     stats = {
         "file": path,
         "num_images": len(image_ids),
@@ -258,9 +270,12 @@ def collect_coco_problems(
     return problems, stats
 
 
-def check_coco_dict(data: Any, path: str | os.PathLike[str], num_classes: int | None = None) -> dict[str, Any]:
-    """Validate an already-parsed COCO detection dict; see ``validate_coco_file``."""
-    problems, stats = collect_coco_problems(data, path, num_classes)
+def check_coco_dict(
+    data: Any, path: str | os.PathLike[str], num_classes: int | None = None, masks: bool = True
+) -> dict[str, Any]:
+    """Validate an already-parsed COCO detection dict; see ``validate_coco_file`` and, for ``masks``,
+    ``collect_coco_problems``."""
+    problems, stats = collect_coco_problems(data, path, num_classes, masks)
     raise_if_problems(problems, str(path))
     return stats
 
