@@ -135,6 +135,8 @@ def paused_main(*argv: str) -> list[str]:
 
 
 def signal_then_release(send: callable, release: Path) -> callable:
+    """``send`` the signal, then let the paused run go on: the signal is pending when it does."""
+
     def both() -> None:
         send()
         release.touch()

@@ -1,8 +1,8 @@
 """run_with_submitit.py: the real submission path through submitit's local executor (no Slurm
 here). A job receives submitit's preemption signal (SIGUSR2, what Slurm sends) mid-epoch (the job
 waits after its first step until the signal is sent, so the stop point does not depend on the
-machine's speed), saves a mid-epoch checkpoint, is requeued by submitit through ``Trainer.checkpoint``, resumes with
-``--resume auto`` and ends identical to an uninterrupted run. Also: the messages for a missing
+machine's speed), saves a mid-epoch checkpoint, is requeued by submitit through
+``Trainer.checkpoint``, resumes with ``--resume auto`` and ends identical to an uninterrupted run. Also: the messages for a missing
 submitit, no shared job folder, an unwritable job folder and a missing Slurm."""
 
 from __future__ import annotations

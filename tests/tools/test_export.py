@@ -97,7 +97,7 @@ def test_export_command(variant, fmt, small_image_checkpoints, tmp_path, capsys)
     export_tool.main(["--checkpoint", str(small_image_checkpoints[variant]), "--format", fmt, "--output", str(out),
                       "--image", str(image)])  # fmt: skip
     text = capsys.readouterr().out
-    min_side = 33 if variant == "detr" else 65  # coarsest stride 64 (Deformable, 4 levels) or 32, plus 1
+    min_side = 33 if variant == "detr" else 65  # coarsest stride 64 (4 levels: Deformable DETR, DINO) or 32, plus 1
     checked = re.findall(r"max abs diff vs PyTorch on (\S+):", text)
     large = "1x3x800x1138" if variant == "detr" else "1x3x800x1120"
     assert checked == [f"1x3x{max(64, min_side)}x91", f"2x3x{max(48, min_side)}x68", large], text
