@@ -37,10 +37,12 @@ COMMON = [
 DEFORMABLE = ["--model", "deformable_detr", "--num_queries", "30", "--num_feature_levels", "3"]
 # DINO scaled down as DEFORMABLE scales the official Deformable DETR (300 queries -> 30, 4 levels -> 3,
 # 6+6 layers -> 1+3): 30 queries (900 would exceed the 49 encoder tokens of a 96-px image at 3 levels,
-# from which the queries are selected), 10 denoising queries (official 100), the same 100 detections
-# per image kept by the post-processing as Deformable DETR's.
-DINO = ["--model", "dino", "--num_queries", "30", "--num_feature_levels", "3", "--dn_number", "10",
-        "--num_select", "100"]  # fmt: skip
+# from which the queries are selected), --dn_number 3 (official 100; below 50 the official rule makes
+# 2 x 3 = 6 groups of positive and negative copies of every object), the class-loss weight of the
+# Deformable demo (2.0; DINO's own is 1.0) so that the two runs weigh their losses alike, and the same
+# 100 detections per image kept by the post-processing. Why these: docs/results.md.
+DINO = ["--model", "dino", "--num_queries", "30", "--num_feature_levels", "3", "--dn_number", "3",
+        "--cls_loss_coef", "2.0", "--num_select", "100"]  # fmt: skip
 
 # All recipes run on 2 CPU cores without ImageNet weights (COMMON): a ResNet-18 trained from scratch
 # with learning BatchNorm (--train_backbone_all), hidden 128, 1 encoder and 3 decoder layers, 96 px
@@ -57,13 +59,15 @@ RECIPES = {
 OUT_DIRS = {"demo": "demo", "deformable_detr": "demo_deformable", "detr": "demo_detr", "dino": "demo_dino"}
 # Deformable DETR's sigmoid (focal) scores run lower than DETR's softmax ones: the score from which
 # predictions.png draws a box, per recipe (chosen by looking at the pictures: few misses, few duplicates;
-# dino's is Deformable DETR's, checked only on a shorter run's pictures so far).
+# dino's is Deformable DETR's: on the full run's pictures a few duplicates score 0.41-0.46 at 0.4, and
+# 0.5 would drop true objects scoring 0.45-0.47).
 THRESHOLDS = {"demo": 0.4, "deformable_detr": 0.4, "detr": 0.5, "dino": 0.4}
-# On a CPU with bfloat16 units (AVX512-BF16 or AMX) the "demo" recipe trains with these (faster per
-# iteration: docs/results.md); elsewhere in fp32, where bf16 would be emulated and slower. Either way
-# the run is deterministic for its seed; --fp32 forces fp32. The other recipes train in fp32 (their
-# figures in docs/results.md are fp32 ones).
+# On a CPU with bfloat16 units (AVX512-BF16 or AMX) the "demo" and "dino" recipes train with these
+# (faster per iteration: docs/results.md); elsewhere in fp32, where bf16 would be emulated and slower.
+# Either way the run is deterministic for its seed; --fp32 forces fp32. The other recipes train in
+# fp32 (their figures in docs/results.md are fp32 ones).
 FAST_CPU = ["--amp", "bf16", "--fused_optimizer", "--channels_last"]
+BF16_RECIPES = ("demo", "dino")
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -170,7 +174,7 @@ def main() -> None:
     for stale in ("log.txt", "eval.json"):  # a fresh run, not appended to an old one
         (out / stale).unlink(missing_ok=True)
     recipe = list(RECIPES[a.model])
-    if a.model == "demo" and not a.fp32 and cpu_has_bf16():
+    if a.model in BF16_RECIPES and not a.fp32 and cpu_has_bf16():
         print("CPU with bfloat16 units: training with " + " ".join(FAST_CPU) + " (--fp32 to turn off)", flush=True)
         recipe += FAST_CPU
     if a.epochs is not None:
