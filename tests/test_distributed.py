@@ -1,5 +1,6 @@
-"""torchrun with 2 CPU processes (gloo): DistributedDataParallel training ends with identical
-weights on both ranks, and the loss normalisation uses the global box count."""
+"""torchrun with 2 CPU processes (gloo): DistributedDataParallel training of DETR and of DINO (whose
+ranks draw their own denoising groups) ends with identical weights on both ranks, and the loss
+normalisation uses the global box count."""
 
 import os
 import socket
@@ -20,13 +21,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DINO = ["--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--dn_number", "3"]
+
+
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes(synthetic_coco, tmp_path):
+@pytest.mark.parametrize("model", [[], DINO], ids=["detr", "dino"])
+def test_torchrun_two_cpu_processes(synthetic_coco, tmp_path, model):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}", str(ROOT / "tests" / "dist_worker.py"), str(tmp_path),
-        *TINY, "--coco_path", str(synthetic_coco), "--epochs", "1", "--batch_size", "2",
+        *TINY, *model, "--coco_path", str(synthetic_coco), "--epochs", "1", "--batch_size", "2",
         "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
