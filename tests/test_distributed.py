@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY
+from tiny import TINY, TINY_DINO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,17 +21,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-DINO = ["--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--dn_number", "3"]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [[], DINO], ids=["detr", "dino"])
-def test_torchrun_two_cpu_processes(synthetic_coco, tmp_path, model):
+@pytest.mark.parametrize("flags", [TINY, TINY_DINO], ids=["detr", "dino"])
+def test_torchrun_two_cpu_processes(synthetic_coco, tmp_path, flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}", str(ROOT / "tests" / "dist_worker.py"), str(tmp_path),
-        *TINY, *model, "--coco_path", str(synthetic_coco), "--epochs", "1", "--batch_size", "2",
+        *flags, "--coco_path", str(synthetic_coco), "--epochs", "1", "--batch_size", "2",
         "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

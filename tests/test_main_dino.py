@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY, train_resume_eval
+from tiny import TINY_DINO, train_resume_eval
 
 import main as main_module
 
 ROOT = Path(__file__).resolve().parents[1]
-# The tiny run's flags with a 2-level DINO (hidden 32: GroupNorm(32)), 10 queries, 6 denoising groups.
-TINY_DINO = [
-    *TINY, "--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--attn_impl", "pytorch",
-    "--dn_number", "3",
-]  # fmt: skip
 
 
 def parse(argv: list[str]):

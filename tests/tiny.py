@@ -1,6 +1,6 @@
 """The tiny run the end-to-end tests share: ResNet-18 from scratch, hidden 32, 1+2 layers, 8 queries,
-64 px images, batch 4, on the CPU in the test process (seconds per epoch on the generated data);
-``train_resume_eval``: the end-to-end check of a run's resumption and evaluation."""
+64 px images, batch 4, on the CPU in the test process (seconds per epoch on the generated data), and
+its DINO variant; ``train_resume_eval``: the end-to-end check of a run's resumption and evaluation."""
 
 import json
 import os
@@ -15,6 +15,11 @@ TINY = [
     "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "2",
     "--dim_feedforward", "64", "--num_queries", "8", "--batch_size", "4", "--num_workers", "0",
     "--train_scales", "64", "--val_size", "64", "--max_size", "64", "--device", "cpu", "--print_freq", "50",
+]  # fmt: skip
+# The tiny run's flags with a 2-level DINO (hidden 32: GroupNorm(32)), 10 queries, 6 denoising groups.
+TINY_DINO = [
+    *TINY, "--model", "dino", "--num_queries", "10", "--num_feature_levels", "2", "--attn_impl", "pytorch",
+    "--dn_number", "3",
 ]  # fmt: skip
 
 
